@@ -1,0 +1,177 @@
+//! Config → running app: binds the listeners, builds the upstream pool and metrics, and runs
+//! until told to shut down (SPEC §8: readiness off, stop accepting, drain within the grace).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Loaded};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::{self, ServeOptions};
+use crate::{admin, stack, tls};
+
+/// Everything derived from one config; swapped whole on reload.
+pub struct Gateway {
+    pub config: Config,
+    pub proxy: Proxy,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Self {
+        Self {
+            proxy: Proxy::new(&config),
+            config,
+        }
+    }
+}
+
+/// State shared by every connection, for the life of the process.
+pub struct State {
+    pub gateway: ArcSwap<Gateway>,
+    pub metrics: Metrics,
+    /// `/readyz`: true while listening, false once shutdown starts.
+    pub ready: AtomicBool,
+    /// Upgraded connections (WebSockets), drained on shutdown like requests.
+    pub tunnels: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TLS material")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A bound, not yet running tokengate.
+pub struct App {
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl App {
+    /// Binds both listeners and builds the runtime state from a validated config.
+    pub async fn bind(loaded: Loaded) -> Result<Self, StartError> {
+        let config = loaded.config;
+        let tls = match &config.tls {
+            Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
+            None => None,
+        };
+        let public = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let state = Arc::new(State {
+            gateway: ArcSwap::from_pointee(Gateway::new(config)),
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+            tunnels: TaskTracker::new(),
+        });
+        Ok(Self {
+            public,
+            admin,
+            tls,
+            state,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Cancel it to start a graceful shutdown (what SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token fires, then drains for up to `limits.shutdown_grace`.
+    pub async fn run(self) {
+        let App {
+            public,
+            admin,
+            tls,
+            state,
+            shutdown,
+        } = self;
+        let limits = state.gateway.load().config.limits.clone();
+        let options = |tls, gauge| ServeOptions {
+            max_header_bytes: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
+            header_read_timeout: limits.header_read_timeout.0,
+            max_connections: limits.max_connections,
+            tls,
+            open_connections: gauge,
+        };
+        let public_opts = options(tls, Some(state.metrics.open_connections.clone()));
+        let admin_opts = options(None, None);
+
+        let s = state.clone();
+        let public_task = tokio::spawn(server::serve(
+            public,
+            public_opts,
+            move |req, conn| stack::handle(s.clone(), req, conn),
+            shutdown.clone(),
+        ));
+        let admin_stop = CancellationToken::new();
+        let s = state.clone();
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            admin_opts,
+            move |req, conn| admin::handle(s.clone(), req, conn),
+            admin_stop.clone(),
+        ));
+        state.ready.store(true, Ordering::Release);
+
+        shutdown.cancelled().await;
+        state.ready.store(false, Ordering::Release);
+        tracing::info!(
+            grace_s = limits.shutdown_grace.0.as_secs_f64(),
+            "shutting down: draining in-flight requests and tunnels"
+        );
+        let drain = async {
+            let _ = public_task.await;
+            state.tunnels.close();
+            state.tunnels.wait().await;
+        };
+        if tokio::time::timeout(limits.shutdown_grace.0, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace expired: closing what is left");
+        }
+        admin_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+        tracing::info!("stopped");
+    }
+}

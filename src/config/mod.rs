@@ -1,0 +1,460 @@
+//! The configuration file, as plain data (SPEC §2).
+//!
+//! `load` turns a file into a [`Config`]: YAML → `${VAR}` substitution → `*_file` secrets →
+//! typed structs → `validate`. Every error carries its key path. Nothing downstream re-checks
+//! what `validate` accepted.
+
+mod load;
+mod secret;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use load::{load_file, load_str, schema, ConfigErrors, FieldError, Loaded};
+pub use secret::Secret;
+use units::{ByteSize, Duration, SignedDuration};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The app's public port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`, the JWK set and `/admin/*`; never the public port.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Guards `/admin/*`; empty or absent: loopback peers only.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    /// Also serve the JWK set on `listen` at this path.
+    #[serde(default)]
+    pub jwks_path: Option<String>,
+    /// Runtime worker threads; default: all cores.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// TLS on `listen` (TLS 1.2+, ALPN h2 and http/1.1).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Signing keys; `id` becomes the JWT `kid`.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub auth_hooks: IndexMap<String, AuthHookConfig>,
+    #[serde(default)]
+    pub rate_limits: IndexMap<String, RateLimitConfig>,
+    /// Limits applied to forwarded traffic too (429 before forwarding).
+    #[serde(default)]
+    pub proxy_rate_limits: Vec<String>,
+    /// Token routes; all other traffic is forwarded.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub ledger: Option<LedgerConfig>,
+    #[serde(default)]
+    pub shared_state: Option<SharedStateConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The app backend, `http://host:port` (no path).
+    pub url: String,
+    #[serde(default = "d2s")]
+    pub connect_timeout: Duration,
+    /// Until response headers; bodies stream without limit.
+    #[serde(default = "d60s")]
+    pub response_timeout: Duration,
+    #[serde(default = "d90s")]
+    pub pool_idle_timeout: Duration,
+}
+
+fn d2s() -> Duration {
+    Duration::from_secs(2)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d60s() -> Duration {
+    Duration::from_secs(60)
+}
+fn d90s() -> Duration {
+    Duration::from_secs(90)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum XForwardedMode {
+    /// Append the peer to `X-Forwarded-For`; set `-Proto`/`-Host` unless a trusted proxy did.
+    #[default]
+    Append,
+    /// Drop every incoming `X-Forwarded-*` (and `X_Forwarded_*`) and set fresh ones.
+    Replace,
+    /// Leave them as they came.
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    #[serde(default)]
+    pub x_forwarded: XForwardedMode,
+    /// Peers whose `X-Forwarded-For` is believed for `client_ip`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Kept if present, else generated (UUID v4); sent upstream and back.
+    #[serde(default = "default_request_id_header")]
+    pub request_id_header: String,
+}
+
+fn default_request_id_header() -> String {
+    "x-request-id".into()
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self {
+            x_forwarded: XForwardedMode::default(),
+            trusted_proxies: Vec::new(),
+            request_id_header: default_request_id_header(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A larger request header block is answered 431.
+    #[serde(default = "d64kib")]
+    pub max_header_bytes: ByteSize,
+    /// A client slower than this to send its headers is cut off.
+    #[serde(default = "d10s")]
+    pub header_read_timeout: Duration,
+    /// Open client connections; beyond it new ones wait in the accept queue.
+    #[serde(default = "d10000")]
+    pub max_connections: usize,
+    /// A larger body on a token route is answered 413.
+    #[serde(default = "d64kib")]
+    pub token_route_body: ByteSize,
+    /// On SIGTERM: how long in-flight requests and tunnels may take.
+    #[serde(default = "d30s")]
+    pub shutdown_grace: Duration,
+}
+
+fn d64kib() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn d10000() -> usize {
+    10_000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: d64kib(),
+            header_read_timeout: d10s(),
+            max_connections: d10000(),
+            token_route_body: d64kib(),
+            shutdown_grace: d30s(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub id: String,
+    pub algorithm: Algorithm,
+    /// HMAC secret as UTF-8 bytes (never guessed to be hex).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// HMAC secret, base64-encoded.
+    #[serde(default)]
+    pub secret_base64: Option<Secret>,
+    /// PEM private key inline (`private_key_file` reads it from a file).
+    #[serde(default)]
+    pub private_key: Option<Secret>,
+    /// No longer signs, but stays in the JWK set.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthHookType {
+    Http,
+    ApiKey,
+    Jwt,
+    None,
+}
+
+/// One auth hook. Which keys apply depends on `type`; `validate` checks them.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHookConfig {
+    #[serde(rename = "type")]
+    pub kind: AuthHookType,
+    /// http: the session endpoint.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// http: method of the subrequest.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// http: request headers passed to the hook (and hashed into the cache key).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// api_key: header carrying the key.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// api_key: accepted keys, compared in constant time.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+    /// jwt: where the IdP publishes its keys.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// jwt: a static PEM public key.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// jwt: an HMAC secret.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub algorithms: Vec<Algorithm>,
+    /// Identity fields: `body:/json/pointer`, `header:name` or `claim:name`.
+    #[serde(default)]
+    pub identity: IndexMap<String, String>,
+    #[serde(default)]
+    pub cache: Option<HookCacheConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookCacheConfig {
+    #[serde(default = "d30s")]
+    pub ttl: Duration,
+    #[serde(default = "d2s")]
+    pub negative_ttl: Duration,
+    #[serde(default = "d100000")]
+    pub max_entries: u64,
+}
+
+fn d100000() -> u64 {
+    100_000
+}
+
+/// A GCRA limit: `rate` per `per`, bursts up to `burst`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `client_ip`, `user`, `route`, `global` or `header:NAME`.
+    pub key: String,
+    pub rate: u32,
+    pub per: Duration,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Exact path; `{name}` captures one segment.
+    pub path: String,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Name of an auth hook.
+    pub auth: String,
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    pub tokens: IndexMap<String, TokenConfig>,
+    /// Reuse a minted token while over half its lifetime is left.
+    #[serde(default)]
+    pub cache_tokens: bool,
+    #[serde(default)]
+    pub response: ResponseConfig,
+    #[serde(default)]
+    pub error_response: Option<ErrorResponseConfig>,
+    #[serde(default)]
+    pub ledger: Option<RouteLedgerConfig>,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["POST".into()]
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub key: String,
+    pub ttl: Duration,
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// `iat` is set this far from now (e.g. `-10s`).
+    #[serde(default)]
+    pub iat_offset: Option<SignedDuration>,
+    /// Adds `nbf` = `iat`.
+    #[serde(default)]
+    pub not_before: bool,
+    /// Extra JWT header fields, e.g. `{typ: JWT}`.
+    #[serde(default)]
+    pub header: serde_json::Map<String, serde_json::Value>,
+    /// `false` omits `kid` from the header.
+    #[serde(default = "yes")]
+    pub kid: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseConfig {
+    #[serde(default = "d200")]
+    pub status: u16,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON value with templates; a string body with `text/plain`.
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+fn d200() -> u16 {
+    200
+}
+fn default_content_type() -> String {
+    "application/json".into()
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            content_type: default_content_type(),
+            headers: BTreeMap::new(),
+            body: serde_json::Value::Null,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorResponseConfig {
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    pub body: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLedgerConfig {
+    /// Claim names of the route's first token to record and make searchable.
+    #[serde(default)]
+    pub record: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerType {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    #[serde(rename = "type")]
+    pub kind: LedgerType,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Keep the token itself, not only its SHA-256.
+    #[serde(default)]
+    pub store_token: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStateType {
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Local,
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedStateConfig {
+    #[serde(rename = "type")]
+    pub kind: SharedStateType,
+    pub url: Secret,
+    #[serde(default)]
+    pub on_error: OnError,
+}

@@ -1,0 +1,163 @@
+//! `tokengate demo`: a small sample backend (login, session cookie, `/api/me`, a page) on
+//! loopback with tokengate in front, configured by the bundled `config/quickstart.yaml`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, Body};
+use crate::config;
+use crate::server::{self, ServeOptions};
+
+/// The bundled quickstart config.
+pub const QUICKSTART: &str = include_str!("../config/quickstart.yaml");
+
+/// A demo user: what `/api/me` answers.
+#[derive(Clone, Debug, serde::Serialize)]
+struct User {
+    id: String,
+    name: String,
+    email: String,
+    avatar_url: String,
+}
+
+type Sessions = Arc<Mutex<HashMap<String, User>>>;
+
+/// Runs the sample backend and tokengate until `stop` fires.
+pub async fn run(stop: CancellationToken) -> Result<(), String> {
+    let backend = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind the demo backend: {e}"))?;
+    let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
+    let sessions: Sessions = Arc::default();
+    let backend_stop = CancellationToken::new();
+    let opts = ServeOptions {
+        max_header_bytes: 64 * 1024,
+        header_read_timeout: std::time::Duration::from_secs(10),
+        max_connections: 1024,
+        tls: None,
+        open_connections: None,
+    };
+    tokio::spawn(server::serve(
+        backend,
+        opts,
+        move |req, _| sample_backend(sessions.clone(), req),
+        backend_stop.clone(),
+    ));
+
+    let mut loaded = config::load_str(QUICKSTART, "quickstart.yaml", Path::new("."))
+        .map_err(|e| e.to_string())?;
+    loaded.config.upstream.url = format!("http://{backend_addr}");
+    loaded.config.listen = free_or_any("127.0.0.1:8080");
+    loaded.config.admin_listen = free_or_any("127.0.0.1:9901");
+    let app = crate::App::bind(loaded).await.map_err(|e| e.to_string())?;
+    let (public, admin) = (app.public_addr(), app.admin_addr());
+    println!(
+        "tokengate demo: sample backend on {backend_addr}, tokengate on {public}, admin on {admin}\n\n\
+         Try:\n\
+         \x20 curl -i -c /tmp/tg-demo.jar -X POST 'http://{public}/login?user=alice'     # log in (sets a session cookie)\n\
+         \x20 curl -i -b /tmp/tg-demo.jar http://{public}/api/me                        # the backend's session endpoint, forwarded\n\
+         \x20 curl -i http://{public}/                                                  # any page, forwarded untouched\n\
+         \x20 curl -s http://{admin}/metrics | grep ^tokengate_                          # metrics (admin port only)\n\n\
+         Ctrl-C stops."
+    );
+    let token = app.shutdown_token();
+    let run = tokio::spawn(app.run());
+    stop.cancelled().await;
+    token.cancel();
+    let _ = run.await;
+    backend_stop.cancel();
+    Ok(())
+}
+
+/// The preferred address if it is free, else an ephemeral port on the same host.
+fn free_or_any(preferred: &str) -> SocketAddr {
+    let addr: SocketAddr = preferred.parse().expect("a literal address");
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => addr,
+        Err(_) => SocketAddr::new(addr.ip(), 0),
+    }
+}
+
+async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/html",
+            "<!doctype html><title>demo</title><h1>Sample app behind tokengate</h1>\n".into(),
+        ),
+        (&Method::POST, "/login") => {
+            let user = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .unwrap_or("alice");
+            let user: String = user
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(32)
+                .collect();
+            let session = uuid::Uuid::new_v4().simple().to_string();
+            let profile = User {
+                id: format!("user-{user}"),
+                name: user.clone(),
+                email: format!("{user}@example.com"),
+                avatar_url: format!("https://avatars.example.com/{user}.png"),
+            };
+            sessions
+                .lock()
+                .expect("sessions lock")
+                .insert(session.clone(), profile);
+            let mut resp = reply(
+                StatusCode::OK,
+                "application/json",
+                format!("{{\"logged_in\":\"{user}\"}}\n"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "session={session}; Path=/; HttpOnly; SameSite=Lax"
+            )) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        (&Method::GET, "/api/me") => {
+            let session = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| c.trim().strip_prefix("session="));
+            let user =
+                session.and_then(|s| sessions.lock().expect("sessions lock").get(s).cloned());
+            match user {
+                Some(u) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string(&u).unwrap_or_default(),
+                ),
+                None => reply(
+                    StatusCode::UNAUTHORIZED,
+                    "application/json",
+                    "{\"error\":\"not logged in\"}".into(),
+                ),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

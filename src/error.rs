@@ -1,0 +1,101 @@
+//! Errors that become HTTP responses, and the one place that maps them (`rescue`).
+//!
+//! Client-facing bodies stay generic; the log line carries the cause (never a secret).
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use hyper_util::client::legacy;
+
+use crate::body::{self, Body};
+
+/// A request that tokengate could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to upstream")]
+    UpstreamConnect(#[source] legacy::Error),
+    #[error("upstream sent no response headers within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("upstream request failed")]
+    UpstreamProtocol(#[source] legacy::Error),
+}
+
+impl Error {
+    /// Classifies a client error from the upstream pool.
+    pub fn upstream(err: legacy::Error) -> Self {
+        if err.is_connect() {
+            Self::UpstreamConnect(err)
+        } else {
+            Self::UpstreamProtocol(err)
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => "bad_gateway",
+            Self::UpstreamTimeout(_) => "gateway_timeout",
+        }
+    }
+
+    /// The sentence shown to the client: no internal detail.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::UpstreamConnect(_) => "the upstream service is unreachable",
+            Self::UpstreamProtocol(_) => "the upstream service returned an invalid response",
+            Self::UpstreamTimeout(_) => "the upstream service did not answer in time",
+        }
+    }
+
+    /// The `tokengate_upstream_errors_total{kind}` label, when the upstream is at fault.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::UpstreamConnect(_) => Some("connect"),
+            Self::UpstreamTimeout(_) => Some("timeout"),
+            Self::UpstreamProtocol(_) => Some("protocol"),
+        }
+    }
+
+    /// The full cause chain, for the log line.
+    pub fn chain(&self) -> String {
+        chain(self)
+    }
+}
+
+/// An error and its sources, `outer: inner: root`, for log lines.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// Maps an error to its response: `{"error": "<code>", "message": "<sentence>"}`.
+pub fn rescue(err: &Error) -> Response<Body> {
+    json_error(err.status(), err.code(), err.public_message())
+}
+
+/// A JSON error response with `Cache-Control: no-store`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,19 @@
+//! tokengate: a reverse-proxy sidecar that forwards traffic untouched and mints signed JWTs
+//! for third-party SDKs on a few configured token routes.
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod stack;
+pub mod tls;
+
+pub use app::App;

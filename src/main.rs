@@ -1,0 +1,154 @@
+//! The `tokengate` command line (SPEC §1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokengate::config;
+use tokengate::logging::{self, LogFormat};
+
+/// Exit status for an unusable config on `run` (sysexits EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Reverse-proxy sidecar that mints signed JWTs for third-party SDKs"
+)]
+struct Cli {
+    /// The YAML config file.
+    #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// `json`: one object per line; `text`: for humans.
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// A RUST_LOG-style filter, e.g. `info` or `tokengate=debug,hyper=warn`.
+    #[arg(long, global = true, env = "TOKENGATE_LOG", default_value = "info")]
+    log_level: String,
+    /// Runtime worker threads (overrides `workers:`); default: all cores.
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the config: exit 0, or 1 with every error (file, key path, reason).
+    Check,
+    /// Print the JSON Schema of the config file.
+    Schema,
+    /// Run a bundled sample backend with tokengate in front, on loopback.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Check => {
+            let Some(path) = &cli.config else {
+                return usage("check needs --config FILE (or TOKENGATE_CONFIG)");
+            };
+            match config::load_file(path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run => {
+            let Some(path) = &cli.config else {
+                return usage("run needs --config FILE (or TOKENGATE_CONFIG)");
+            };
+            let loaded = match config::load_file(path) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let workers = cli.workers.or(loaded.config.workers);
+            with_runtime(&cli, workers, async move {
+                let app = tokengate::App::bind(loaded)
+                    .await
+                    .map_err(|e| tokengate::error::chain(&e))?;
+                tracing::info!(listen = %app.public_addr(), admin = %app.admin_addr(), "tokengate listening");
+                let stop = app.shutdown_token();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    stop.cancel();
+                });
+                app.run().await;
+                Ok(())
+            })
+        }
+        Command::Demo => with_runtime(&cli, cli.workers, async {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let s = stop.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                s.cancel();
+            });
+            tokengate::demo::run(stop).await
+        }),
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("tokengate: {msg}");
+    ExitCode::from(2)
+}
+
+/// Builds the tokio runtime with `workers` threads, installs logging, and runs `main`.
+fn with_runtime(
+    cli: &Cli,
+    workers: Option<usize>,
+    main: impl std::future::Future<Output = Result<(), String>>,
+) -> ExitCode {
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        return usage(&e);
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tokengate failed");
+            eprintln!("tokengate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

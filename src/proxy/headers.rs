@@ -1,0 +1,361 @@
+//! Header rules for forwarded traffic: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`,
+//! the client address behind trusted proxies, and the request id.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::config::{ForwardingConfig, XForwardedMode};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Forwarding rules compiled from `forwarding:` once per config.
+#[derive(Clone, Debug)]
+pub struct ForwardRules {
+    pub mode: XForwardedMode,
+    pub trusted: Vec<IpNet>,
+    pub request_id: HeaderName,
+}
+
+impl ForwardRules {
+    pub fn new(cfg: &ForwardingConfig) -> Self {
+        Self {
+            mode: cfg.x_forwarded,
+            trusted: cfg.trusted_proxies.clone(),
+            // validate() checked the name.
+            request_id: HeaderName::from_bytes(cfg.request_id_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-request-id")),
+        }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The caller's address: the socket peer, unless that peer is a trusted proxy; then the
+    /// right-most `X-Forwarded-For` entry that is not itself trusted.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut last = peer;
+        for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return last;
+            };
+            for item in text.rsplit(',') {
+                let Ok(ip) = item.trim().parse::<IpAddr>() else {
+                    return last;
+                };
+                if !self.is_trusted(ip) {
+                    return ip;
+                }
+                last = ip;
+            }
+        }
+        last
+    }
+
+    /// Applies `x_forwarded` to a request about to go upstream.
+    pub fn apply_x_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        peer: IpAddr,
+        tls: bool,
+        host: Option<&HeaderValue>,
+    ) {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        match self.mode {
+            XForwardedMode::Off => {}
+            XForwardedMode::Replace => {
+                remove_x_forwarded(headers);
+                headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
+                headers.insert(X_FORWARDED_PROTO.clone(), proto);
+                if let Some(h) = host {
+                    headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+                }
+            }
+            XForwardedMode::Append => {
+                let xff = match join_values(headers, &X_FORWARDED_FOR) {
+                    Some(prior) => {
+                        let mut v = prior;
+                        v.extend_from_slice(b", ");
+                        v.extend_from_slice(peer.to_string().as_bytes());
+                        HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip_value(peer))
+                    }
+                    None => ip_value(peer),
+                };
+                headers.insert(X_FORWARDED_FOR.clone(), xff);
+                // Only a trusted proxy may tell us the original scheme and host.
+                let trusted = self.is_trusted(peer);
+                if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+                    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+                }
+                if let Some(h) = host {
+                    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+                        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// All values of a repeated header joined with ", " (RFC 9110 §5.3), or None.
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in headers.get_all(name) {
+        match &mut out {
+            None => out = Some(v.as_bytes().to_vec()),
+            Some(buf) => {
+                buf.extend_from_slice(b", ");
+                buf.extend_from_slice(v.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Drops `X-Forwarded-*` and the `X_Forwarded_*` spellings some servers treat as the same.
+fn remove_x_forwarded(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            n.len() > 12
+                && n.as_bytes()[..12]
+                    .iter()
+                    .map(|b| if *b == b'_' { b'-' } else { *b })
+                    .eq(*b"x-forwarded-")
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// True when a request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`.
+///
+/// `upgrade` keeps `Upgrade` and a bare `Connection: upgrade` (the tunnel needs them).
+/// In requests, `TE: trailers` survives: it is how a client says it accepts trailers, and
+/// the upstream only sends them when asked (RFC 9110 §10.1.4).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) && name != header::TE {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.remove(header::TE) {
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if is_request && trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Returns the request id, generating and inserting a UUID v4 when absent.
+pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
+    if let Some(v) = headers.get(name) {
+        if !v.is_empty() {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let value = HeaderValue::from_str(id).expect("a UUID is a valid header value");
+    headers.insert(name.clone(), value.clone());
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn rules(mode: XForwardedMode, trusted: &[&str]) -> ForwardRules {
+        ForwardRules {
+            mode,
+            trusted: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+            request_id: HeaderName::from_static("x-request-id"),
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn keeps_te_trailers_in_requests_only() {
+        let mut req = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut req, false, true);
+        assert_eq!(req["te"], "trailers");
+        let mut resp = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut resp, false, false);
+        assert!(resp.get("te").is_none());
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_headers() {
+        let mut h = map(&[
+            ("connection", "Upgrade, keep-alive"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn append_mode() {
+        let r = rules(XForwardedMode::Append, &[]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("app.example");
+        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 9.9.9.9");
+        // The untrusted peer's claim of https is not believed.
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+    }
+
+    #[test]
+    fn append_mode_trusted_peer_keeps_proto() {
+        let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
+        let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "orig")]);
+        r.apply_x_forwarded(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            false,
+            Some(&HeaderValue::from_static("inner")),
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "orig");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn replace_mode_drops_underscore_spellings() {
+        let r = rules(XForwardedMode::Replace, &[]);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x_forwarded_for", "7.7.7.7"),
+            ("x-forwarded-port", "1"),
+        ]);
+        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), true, None);
+        assert_eq!(h["x-forwarded-for"], "9.9.9.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x_forwarded_for").is_none() && h.get("x-forwarded-port").is_none());
+    }
+
+    #[test]
+    fn off_mode_touches_nothing() {
+        let r = rules(XForwardedMode::Off, &[]);
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
+        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, None);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6");
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_peers() {
+        let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
+        let h = map(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.7")]);
+        assert_eq!(
+            r.client_ip("10.0.0.1".parse().unwrap(), &h),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            r.client_ip("8.8.8.8".parse().unwrap(), &h),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        let junk = map(&[("x-forwarded-for", "not-an-ip")]);
+        assert_eq!(
+            r.client_ip("10.0.0.1".parse().unwrap(), &junk),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let name = HeaderName::from_static("x-request-id");
+        let mut h = map(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h, &name), "abc");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h, &name);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h[&name], id);
+    }
+}

@@ -1,0 +1,70 @@
+//! The public listener's request path, top-down: request id → route → token route or proxy →
+//! rescue → metrics and the access log line. Every failure is a response by the time it leaves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::app::State;
+use crate::body::Body;
+use crate::error::rescue;
+use crate::proxy::{headers, ConnInfo};
+
+/// The `route` label for forwarded traffic.
+const PROXY_ROUTE: &str = "proxy";
+
+/// Serves one request on the public listener.
+pub async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let start = Instant::now();
+    // Requests in flight finish on the config they started with.
+    let gateway = state.gateway.load_full();
+    let method = req.method().clone();
+    let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
+    let route = PROXY_ROUTE;
+
+    let mut resp = match gateway.proxy.forward(req, conn, &state.tunnels).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            if let Some(kind) = err.upstream_kind() {
+                state
+                    .metrics
+                    .upstream_errors_total
+                    .with_label_values(&[kind])
+                    .inc();
+            }
+            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
+            rescue(&err)
+        }
+    };
+    resp.headers_mut()
+        .insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
+
+    let elapsed = start.elapsed();
+    let status = resp.status();
+    state
+        .metrics
+        .requests_total
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration_seconds
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "tokengate::access",
+        method = method.as_str(),
+        route,
+        status = status.as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        request_id = request_id.to_str().unwrap_or("-"),
+        "request"
+    );
+    resp
+}
