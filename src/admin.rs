@@ -17,76 +17,45 @@ use crate::proxy::ConnInfo;
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let path = req.uri().path();
     if path.starts_with("/admin/") {
-        if let Err(resp) = authorize(&state, &req, conn) {
-            return resp;
+        if let Some(denied) = deny_unauthorized(&state, &req, conn) {
+            return denied;
         }
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
-        );
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
     }
     match path {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
         "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        "/readyz" if state.ready.load(Ordering::Acquire) => {
-            text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
-        }
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            b"shutting down\n".to_vec(),
-        ),
+        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"shutting down\n".to_vec()),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
 }
 
 /// `Authorization: Bearer <admin_token>` compared in constant time; without a token configured,
-/// only loopback peers get in.
-fn authorize(state: &State, req: &Request<Incoming>, conn: ConnInfo) -> Result<(), Response<Body>> {
+/// only loopback peers get in. Returns the refusal, if any.
+fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: ConnInfo) -> Option<Response<Body>> {
     let gateway = state.gateway.load();
-    match gateway
-        .config
-        .admin_token
-        .as_ref()
-        .filter(|t| !t.is_empty())
-    {
+    match gateway.config.admin_token.as_ref().filter(|t| !t.is_empty()) {
         Some(token) => {
             let presented = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
                 .unwrap_or_default();
-            if token.matches(presented) {
-                Ok(())
-            } else {
-                Err(json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "admin token required",
-                ))
-            }
+            let unauthorized = || json_error(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required");
+            (!token.matches(presented)).then(unauthorized)
         }
-        None if conn.peer.ip().is_loopback() => Ok(()),
-        None => Err(json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin endpoints answer loopback peers only",
-        )),
+        None if conn.peer.ip().is_loopback() => None,
+        None => Some(json_error(StatusCode::FORBIDDEN, "forbidden", "admin endpoints answer loopback peers only")),
     }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

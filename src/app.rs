@@ -26,10 +26,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config) -> Self {
-        Self {
-            proxy: Proxy::new(&config),
-            config,
-        }
+        Self { proxy: Proxy::new(&config), config }
     }
 }
 
@@ -65,9 +62,7 @@ pub struct App {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 impl App {
@@ -86,25 +81,15 @@ impl App {
             ready: AtomicBool::new(false),
             tunnels: TaskTracker::new(),
         });
-        Ok(Self {
-            public,
-            admin,
-            tls,
-            state,
-            shutdown: CancellationToken::new(),
-        })
+        Ok(Self { public, admin, tls, state, shutdown: CancellationToken::new() })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.public.local_addr().expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.admin.local_addr().expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -118,13 +103,7 @@ impl App {
 
     /// Serves until the shutdown token fires, then drains for up to `limits.shutdown_grace`.
     pub async fn run(self) {
-        let App {
-            public,
-            admin,
-            tls,
-            state,
-            shutdown,
-        } = self;
+        let App { public, admin, tls, state, shutdown } = self;
         let limits = state.gateway.load().config.limits.clone();
         let options = |tls, gauge| ServeOptions {
             max_header_bytes: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -164,10 +143,7 @@ impl App {
             state.tunnels.close();
             state.tunnels.wait().await;
         };
-        if tokio::time::timeout(limits.shutdown_grace.0, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(limits.shutdown_grace.0, drain).await.is_err() {
             tracing::warn!("shutdown grace expired: closing what is left");
         }
         admin_stop.cancel();

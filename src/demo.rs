@@ -32,9 +32,7 @@ type Sessions = Arc<Mutex<HashMap<String, User>>>;
 
 /// Runs the sample backend and tokengate until `stop` fires.
 pub async fn run(stop: CancellationToken) -> Result<(), String> {
-    let backend = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot bind the demo backend: {e}"))?;
+    let backend = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot bind the demo backend: {e}"))?;
     let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
     let sessions: Sessions = Arc::default();
     let backend_stop = CancellationToken::new();
@@ -52,8 +50,7 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
         backend_stop.clone(),
     ));
 
-    let mut loaded = config::load_str(QUICKSTART, "quickstart.yaml", Path::new("."))
-        .map_err(|e| e.to_string())?;
+    let mut loaded = config::load_str(QUICKSTART, "quickstart.yaml", Path::new(".")).map_err(|e| e.to_string())?;
     loaded.config.upstream.url = format!("http://{backend_addr}");
     loaded.config.listen = free_or_any("127.0.0.1:8080");
     loaded.config.admin_listen = free_or_any("127.0.0.1:9901");
@@ -94,16 +91,9 @@ async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<
             "<!doctype html><title>demo</title><h1>Sample app behind tokengate</h1>\n".into(),
         ),
         (&Method::POST, "/login") => {
-            let user = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
-                .unwrap_or("alice");
-            let user: String = user
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(32)
-                .collect();
+            let user =
+                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user="))).unwrap_or("alice");
+            let user: String = user.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
             let session = uuid::Uuid::new_v4().simple().to_string();
             let profile = User {
                 id: format!("user-{user}"),
@@ -111,18 +101,9 @@ async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<
                 email: format!("{user}@example.com"),
                 avatar_url: format!("https://avatars.example.com/{user}.png"),
             };
-            sessions
-                .lock()
-                .expect("sessions lock")
-                .insert(session.clone(), profile);
-            let mut resp = reply(
-                StatusCode::OK,
-                "application/json",
-                format!("{{\"logged_in\":\"{user}\"}}\n"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "session={session}; Path=/; HttpOnly; SameSite=Lax"
-            )) {
+            sessions.lock().expect("sessions lock").insert(session.clone(), profile);
+            let mut resp = reply(StatusCode::OK, "application/json", format!("{{\"logged_in\":\"{user}\"}}\n"));
+            if let Ok(v) = HeaderValue::from_str(&format!("session={session}; Path=/; HttpOnly; SameSite=Lax")) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
@@ -135,19 +116,10 @@ async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(';'))
                 .find_map(|c| c.trim().strip_prefix("session="));
-            let user =
-                session.and_then(|s| sessions.lock().expect("sessions lock").get(s).cloned());
+            let user = session.and_then(|s| sessions.lock().expect("sessions lock").get(s).cloned());
             match user {
-                Some(u) => reply(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_string(&u).unwrap_or_default(),
-                ),
-                None => reply(
-                    StatusCode::UNAUTHORIZED,
-                    "application/json",
-                    "{\"error\":\"not logged in\"}".into(),
-                ),
+                Some(u) => reply(StatusCode::OK, "application/json", serde_json::to_string(&u).unwrap_or_default()),
+                None => reply(StatusCode::UNAUTHORIZED, "application/json", "{\"error\":\"not logged in\"}".into()),
             }
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -157,7 +129,6 @@ async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

@@ -11,11 +11,7 @@ use tokengate::logging::{self, LogFormat};
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "tokengate",
-    version,
-    about = "Reverse-proxy sidecar that mints signed JWTs for third-party SDKs"
-)]
+#[command(name = "tokengate", version, about = "Reverse-proxy sidecar that mints signed JWTs for third-party SDKs")]
 struct Cli {
     /// The YAML config file.
     #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
@@ -49,10 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&config::schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Command::Check => {
@@ -83,9 +76,7 @@ fn main() -> ExitCode {
             };
             let workers = cli.workers.or(loaded.config.workers);
             with_runtime(&cli, workers, async move {
-                let app = tokengate::App::bind(loaded)
-                    .await
-                    .map_err(|e| tokengate::error::chain(&e))?;
+                let app = tokengate::App::bind(loaded).await.map_err(|e| tokengate::error::chain(&e))?;
                 tracing::info!(listen = %app.public_addr(), admin = %app.admin_addr(), "tokengate listening");
                 let stop = app.shutdown_token();
                 tokio::spawn(async move {

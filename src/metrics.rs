@@ -2,14 +2,11 @@
 //! Label values are bounded: route names, outcomes, status codes; never paths or user ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from loopback mints to slow upstreams.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Handles to every metric; cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -34,11 +31,7 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
-        labels,
-    )
-    .expect("valid metric");
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels).expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
@@ -47,27 +40,17 @@ impl Metrics {
     /// Registers every metric (and the process collector) on a fresh registry.
     pub fn new() -> Self {
         let r = Registry::new();
-        let open_connections = IntGauge::new(
-            "tokengate_open_connections",
-            "Open client connections on the public listener",
-        )
-        .expect("valid metric");
-        r.register(Box::new(open_connections.clone()))
-            .expect("unique metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("tokengate_build_info", "Build information; always 1"),
-            &["version"],
-        )
-        .expect("valid metric");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let open_connections =
+            IntGauge::new("tokengate_open_connections", "Open client connections on the public listener")
+                .expect("valid metric");
+        r.register(Box::new(open_connections.clone())).expect("unique metric");
+        let build_info =
+            IntGaugeVec::new(Opts::new("tokengate_build_info", "Build information; always 1"), &["version"])
+                .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         r.register(Box::new(build_info)).expect("unique metric");
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("unique metric");
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("unique metric");
         let m = Self {
             requests_total: counter(
                 &r,
@@ -93,47 +76,32 @@ impl Metrics {
                 "Tokens signed",
                 &["route", "token", "alg"],
             ),
-            token_cache_total: counter(
-                &r,
-                "tokengate_token_cache_total",
-                "Token cache look-ups",
-                &["route", "result"],
-            ),
-            auth_hook_total: counter(
-                &r,
-                "tokengate_auth_hook_total",
-                "Auth hook decisions",
-                &["hook", "outcome"],
-            ),
+            token_cache_total: counter(&r, "tokengate_token_cache_total", "Token cache look-ups", &["route", "result"]),
+            auth_hook_total: counter(&r, "tokengate_auth_hook_total", "Auth hook decisions", &["hook", "outcome"]),
             auth_hook_duration_seconds: histogram(
                 &r,
                 "tokengate_auth_hook_duration_seconds",
                 "Auth hook call latency",
                 &["hook"],
             ),
-            auth_cache_total: counter(
-                &r,
-                "tokengate_auth_cache_total",
-                "Auth cache look-ups",
-                &["hook", "result"],
-            ),
+            auth_cache_total: counter(&r, "tokengate_auth_cache_total", "Auth cache look-ups", &["hook", "result"]),
             rate_limited_total: counter(
                 &r,
                 "tokengate_rate_limited_total",
                 "Requests refused by a rate limit",
                 &["limit"],
             ),
-            config_reloads_total: counter(
-                &r,
-                "tokengate_config_reloads_total",
-                "Config reloads",
-                &["result"],
-            ),
+            config_reloads_total: counter(&r, "tokengate_config_reloads_total", "Config reloads", &["result"]),
             open_connections,
             registry: r,
         };
-        m.config_reloads_total.with_label_values(&["success"]);
-        m.config_reloads_total.with_label_values(&["failure"]);
+        // Known, bounded label values start at 0 so rate() and alerts see them from the start.
+        for result in ["success", "failure"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
+        for kind in ["connect", "timeout", "protocol"] {
+            m.upstream_errors_total.with_label_values(&[kind]);
+        }
         m
     }
 

@@ -35,12 +35,8 @@ pub struct ServeOptions {
 
 /// Serves `listener` until `stop` fires, then stops accepting and lets open connections finish
 /// their in-flight requests. Returns once every connection has closed.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    opts: ServeOptions,
-    handler: H,
-    stop: CancellationToken,
-) where
+pub async fn serve<H, F>(listener: TcpListener, opts: ServeOptions, handler: H, stop: CancellationToken)
+where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -79,42 +75,19 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let open = opts.open_connections.clone().map(OpenConnection::new);
-        let (builder, handler, watcher, tls) = (
-            builder.clone(),
-            handler.clone(),
-            graceful.watcher(),
-            opts.tls.clone(),
-        );
+        let (builder, handler, watcher, tls) = (builder.clone(), handler.clone(), graceful.watcher(), opts.tls.clone());
         let handshake_timeout = opts.header_read_timeout;
         tokio::spawn(async move {
             let _slot = (permit, open);
             match tls {
-                None => {
-                    serve_io(
-                        &builder,
-                        stream,
-                        ConnInfo { peer, tls: false },
-                        handler,
-                        watcher,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_io(
-                                &builder,
-                                tls_stream,
-                                ConnInfo { peer, tls: true },
-                                handler,
-                                watcher,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                None => serve_io(&builder, stream, ConnInfo { peer, tls: false }, handler, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        serve_io(&builder, tls_stream, ConnInfo { peer, tls: true }, handler, watcher).await
                     }
-                }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
     }
@@ -122,13 +95,8 @@ pub async fn serve<H, F>(
     graceful.shutdown().await;
 }
 
-async fn serve_io<I, H, F>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    conn: ConnInfo,
-    handler: H,
-    watcher: Watcher,
-) where
+async fn serve_io<I, H, F>(builder: &auto::Builder<TokioExecutor>, io: I, conn: ConnInfo, handler: H, watcher: Watcher)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -137,9 +105,7 @@ async fn serve_io<I, H, F>(
         let response = handler(req, conn);
         async move { Ok::<_, Infallible>(response.await) }
     });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %conn.peer, error = %e, "connection closed with error");
     }

@@ -16,11 +16,7 @@ use crate::proxy::{headers, ConnInfo};
 const PROXY_ROUTE: &str = "proxy";
 
 /// Serves one request on the public listener.
-pub async fn handle(
-    state: Arc<State>,
-    mut req: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<Body> {
+pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let start = Instant::now();
     // Requests in flight finish on the config they started with.
     let gateway = state.gateway.load_full();
@@ -32,31 +28,18 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => {
             if let Some(kind) = err.upstream_kind() {
-                state
-                    .metrics
-                    .upstream_errors_total
-                    .with_label_values(&[kind])
-                    .inc();
+                state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
             }
             tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
             rescue(&err)
         }
     };
-    resp.headers_mut()
-        .insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
+    resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
 
     let elapsed = start.elapsed();
     let status = resp.status();
-    state
-        .metrics
-        .requests_total
-        .with_label_values(&[route, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration_seconds
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+    state.metrics.requests_total.with_label_values(&[route, status.as_str()]).inc();
+    state.metrics.request_duration_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "tokengate::access",
         method = method.as_str(),

@@ -29,14 +29,9 @@ pub enum TlsError {
 pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Cert {
-            path: cert_file.display().to_string(),
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key {
-        path: key_file.display().to_string(),
-        source,
-    })?;
+        .map_err(|source| TlsError::Cert { path: cert_file.display().to_string(), source })?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|source| TlsError::Key { path: key_file.display().to_string(), source })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

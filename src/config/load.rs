@@ -9,14 +9,7 @@ use serde_json::{Map, Value};
 use super::Config;
 
 /// Secret keys that have a `<key>_file` twin reading the value from a file.
-const FILE_TWINS: &[&str] = &[
-    "admin_token",
-    "secret",
-    "secret_base64",
-    "private_key",
-    "keys",
-    "url",
-];
+const FILE_TWINS: &[&str] = &["admin_token", "secret", "secret_base64", "private_key", "keys", "url"];
 
 /// Stop collecting after this many errors: the rest are usually echoes of the first.
 const MAX_ERRORS: usize = 50;
@@ -31,10 +24,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self { path: path.into(), reason: reason.into() }
     }
 }
 
@@ -89,12 +79,9 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Loads and validates config text; relative `*_file` paths are resolved against `base`.
 pub fn load_str(text: &str, origin: &str, base: &Path) -> Result<Loaded, ConfigErrors> {
-    let fail = |errors| ConfigErrors {
-        origin: origin.to_owned(),
-        errors,
-    };
-    let mut tree: Value = serde_saphyr::from_str(text)
-        .map_err(|e| fail(vec![FieldError::new("", format!("invalid YAML: {e}"))]))?;
+    let fail = |errors| ConfigErrors { origin: origin.to_owned(), errors };
+    let mut tree: Value =
+        serde_saphyr::from_str(text).map_err(|e| fail(vec![FieldError::new("", format!("invalid YAML: {e}"))]))?;
     if tree.is_null() {
         tree = Value::Object(Map::new());
     }
@@ -159,9 +146,7 @@ pub(crate) fn substitute(s: &str) -> Result<String, String> {
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
             let expr = &after[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -173,12 +158,7 @@ pub(crate) fn substitute(s: &str) -> Result<String, String> {
             if !valid {
                 return Err(format!("invalid environment reference ${{{expr}}}"));
             }
-            match (
-                std::env::var(name)
-                    .ok()
-                    .filter(|v| !v.is_empty() || default.is_none()),
-                default,
-            ) {
+            match (std::env::var(name).ok().filter(|v| !v.is_empty() || default.is_none()), default) {
                 (Some(value), _) => out.push_str(&value),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => return Err(format!("environment variable {name} is not set")),
@@ -219,10 +199,7 @@ fn read_file_twins(
                     continue;
                 };
                 if map.contains_key(*twin) {
-                    errors.push(FieldError::new(
-                        key_path,
-                        format!("give either {twin} or {file_key}, not both"),
-                    ));
+                    errors.push(FieldError::new(key_path, format!("give either {twin} or {file_key}, not both")));
                     continue;
                 }
                 let full = base.join(&file);
@@ -241,10 +218,7 @@ fn read_file_twins(
                         map.insert((*twin).to_owned(), value);
                         files.push(full);
                     }
-                    Err(e) => errors.push(FieldError::new(
-                        key_path,
-                        format!("cannot read {}: {e}", full.display()),
-                    )),
+                    Err(e) => errors.push(FieldError::new(key_path, format!("cannot read {}: {e}", full.display()))),
                 }
             }
             for (k, item) in map.iter_mut() {
@@ -267,10 +241,7 @@ fn deserialize_collecting(mut tree: Value, errors: &mut Vec<FieldError>) -> Opti
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let reason = err.inner().to_string();
-        if let Some(field) = reason
-            .strip_prefix("missing field `")
-            .and_then(|r| r.strip_suffix('`'))
-        {
+        if let Some(field) = reason.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
             // A field we dropped ourselves reappears as "missing": already reported.
             let full = join(&path, field);
             if !errors[first_error..].iter().any(|e| e.path == full) {
@@ -326,8 +297,7 @@ fn add_file_twins(v: &mut Value) {
             if let Some(Value::Object(props)) = map.get_mut("properties") {
                 for twin in FILE_TWINS {
                     if props.contains_key(*twin) {
-                        let desc =
-                            format!("file whose content is `{twin}` (Kubernetes secret mounts)");
+                        let desc = format!("file whose content is `{twin}` (Kubernetes secret mounts)");
                         props.insert(
                             format!("{twin}_file"),
                             serde_json::json!({ "type": "string", "description": desc }),
@@ -353,10 +323,7 @@ mod tests {
         assert_eq!(substitute("${TG_TEST_UNSET_1:-dflt}").unwrap(), "dflt");
         assert_eq!(substitute("${TG_TEST_UNSET_1:-}").unwrap(), "");
         assert_eq!(substitute("$${HOME} $5").unwrap(), "${HOME} $5");
-        assert_eq!(
-            substitute("${TG_TEST_UNSET_1}").unwrap_err(),
-            "environment variable TG_TEST_UNSET_1 is not set"
-        );
+        assert_eq!(substitute("${TG_TEST_UNSET_1}").unwrap_err(), "environment variable TG_TEST_UNSET_1 is not set");
         assert!(substitute("${A-B}").is_err());
         assert!(substitute("${OPEN").is_err());
     }
@@ -367,32 +334,20 @@ mod tests {
         let err = load_str(yaml, "t.yaml", Path::new(".")).unwrap_err();
         let lines: Vec<String> = err.errors.iter().map(|e| e.to_string()).collect();
         assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("upstream.connect_timeout: invalid duration \"5 secs\"")),
+            lines.iter().any(|l| l.starts_with("upstream.connect_timeout: invalid duration \"5 secs\"")),
             "{lines:?}"
         );
         assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("upstream.response_timeout: invalid duration \"1 minute\"")),
+            lines.iter().any(|l| l.starts_with("upstream.response_timeout: invalid duration \"1 minute\"")),
             "{lines:?}"
         );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("limits") && l.contains("unknown field `bogus`")),
-            "{lines:?}"
-        );
+        assert!(lines.iter().any(|l| l.starts_with("limits") && l.contains("unknown field `bogus`")), "{lines:?}");
     }
 
     #[test]
     fn missing_required_key_is_named() {
         let err = load_str("listen: 127.0.0.1:1\n", "t.yaml", Path::new(".")).unwrap_err();
-        assert_eq!(
-            err.errors,
-            vec![FieldError::new("upstream", "missing required key")]
-        );
+        assert_eq!(err.errors, vec![FieldError::new("upstream", "missing required key")]);
     }
 
     #[test]

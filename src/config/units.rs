@@ -44,17 +44,13 @@ fn parse_millis(text: &str) -> Option<u64> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -72,9 +68,9 @@ fn parse_millis(text: &str) -> Option<u64> {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_millis(s).map(Duration::from_millis).ok_or_else(|| {
-            format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 15m, 24h, 30d)")
-        })
+        parse_millis(s)
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("invalid duration {s:?} (expected e.g. 500ms, 30s, 15m, 24h, 30d)"))
     }
 }
 
@@ -86,11 +82,8 @@ impl FromStr for SignedDuration {
             Some(b) => (-1, b),
             None => (1, t.strip_prefix('+').unwrap_or(t)),
         };
-        let ms = parse_millis(body)
-            .ok_or_else(|| format!("invalid duration {s:?} (expected e.g. -10s)"))?;
-        Ok(SignedDuration {
-            seconds: sign * (ms / 1000) as i64,
-        })
+        let ms = parse_millis(body).ok_or_else(|| format!("invalid duration {s:?} (expected e.g. -10s)"))?;
+        Ok(SignedDuration { seconds: sign * (ms / 1000) as i64 })
     }
 }
 
@@ -160,16 +153,8 @@ macro_rules! text_unit {
 }
 
 text_unit!(Duration, "Duration", "^([0-9]+(ms|s|m|h|d))+$|^0$");
-text_unit!(
-    SignedDuration,
-    "SignedDuration",
-    "^[-+]?([0-9]+(ms|s|m|h|d))+$|^0$"
-);
-text_unit!(
-    ByteSize,
-    "ByteSize",
-    "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$"
-);
+text_unit!(SignedDuration, "SignedDuration", "^[-+]?([0-9]+(ms|s|m|h|d))+$|^0$");
+text_unit!(ByteSize, "ByteSize", "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$");
 
 #[cfg(test)]
 mod tests {

@@ -19,10 +19,7 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
         err("upstream.url".into(), reason);
     }
     if c.listen == c.admin_listen && c.listen.port() != 0 {
-        err(
-            "admin_listen".into(),
-            "must differ from listen: admin endpoints never share the public port".into(),
-        );
+        err("admin_listen".into(), "must differ from listen: admin endpoints never share the public port".into());
     }
     if c.workers == Some(0) {
         err("workers".into(), "must be at least 1".into());
@@ -33,29 +30,20 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
         }
     }
     if let Some(tls) = &c.tls {
-        for (key, file) in [
-            ("tls.cert_file", &tls.cert_file),
-            ("tls.key_file", &tls.key_file),
-        ] {
+        for (key, file) in [("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
             if let Err(e) = std::fs::metadata(base.join(file)) {
                 err(key.into(), format!("cannot read {}: {e}", file.display()));
             }
         }
     }
     if c.limits.max_header_bytes.0 < MIN_HEADER_BYTES {
-        err(
-            "limits.max_header_bytes".into(),
-            "must be at least 8KiB".into(),
-        );
+        err("limits.max_header_bytes".into(), "must be at least 8KiB".into());
     }
     if c.limits.max_connections == 0 {
         err("limits.max_connections".into(), "must be at least 1".into());
     }
     if http::HeaderName::from_bytes(c.forwarding.request_id_header.as_bytes()).is_err() {
-        err(
-            "forwarding.request_id_header".into(),
-            "not a valid header name".into(),
-        );
+        err("forwarding.request_id_header".into(), "not a valid header name".into());
     }
 
     let mut key_ids = HashSet::new();
@@ -64,38 +52,16 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
         if !key_ids.insert(k.id.as_str()) {
             err(at("id"), format!("duplicate key id {:?}", k.id));
         }
-        let material = [
-            k.secret.is_some(),
-            k.secret_base64.is_some(),
-            k.private_key.is_some(),
-        ];
+        let material = [k.secret.is_some(), k.secret_base64.is_some(), k.private_key.is_some()];
         if material.iter().filter(|m| **m).count() != 1 {
-            err(
-                at("id"),
-                "give exactly one of secret, secret_base64, private_key(_file)".into(),
-            );
+            err(at("id"), "give exactly one of secret, secret_base64, private_key(_file)".into());
         } else if k.algorithm.is_hmac() && k.private_key.is_some() {
-            err(
-                at("private_key"),
-                format!(
-                    "{:?} is an HMAC algorithm: use secret or secret_base64",
-                    k.algorithm
-                ),
-            );
+            err(at("private_key"), format!("{:?} is an HMAC algorithm: use secret or secret_base64", k.algorithm));
         } else if !k.algorithm.is_hmac() && k.private_key.is_none() {
-            err(
-                at("algorithm"),
-                format!(
-                    "{:?} needs private_key_file (a PEM private key)",
-                    k.algorithm
-                ),
-            );
+            err(at("algorithm"), format!("{:?} needs private_key_file (a PEM private key)", k.algorithm));
         }
         if let Some(b64) = &k.secret_base64 {
-            if base64::engine::general_purpose::STANDARD
-                .decode(b64.expose().trim())
-                .is_err()
-            {
+            if base64::engine::general_purpose::STANDARD.decode(b64.expose().trim()).is_err() {
                 err(at("secret_base64"), "not valid base64".into());
             }
         }
@@ -124,16 +90,9 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
                 }
             }
             AuthHookType::Jwt => {
-                let sources = [
-                    h.jwks_url.is_some(),
-                    h.public_key_file.is_some(),
-                    h.secret.is_some(),
-                ];
+                let sources = [h.jwks_url.is_some(), h.public_key_file.is_some(), h.secret.is_some()];
                 if sources.iter().filter(|s| **s).count() != 1 {
-                    err(
-                        at("jwks_url"),
-                        "give exactly one of jwks_url, public_key_file, secret".into(),
-                    );
+                    err(at("jwks_url"), "give exactly one of jwks_url, public_key_file, secret".into());
                 }
                 if h.algorithms.is_empty() {
                     err(at("algorithms"), "list the accepted algorithms".into());
@@ -147,12 +106,8 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
             }
         }
         for (field, source) in &h.identity {
-            let ok = source
-                .strip_prefix("body:")
-                .is_some_and(|p| p.is_empty() || p.starts_with('/'))
-                || source
-                    .strip_prefix("header:")
-                    .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok())
+            let ok = source.strip_prefix("body:").is_some_and(|p| p.is_empty() || p.starts_with('/'))
+                || source.strip_prefix("header:").is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok())
                 || source.strip_prefix("claim:").is_some_and(|n| !n.is_empty());
             if !ok {
                 err(
@@ -166,17 +121,9 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
     for (name, l) in &c.rate_limits {
         let at = |key: &str| format!("rate_limits.{name}.{key}");
         let key_ok = matches!(l.key.as_str(), "client_ip" | "user" | "route" | "global")
-            || l.key
-                .strip_prefix("header:")
-                .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok());
+            || l.key.strip_prefix("header:").is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok());
         if !key_ok {
-            err(
-                at("key"),
-                format!(
-                    "expected client_ip, user, route, global or header:NAME, got {:?}",
-                    l.key
-                ),
-            );
+            err(at("key"), format!("expected client_ip, user, route, global or header:NAME, got {:?}", l.key));
         }
         if l.rate == 0 {
             err(at("rate"), "must be at least 1".into());
@@ -190,10 +137,7 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
     }
     for (i, name) in c.proxy_rate_limits.iter().enumerate() {
         if !c.rate_limits.contains_key(name) {
-            err(
-                format!("proxy_rate_limits[{i}]"),
-                format!("no rate limit named {name:?}"),
-            );
+            err(format!("proxy_rate_limits[{i}]"), format!("no rate limit named {name:?}"));
         } else if c.rate_limits[name].key == "user" {
             err(
                 format!("proxy_rate_limits[{i}]"),
@@ -209,20 +153,14 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
             err(at("name"), format!("duplicate route name {:?}", r.name));
         }
         if r.name == "proxy" {
-            err(
-                at("name"),
-                "\"proxy\" is reserved for forwarded traffic in metrics".into(),
-            );
+            err(at("name"), "\"proxy\" is reserved for forwarded traffic in metrics".into());
         }
         if !r.path.starts_with('/') {
             err(at("path"), format!("must start with '/': {:?}", r.path));
         }
         for (j, m) in r.methods.iter().enumerate() {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
-                err(
-                    at(&format!("methods[{j}]")),
-                    format!("invalid method {m:?}"),
-                );
+                err(at(&format!("methods[{j}]")), format!("invalid method {m:?}"));
             }
         }
         if !c.auth_hooks.contains_key(&r.auth) {
@@ -230,28 +168,18 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
         }
         for (j, l) in r.rate_limits.iter().enumerate() {
             if !c.rate_limits.contains_key(l) {
-                err(
-                    at(&format!("rate_limits[{j}]")),
-                    format!("no rate limit named {l:?}"),
-                );
+                err(at(&format!("rate_limits[{j}]")), format!("no rate limit named {l:?}"));
             }
         }
         if r.tokens.is_empty() {
-            err(
-                at("tokens"),
-                "a token route mints at least one token".into(),
-            );
+            err(at("tokens"), "a token route mints at least one token".into());
         }
         for (name, t) in &r.tokens {
             match c.keys.iter().find(|k| k.id == t.key) {
-                None => err(
-                    at(&format!("tokens.{name}.key")),
-                    format!("no key with id {:?}", t.key),
-                ),
-                Some(k) if k.retired => err(
-                    at(&format!("tokens.{name}.key")),
-                    format!("key {:?} is retired: it no longer signs", t.key),
-                ),
+                None => err(at(&format!("tokens.{name}.key")), format!("no key with id {:?}", t.key)),
+                Some(k) if k.retired => {
+                    err(at(&format!("tokens.{name}.key")), format!("key {:?} is retired: it no longer signs", t.key))
+                }
                 Some(_) => {}
             }
             for reserved in ["iat", "exp"] {
@@ -264,23 +192,18 @@ pub(super) fn validate(c: &Config, base: &Path) -> Vec<FieldError> {
             }
         }
         if !(100..=599).contains(&r.response.status) {
-            err(
-                at("response.status"),
-                format!("invalid status {}", r.response.status),
-            );
+            err(at("response.status"), format!("invalid status {}", r.response.status));
         }
     }
 
     if let Some(l) = &c.ledger {
         match l.kind {
-            LedgerType::Sqlite if l.path.is_none() => err(
-                "ledger.path".into(),
-                "missing required key for type sqlite".into(),
-            ),
-            LedgerType::Postgres if l.url.is_none() => err(
-                "ledger.url".into(),
-                "missing required key for type postgres".into(),
-            ),
+            LedgerType::Sqlite if l.path.is_none() => {
+                err("ledger.path".into(), "missing required key for type sqlite".into())
+            }
+            LedgerType::Postgres if l.url.is_none() => {
+                err("ledger.url".into(), "missing required key for type postgres".into())
+            }
             _ => {}
         }
     }
@@ -294,19 +217,12 @@ pub(super) fn referenced_files(c: &Config, base: &Path) -> Vec<PathBuf> {
         files.push(base.join(&tls.cert_file));
         files.push(base.join(&tls.key_file));
     }
-    files.extend(
-        c.auth_hooks
-            .values()
-            .filter_map(|h| h.public_key_file.as_ref())
-            .map(|f| base.join(f)),
-    );
+    files.extend(c.auth_hooks.values().filter_map(|h| h.public_key_file.as_ref()).map(|f| base.join(f)));
     files
 }
 
 fn check_http_url(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("only http:// URLs are supported, got {url:?}"));
     }
@@ -319,9 +235,7 @@ fn check_http_url(url: &str) -> Result<http::Uri, String> {
 fn check_upstream_url(url: &str) -> Result<(), String> {
     let uri = check_http_url(url)?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "URL {url:?} must not have a path or query: requests are forwarded with their own"
-        ));
+        return Err(format!("URL {url:?} must not have a path or query: requests are forwarded with their own"));
     }
     Ok(())
 }

@@ -62,13 +62,7 @@ impl ForwardRules {
     }
 
     /// Applies `x_forwarded` to a request about to go upstream.
-    pub fn apply_x_forwarded(
-        &self,
-        headers: &mut HeaderMap,
-        peer: IpAddr,
-        tls: bool,
-        host: Option<&HeaderValue>,
-    ) {
+    pub fn apply_x_forwarded(&self, headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         match self.mode {
             XForwardedMode::Off => {}
@@ -131,11 +125,7 @@ fn remove_x_forwarded(headers: &mut HeaderMap) {
         .keys()
         .filter(|k| {
             let n = k.as_str();
-            n.len() > 12
-                && n.as_bytes()[..12]
-                    .iter()
-                    .map(|b| if *b == b'_' { b'-' } else { *b })
-                    .eq(*b"x-forwarded-")
+            n.len() > 12 && n.as_bytes()[..12].iter().map(|b| if *b == b'_' { b'-' } else { *b }).eq(*b"x-forwarded-")
         })
         .cloned()
         .collect();
@@ -146,8 +136,7 @@ fn remove_x_forwarded(headers: &mut HeaderMap) {
 
 /// True when a request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -168,9 +157,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// the upstream only sends them when asked (RFC 9110 §10.1.4).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
+        let named: Vec<HeaderName> =
+            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
         for name in named {
             if !(upgrade && name == header::UPGRADE) && name != header::TE {
                 headers.remove(&name);
@@ -182,10 +170,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.remove(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if is_request && trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -218,10 +203,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -263,11 +245,7 @@ mod tests {
 
     #[test]
     fn upgrade_keeps_upgrade_headers() {
-        let mut h = map(&[
-            ("connection", "Upgrade, keep-alive"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
-        ]);
+        let mut h = map(&[("connection", "Upgrade, keep-alive"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true, true);
         assert_eq!(h["upgrade"], "websocket");
@@ -278,11 +256,8 @@ mod tests {
     #[test]
     fn append_mode() {
         let r = rules(XForwardedMode::Append, &[]);
-        let mut h = map(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-proto", "https"),
-        ]);
+        let mut h =
+            map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
         let host = HeaderValue::from_static("app.example");
         r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 9.9.9.9");
@@ -295,12 +270,7 @@ mod tests {
     fn append_mode_trusted_peer_keeps_proto() {
         let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
         let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "orig")]);
-        r.apply_x_forwarded(
-            &mut h,
-            "10.1.2.3".parse().unwrap(),
-            false,
-            Some(&HeaderValue::from_static("inner")),
-        );
+        r.apply_x_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false, Some(&HeaderValue::from_static("inner")));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "orig");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
@@ -309,11 +279,7 @@ mod tests {
     #[test]
     fn replace_mode_drops_underscore_spellings() {
         let r = rules(XForwardedMode::Replace, &[]);
-        let mut h = map(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x_forwarded_for", "7.7.7.7"),
-            ("x-forwarded-port", "1"),
-        ]);
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x_forwarded_for", "7.7.7.7"), ("x-forwarded-port", "1")]);
         r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), true, None);
         assert_eq!(h["x-forwarded-for"], "9.9.9.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -333,19 +299,10 @@ mod tests {
     fn client_ip_believes_only_trusted_peers() {
         let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
         let h = map(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.7")]);
-        assert_eq!(
-            r.client_ip("10.0.0.1".parse().unwrap(), &h),
-            "5.6.7.8".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            r.client_ip("8.8.8.8".parse().unwrap(), &h),
-            "8.8.8.8".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(r.client_ip("10.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<IpAddr>().unwrap());
+        assert_eq!(r.client_ip("8.8.8.8".parse().unwrap(), &h), "8.8.8.8".parse::<IpAddr>().unwrap());
         let junk = map(&[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(
-            r.client_ip("10.0.0.1".parse().unwrap(), &junk),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(r.client_ip("10.0.0.1".parse().unwrap(), &junk), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

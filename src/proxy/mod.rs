@@ -46,10 +46,7 @@ impl Proxy {
         Self {
             client: upstream_client(up.connect_timeout.0, up.pool_idle_timeout.0),
             scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: uri
-                .authority()
-                .cloned()
-                .expect("validated upstream url has a host"),
+            authority: uri.authority().cloned().expect("validated upstream url has a host"),
             response_timeout: up.response_timeout.0,
             rules: ForwardRules::new(&config.forwarding),
         }
@@ -85,30 +82,21 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade, true);
         let host = parts.headers.get(header::HOST).cloned();
-        self.rules
-            .apply_x_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
+        self.rules.apply_x_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
 
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        uri.path_and_query =
+            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
 
         let upstream_req = Request::from_parts(parts, Either::Left(body));
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(upstream_req))
-                .await
-            {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => return Err(Error::upstream(e)),
-                Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
-            };
+        let mut resp = match tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(Error::upstream(e)),
+            Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
+        };
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
@@ -124,18 +112,12 @@ impl Proxy {
 }
 
 /// One pooled HTTP/1.1 client: `TCP_NODELAY`, connect timeout, idle timeout enforced by a timer.
-pub fn upstream_client(
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> Client<HttpConnector, Body> {
+pub fn upstream_client(connect_timeout: Duration, idle_timeout: Duration) -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle_timeout)
-        .build(connector)
+    Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(idle_timeout).build(connector)
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one.
@@ -143,12 +125,7 @@ fn join_cookies(h: &mut http::HeaderMap) {
     if h.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
-    let joined: Vec<u8> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b"; "[..]);
+    let joined: Vec<u8> = h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         h.insert(header::COOKIE, v);
     }

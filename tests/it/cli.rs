@@ -1,0 +1,110 @@
+//! The command line (SPEC §1): check, schema, TOKENGATE_CONFIG, --workers.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{backend, temp_dir, Binary};
+
+fn tokengate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tokengate"))
+}
+
+#[test]
+fn check_reports_every_error_with_file_and_key_path() {
+    let dir = temp_dir("cli-check");
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "upstream:\n  url: http://127.0.0.1:3000\n  connect_timeout: 5 secs\nlimits:\n  max_header_bytes: lots\n  shutdown_grace: 1 minute\nforwarding:\n  x_forwarded: sometimes\nadmin_token: ${TG_TEST_NEVER_SET}\nbogus_key: 1\n",
+    )
+    .unwrap();
+    let out = tokengate().args(["check", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = file.display().to_string();
+    for expected in [
+        format!("{f}: upstream.connect_timeout: invalid duration \"5 secs\""),
+        format!("{f}: limits.max_header_bytes: invalid size \"lots\""),
+        format!("{f}: limits.shutdown_grace: invalid duration \"1 minute\""),
+        format!("{f}: forwarding.x_forwarded: unknown variant `sometimes`"),
+        format!("{f}: admin_token: environment variable TG_TEST_NEVER_SET is not set"),
+        format!("{f}: bogus_key: unknown field `bogus_key`"),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_accepts_a_good_config_from_tokengate_config() {
+    let dir = temp_dir("cli-check-ok");
+    let file = dir.join("good.yaml");
+    std::fs::write(&file, "upstream:\n  url: ${TG_TEST_UPSTREAM:-http://127.0.0.1:3000}\n").unwrap();
+    let out = tokengate().arg("check").env("TOKENGATE_CONFIG", &file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = tokengate().args(["check", "--config"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_exits_64() {
+    let dir = temp_dir("cli-run-bad");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, "upstream: {url: 'ftp://nope'}\n").unwrap();
+    let out = tokengate().args(["run", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.url: only http:// URLs are supported"));
+}
+
+#[test]
+fn schema_is_a_json_schema_of_the_whole_file() {
+    let out = tokengate().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    for key in [
+        "listen",
+        "admin_listen",
+        "admin_token",
+        "admin_token_file",
+        "upstream",
+        "forwarding",
+        "limits",
+        "keys",
+        "auth_hooks",
+        "rate_limits",
+        "proxy_rate_limits",
+        "routes",
+        "ledger",
+        "shared_state",
+        "tls",
+        "workers",
+        "jwks_path",
+    ] {
+        assert!(props.contains_key(key), "schema lacks {key}");
+    }
+    assert_eq!(schema["additionalProperties"], false, "unknown keys must be errors");
+}
+
+#[tokio::test]
+async fn workers_flag_sets_the_runtime_threads() {
+    let b = backend::spawn().await;
+    for n in [1usize, 3] {
+        let bin = Binary::start(&format!("cli-workers-{n}"), &b.url(), "", &["--workers", &n.to_string()]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let workers = std::fs::read_dir(format!("/proc/{}/task", bin.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "tokio-rt-worker")
+            .count();
+        assert_eq!(workers, n);
+    }
+}

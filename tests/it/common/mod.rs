@@ -1,0 +1,140 @@
+//! Test helpers: a fake backend, tokengate in-process or as the real binary, and clients.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokengate::app::State;
+use tokio_util::sync::CancellationToken;
+
+/// tokengate running in this process on 127.0.0.1:0.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stop: CancellationToken,
+    pub state: Arc<State>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// The config used by every in-process test: loopback listeners, the given upstream, and
+/// `extra` YAML appended (top-level keys).
+pub fn config_yaml(upstream: &str, extra: &str) -> String {
+    format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream:\n  url: {upstream}\n{extra}\n")
+}
+
+/// Starts tokengate in front of `upstream` with `extra` YAML.
+pub async fn spawn_app(upstream: &str, extra: &str) -> TestApp {
+    spawn_app_yaml(&config_yaml(upstream, extra)).await
+}
+
+pub async fn spawn_app_yaml(yaml: &str) -> TestApp {
+    let loaded = tokengate::config::load_str(yaml, "test.yaml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let app = tokengate::App::bind(loaded).await.expect("bind");
+    let (addr, admin, stop, state) = (app.public_addr(), app.admin_addr(), app.shutdown_token(), app.state());
+    let task = tokio::spawn(app.run());
+    TestApp { addr, admin, stop, state, task }
+}
+
+/// A port on loopback with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A fresh directory under the target dir, removed and recreated.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The real `tokengate` binary, running with a config file.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: PathBuf,
+}
+
+impl Binary {
+    /// Writes `yaml` (with `listen`/`admin_listen` on free ports) and starts `tokengate run`.
+    pub async fn start(name: &str, upstream: &str, extra: &str, args: &[&str]) -> Binary {
+        let dir = temp_dir(name);
+        let (addr, admin) = (closed_port(), closed_port());
+        let yaml = format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {upstream}\n{extra}\n");
+        let config = dir.join("tokengate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let stderr = dir.join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn tokengate");
+        let bin = Binary { child, addr, admin, stderr };
+        bin.wait_ready().await;
+        bin
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.admin).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
+            if let Ok(r) = client::get(self.admin, "/readyz", &[]).await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("tokengate did not become ready; stderr:\n{}", self.logs());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// A field of /proc/PID/status, in kB for the memory ones.
+    pub fn proc_status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

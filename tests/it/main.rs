@@ -1,0 +1,14 @@
+//! Black-box tests: the real app on 127.0.0.1:0 (in-process or the real binary) in front of a
+//! fake backend, driven by real clients. One module per topic.
+
+mod common;
+
+mod admin;
+mod cli;
+mod errors;
+mod forward;
+mod logs;
+mod shutdown;
+mod streaming;
+mod tls;
+mod websocket;
