@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""End-to-end load: direct vs nginx vs tokengate, interleaved, on loopback.
+
+Prints, per worker count, requests/s and p99 latency (wrk) and each proxy's own CPU time per
+request (utime+stime from /proc/PID/stat, children included for nginx), medians over ROUNDS
+interleaved rounds, and the tokengate/nginx ratios. On 2 cores requests/s mostly measures CPU
+sharing between wrk, the backend and the proxy; CPU per request is the figure to compare.
+
+Run through benches/load.sh, which installs wrk and nginx and builds the release binaries.
+"""
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+TICK = os.sysconf("SC_CLK_TCK")
+
+BACKEND_PORT, NGINX_PORT, TG_PORT, TG_ADMIN = 3901, 3902, 3903, 3904
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except FileNotFoundError:
+            pass
+    return total / TICK
+
+
+def wait_port(port, path="/", timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.05)
+    sys.exit(f"nothing answered on port {port}")
+
+
+def wrk(port, path, seconds, connections, headers=()):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        sys.exit(f"{non2xx.group(1)} non-2xx answers on port {port}{path}:\n{out}")
+    return requests, rps, p99_ms
+
+
+def measure(port, pids, path, seconds, connections, headers=()):
+    before = cpu_seconds(pids)
+    requests, rps, p99 = wrk(port, path, seconds, connections, headers)
+    cpu_us = (cpu_seconds(pids) - before) / requests * 1e6 if pids else float("nan")
+    return {"rps": rps, "p99": p99, "cpu_us": cpu_us}
+
+
+def start_nginx(workdir, workers):
+    conf = os.path.join(workdir, f"nginx-{workers}.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes {workers};
+daemon off;
+pid {workdir}/nginx-{workers}.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{NGINX_PORT} reuseport;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
+    wait_port(NGINX_PORT)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return proc, [proc.pid] + [int(c) for c in children]
+
+
+def start_tokengate(workdir, workers, extra_yaml="", log_level="warn"):
+    conf = os.path.join(workdir, "tokengate.yaml")
+    with open(conf, "w") as f:
+        f.write(f"listen: 127.0.0.1:{TG_PORT}\nadmin_listen: 127.0.0.1:{TG_ADMIN}\n"
+                f"upstream:\n  url: http://127.0.0.1:{BACKEND_PORT}\n{extra_yaml}\n")
+    proc = subprocess.Popen([os.path.join(RELEASE, "tokengate"), "run", "--config", conf,
+                             "--workers", str(workers), "--log-level", log_level], stderr=subprocess.DEVNULL)
+    wait_port(TG_ADMIN, "/readyz")
+    return proc, [proc.pid]
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def report(title, results, baseline="nginx", subject="tokengate"):
+    print(f"\n{title}")
+    print(f"{'target':<12}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {len(results[subject])} rounds)")
+    for name, rows in results.items():
+        print(f"{name:<12}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+    b, s = results[baseline], results[subject]
+    print(f"ratio {subject}/{baseline}: req/s {median(s, 'rps') / median(b, 'rps'):.2f}, "
+          f"p99 {median(s, 'p99') / median(b, 'p99'):.2f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--workers", default="1,2")
+    args = ap.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="tokengate-load-")
+    backend = subprocess.Popen([os.path.join(RELEASE, "examples", "bench_backend"), f"127.0.0.1:{BACKEND_PORT}"])
+    try:
+        wait_port(BACKEND_PORT)
+        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} interleaved rounds; "
+              f"nginx {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
+              f"both proxies log nothing per request")
+        for workers in [int(w) for w in args.workers.split(",")]:
+            results = {"direct": [], "nginx": [], "tokengate": []}
+            for _ in range(args.rounds):
+                results["direct"].append(measure(BACKEND_PORT, [], "/", args.seconds, args.connections))
+                proc, pids = start_nginx(workdir, workers)
+                try:
+                    results["nginx"].append(measure(NGINX_PORT, pids, "/", args.seconds, args.connections))
+                finally:
+                    stop(proc)
+                proc, pids = start_tokengate(workdir, workers)
+                try:
+                    results["tokengate"].append(measure(TG_PORT, pids, "/", args.seconds, args.connections))
+                finally:
+                    stop(proc)
+            report(f"== forwarding, {workers} worker(s) each", results)
+    finally:
+        stop(backend)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+//! A fast fake backend for `benches/load.py`: one thread, HTTP/1.1 keep-alive, tiny answers.
+//! `/api/me` answers a session endpoint's JSON; everything else `ok`.
+//!
+//! Usage: `bench_backend 127.0.0.1:3900`
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (body, ctype) = match req.uri().path() {
+        "/api/me" => (Bytes::from_static(br#"{"id":"user-123","name":"Alice","email":"alice@example.com"}"#), "application/json"),
+        _ => (Bytes::from_static(b"ok"), "text/plain"),
+    };
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    Ok(resp)
+}
+
+fn main() {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3900".into());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                    .await;
+            });
+        }
+    });
+}
