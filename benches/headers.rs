@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokengate::config::{ForwardingConfig, XForwardedMode};
 use tokengate::proxy::headers::{ensure_request_id, strip_hop_by_hop, ForwardRules};
+use tokengate::proxy::ConnInfo;
 
 /// What a browser sends through a load balancer, give or take.
 fn browser_headers() -> HeaderMap {
@@ -35,7 +36,7 @@ fn rules(mode: XForwardedMode) -> ForwardRules {
 
 fn bench(c: &mut Criterion) {
     let base = browser_headers();
-    let peer = "10.1.2.3".parse().unwrap();
+    let peer = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), false);
     let host = HeaderValue::from_static("app.example.com");
     let id = HeaderName::from_static("x-request-id");
 
@@ -53,7 +54,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter_batched_ref(
                 || base.clone(),
-                |h| r.apply_x_forwarded(black_box(h), peer, false, Some(&host)),
+                |h| r.apply_x_forwarded(black_box(h), &peer, Some(&host)),
                 criterion::BatchSize::SmallInput,
             )
         });
@@ -68,7 +69,7 @@ fn bench(c: &mut Criterion) {
             |h| {
                 ensure_request_id(h, &id);
                 strip_hop_by_hop(h, false, true);
-                r.apply_x_forwarded(h, peer, false, Some(&host));
+                r.apply_x_forwarded(h, &peer, Some(&host));
             },
             criterion::BatchSize::SmallInput,
         )

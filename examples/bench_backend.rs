@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (body, ctype) = match req.uri().path() {
-        "/api/me" => (Bytes::from_static(br#"{"id":"user-123","name":"Alice","email":"alice@example.com"}"#), "application/json"),
+        "/api/me" => {
+            (Bytes::from_static(br#"{"id":"user-123","name":"Alice","email":"alice@example.com"}"#), "application/json")
+        }
         _ => (Bytes::from_static(b"ok"), "text/plain"),
     };
     let mut resp = Response::new(Full::new(body));

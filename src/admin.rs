@@ -17,7 +17,7 @@ use crate::proxy::ConnInfo;
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let path = req.uri().path();
     if path.starts_with("/admin/") {
-        if let Some(denied) = deny_unauthorized(&state, &req, conn) {
+        if let Some(denied) = deny_unauthorized(&state, &req, &conn) {
             return denied;
         }
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
@@ -36,7 +36,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -
 
 /// `Authorization: Bearer <admin_token>` compared in constant time; without a token configured,
 /// only loopback peers get in. Returns the refusal, if any.
-fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: ConnInfo) -> Option<Response<Body>> {
+fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Response<Body>> {
     let gateway = state.gateway.load();
     match gateway.config.admin_token.as_ref().filter(|t| !t.is_empty()) {
         Some(token) => {

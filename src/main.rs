@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use tokengate::config;
 use tokengate::logging::{self, LogFormat};
 
+// glibc malloc showed up at ~4% of forwarding CPU; mimalloc's thread-local free lists are cheaper.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for an unusable config on `run` (sysexits EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -113,10 +117,17 @@ fn with_runtime(
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         return usage(&e);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
-    }
+    // One worker: a current-thread runtime (nginx's single worker model) skips the
+    // work-stealing scheduler's cross-thread bookkeeping. More: the multi-thread scheduler.
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -80,10 +80,10 @@ where
         tokio::spawn(async move {
             let _slot = (permit, open);
             match tls {
-                None => serve_io(&builder, stream, ConnInfo { peer, tls: false }, handler, watcher).await,
+                None => serve_io(&builder, stream, ConnInfo::new(peer, false), handler, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        serve_io(&builder, tls_stream, ConnInfo { peer, tls: true }, handler, watcher).await
+                        serve_io(&builder, tls_stream, ConnInfo::new(peer, true), handler, watcher).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -102,12 +102,12 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let response = handler(req, conn);
+        let response = handler(req, conn.clone());
         async move { Ok::<_, Infallible>(response.await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection closed with error");
+        tracing::debug!(error = %e, "connection closed with error");
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::ConnInfo;
 use crate::config::{ForwardingConfig, XForwardedMode};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -62,13 +63,13 @@ impl ForwardRules {
     }
 
     /// Applies `x_forwarded` to a request about to go upstream.
-    pub fn apply_x_forwarded(&self, headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    pub fn apply_x_forwarded(&self, headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
+        let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
         match self.mode {
             XForwardedMode::Off => {}
             XForwardedMode::Replace => {
                 remove_x_forwarded(headers);
-                headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
+                headers.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
                 headers.insert(X_FORWARDED_PROTO.clone(), proto);
                 if let Some(h) = host {
                     headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -79,14 +80,14 @@ impl ForwardRules {
                     Some(prior) => {
                         let mut v = prior;
                         v.extend_from_slice(b", ");
-                        v.extend_from_slice(peer.to_string().as_bytes());
-                        HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip_value(peer))
+                        v.extend_from_slice(conn.peer_ip.as_bytes());
+                        HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_ip.clone())
                     }
-                    None => ip_value(peer),
+                    None => conn.peer_ip.clone(),
                 };
                 headers.insert(X_FORWARDED_FOR.clone(), xff);
                 // Only a trusted proxy may tell us the original scheme and host.
-                let trusted = self.is_trusted(peer);
+                let trusted = self.is_trusted(conn.peer.ip());
                 if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
                     headers.insert(X_FORWARDED_PROTO.clone(), proto);
                 }
@@ -98,10 +99,6 @@ impl ForwardRules {
             }
         }
     }
-}
-
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 /// All values of a repeated header joined with ", " (RFC 9110 §5.3), or None.
@@ -208,6 +205,10 @@ mod tests {
         h
     }
 
+    fn conn(ip: &str, tls: bool) -> ConnInfo {
+        ConnInfo::new(std::net::SocketAddr::new(ip.parse().unwrap(), 1234), tls)
+    }
+
     fn rules(mode: XForwardedMode, trusted: &[&str]) -> ForwardRules {
         ForwardRules {
             mode,
@@ -259,7 +260,7 @@ mod tests {
         let mut h =
             map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
         let host = HeaderValue::from_static("app.example");
-        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, Some(&host));
+        r.apply_x_forwarded(&mut h, &conn("9.9.9.9", false), Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 9.9.9.9");
         // The untrusted peer's claim of https is not believed.
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -270,7 +271,7 @@ mod tests {
     fn append_mode_trusted_peer_keeps_proto() {
         let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
         let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "orig")]);
-        r.apply_x_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false, Some(&HeaderValue::from_static("inner")));
+        r.apply_x_forwarded(&mut h, &conn("10.1.2.3", false), Some(&HeaderValue::from_static("inner")));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "orig");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
@@ -280,7 +281,7 @@ mod tests {
     fn replace_mode_drops_underscore_spellings() {
         let r = rules(XForwardedMode::Replace, &[]);
         let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x_forwarded_for", "7.7.7.7"), ("x-forwarded-port", "1")]);
-        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), true, None);
+        r.apply_x_forwarded(&mut h, &conn("9.9.9.9", true), None);
         assert_eq!(h["x-forwarded-for"], "9.9.9.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x_forwarded_for").is_none() && h.get("x-forwarded-port").is_none());
@@ -290,7 +291,7 @@ mod tests {
     fn off_mode_touches_nothing() {
         let r = rules(XForwardedMode::Off, &[]);
         let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
-        r.apply_x_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, None);
+        r.apply_x_forwarded(&mut h, &conn("9.9.9.9", false), None);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6");
     }

@@ -32,10 +32,19 @@ pub struct Proxy {
 }
 
 /// What the connection knows about a request's origin.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's IP as a header value, formatted once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        Self { peer, tls, peer_ip }
+    }
 }
 
 impl Proxy {
@@ -82,7 +91,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade, true);
         let host = parts.headers.get(header::HOST).cloned();
-        self.rules.apply_x_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
+        self.rules.apply_x_forwarded(&mut parts.headers, &conn, host.as_ref());
 
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
