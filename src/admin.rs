@@ -27,6 +27,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -
     }
     match path {
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
+        "/.well-known/jwks.json" => crate::stack::jwks_response(&state.gateway.load().jwks),
         "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"shutting down\n".to_vec()),

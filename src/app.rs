@@ -12,22 +12,60 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Loaded};
+use std::collections::HashMap;
+
+use crate::auth::Hook;
+use crate::config::{Config, ConfigErrors, FieldError, Loaded};
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::{self, ServeOptions};
+use crate::token::Routes;
 use crate::{admin, stack, tls};
 
 /// Everything derived from one config; swapped whole on reload.
 pub struct Gateway {
     pub config: Config,
     pub proxy: Proxy,
+    pub keys: KeyRing,
+    pub hooks: HashMap<String, Arc<Hook>>,
+    pub routes: Routes,
+    /// The JWK set, serialized once.
+    pub jwks: bytes::Bytes,
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Self {
-        Self { proxy: Proxy::new(&config), config }
+    /// Compiles a validated config: keys parsed, hooks and templates built. Every error has
+    /// its key path, so `check` reports what `run` would refuse.
+    pub fn build(config: Config) -> Result<Self, Vec<FieldError>> {
+        let proxy = Proxy::new(&config);
+        let mut errors = Vec::new();
+        let keys = KeyRing::load(&config.keys).unwrap_or_else(|e| {
+            errors.extend(e);
+            KeyRing::default()
+        });
+        let mut hooks = HashMap::new();
+        for (name, cfg) in &config.auth_hooks {
+            match Hook::build(name, cfg, proxy.client()) {
+                Ok(hook) => {
+                    hooks.insert(name.clone(), Arc::new(hook));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let routes = Routes::build(&config, &keys, &hooks)?;
+        let jwks = bytes::Bytes::from(keys.jwks().to_string());
+        Ok(Self { config, proxy, keys, hooks, routes, jwks })
     }
+}
+
+/// Loads, validates and compiles a config file: what `check` runs and `run` starts from.
+pub fn load(path: &std::path::Path) -> Result<Gateway, ConfigErrors> {
+    let loaded = crate::config::load_file(path)?;
+    Gateway::build(loaded.config).map_err(|errors| ConfigErrors { origin: path.display().to_string(), errors })
 }
 
 /// State shared by every connection, for the life of the process.
@@ -50,6 +88,8 @@ pub enum StartError {
     },
     #[error("invalid TLS material")]
     Tls(#[from] tls::TlsError),
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigErrors),
 }
 
 /// A bound, not yet running tokengate.
@@ -68,7 +108,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 impl App {
     /// Binds both listeners and builds the runtime state from a validated config.
     pub async fn bind(loaded: Loaded) -> Result<Self, StartError> {
-        let config = loaded.config;
+        let gateway =
+            Gateway::build(loaded.config).map_err(|errors| ConfigErrors { origin: "config".into(), errors })?;
+        let config = &gateway.config;
         let tls = match &config.tls {
             Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
             None => None,
@@ -76,7 +118,7 @@ impl App {
         let public = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let state = Arc::new(State {
-            gateway: ArcSwap::from_pointee(Gateway::new(config)),
+            gateway: ArcSwap::from_pointee(gateway),
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
             tunnels: TaskTracker::new(),

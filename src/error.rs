@@ -2,6 +2,7 @@
 //!
 //! Client-facing bodies stay generic; the log line carries the cause (never a secret).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -18,6 +19,21 @@ pub enum Error {
     UpstreamTimeout(Duration),
     #[error("upstream request failed")]
     UpstreamProtocol(#[source] legacy::Error),
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: HeaderValue },
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("cannot read the request body")]
+    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the auth hook refused the credentials")]
+    Unauthorized,
+    #[error("auth hook {hook} failed: {cause}")]
+    AuthUnavailable { hook: String, cause: String },
+    /// The message is shown to the client: it names a field, never a value.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Sign(#[from] crate::keys::SignError),
 }
 
 impl Error {
@@ -34,6 +50,12 @@ impl Error {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -42,16 +64,29 @@ impl Error {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => "bad_gateway",
             Self::UpstreamTimeout(_) => "gateway_timeout",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::BodyRead(_) | Self::InvalidRequest(_) => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::AuthUnavailable { .. } => "auth_unavailable",
+            Self::Sign(_) => "internal_error",
         }
     }
 
-    /// The sentence shown to the client: no internal detail.
-    pub fn public_message(&self) -> &'static str {
-        match self {
+    /// The sentence shown to the client: no internal detail, no secret.
+    pub fn public_message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Self::UpstreamConnect(_) => "the upstream service is unreachable",
             Self::UpstreamProtocol(_) => "the upstream service returned an invalid response",
             Self::UpstreamTimeout(_) => "the upstream service did not answer in time",
-        }
+            Self::MethodNotAllowed { .. } => "method not allowed on this route",
+            Self::PayloadTooLarge(_) => "request body too large",
+            Self::BodyRead(_) => "cannot read the request body",
+            Self::Unauthorized => "authentication required",
+            Self::AuthUnavailable { .. } => "authentication is temporarily unavailable",
+            Self::Sign(_) => "cannot sign the token",
+            Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
+        })
     }
 
     /// The `tokengate_upstream_errors_total{kind}` label, when the upstream is at fault.
@@ -60,6 +95,7 @@ impl Error {
             Self::UpstreamConnect(_) => Some("connect"),
             Self::UpstreamTimeout(_) => Some("timeout"),
             Self::UpstreamProtocol(_) => Some("protocol"),
+            _ => None,
         }
     }
 
@@ -83,7 +119,17 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// Maps an error to its response: `{"error": "<code>", "message": "<sentence>"}`.
 pub fn rescue(err: &Error) -> Response<Body> {
-    json_error(err.status(), err.code(), err.public_message())
+    let mut resp = json_error(err.status(), err.code(), &err.public_message());
+    add_error_headers(err, &mut resp);
+    resp
+}
+
+/// Headers an error response must carry whatever its body shape (`Allow` on 405).
+pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
+    if let Error::MethodNotAllowed { allow } = err {
+        resp.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// A JSON error response with `Cache-Control: no-store`.

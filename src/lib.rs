@@ -5,15 +5,19 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod stack;
+pub mod template;
 pub mod tls;
+pub mod token;
 
 pub use app::App;

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             let Some(path) = &cli.config else {
                 return usage("check needs --config FILE (or TOKENGATE_CONFIG)");
             };
-            match config::load_file(path) {
+            match tokengate::app::load(path) {
                 Ok(_) => {
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS

@@ -14,6 +14,17 @@ use crate::proxy::{headers, ConnInfo};
 
 /// The `route` label for forwarded traffic.
 const PROXY_ROUTE: &str = "proxy";
+/// The `route` label for the public JWK set (`jwks_path`).
+const JWKS_ROUTE: &str = "jwks";
+
+/// The JWK set as served on `jwks_path` and the admin listener.
+pub fn jwks_response(jwks: &bytes::Bytes) -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(jwks.clone()));
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/jwk-set+json"));
+    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=300"));
+    resp
+}
 
 /// Serves one request on the public listener.
 pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
@@ -22,17 +33,24 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
     let gateway = state.gateway.load_full();
     let method = req.method().clone();
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
-    let route = PROXY_ROUTE;
-
-    let mut resp = match gateway.proxy.forward(req, conn, &state.tunnels).await {
-        Ok(resp) => resp,
-        Err(err) => {
-            if let Some(kind) = err.upstream_kind() {
-                state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
+    let path = req.uri().path();
+    let (route, mut resp) = if let Some((route, captures)) = gateway.routes.find(path) {
+        let resp = route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics).await;
+        (route.name.as_str(), resp)
+    } else if gateway.config.jwks_path.as_deref() == Some(path) {
+        (JWKS_ROUTE, jwks_response(&gateway.jwks))
+    } else {
+        let resp = match gateway.proxy.forward(req, conn, &state.tunnels).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if let Some(kind) = err.upstream_kind() {
+                    state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
+                }
+                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
+                rescue(&err)
             }
-            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
-            rescue(&err)
-        }
+        };
+        (PROXY_ROUTE, resp)
     };
     resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
 

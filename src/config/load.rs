@@ -126,6 +126,19 @@ fn substitute_tree(v: &mut Value, path: &mut String, errors: &mut Vec<FieldError
             }
         }
         Value::Object(map) => {
+            // Keys too: a vendor's claim *name* may be configurable (Dotdigital's ID claim).
+            if map.keys().any(|k| k.contains('$')) {
+                let old = std::mem::take(map);
+                for (k, v) in old {
+                    match substitute(&k) {
+                        Ok(new) => map.insert(new, v),
+                        Err(reason) => {
+                            errors.push(FieldError::new(join(path, &k), reason));
+                            map.insert(k, v)
+                        }
+                    };
+                }
+            }
             for (k, item) in map.iter_mut() {
                 let mut p = join(path, k);
                 substitute_tree(item, &mut p, errors);

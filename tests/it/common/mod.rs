@@ -92,6 +92,30 @@ impl Binary {
         bin
     }
 
+    /// Starts `tokengate run` with a shipped config file; listen/admin/upstream come from the
+    /// `TOKENGATE_*` variables the shipped files read, plus `envs`.
+    pub async fn start_file(name: &str, file: &str, backend: &str, envs: &[(&str, &str)]) -> Binary {
+        let dir = temp_dir(name);
+        let (addr, admin) = (closed_port(), closed_port());
+        let stderr = dir.join("stderr.log");
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("TOKENGATE_LISTEN", addr.to_string())
+            .env("TOKENGATE_ADMIN_LISTEN", admin.to_string())
+            .env("TOKENGATE_UPSTREAM", backend)
+            .env("TOKENGATE_SESSION_URL", format!("{backend}/api/me"))
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn tokengate");
+        let bin = Binary { child, addr, admin, stderr };
+        bin.wait_ready().await;
+        bin
+    }
+
     async fn wait_ready(&self) {
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(self.admin).await.is_err() {

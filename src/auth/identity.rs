@@ -1,0 +1,110 @@
+//! Identity fields and where they come from: `body:/json/pointer`, `header:name`, `claim:name`.
+
+use http::{HeaderMap, HeaderName};
+use serde_json::{Map, Value};
+
+use super::AuthError;
+
+/// The caller's identity fields (`id`, `name`, `image`, `email`, `custom`…).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Identity(pub Map<String, Value>);
+
+impl Identity {
+    /// The `id` field as text (numbers are rendered).
+    pub fn id(&self) -> Option<&str> {
+        self.0.get("id").and_then(Value::as_str)
+    }
+
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.0.get(field)
+    }
+}
+
+/// One `identity:` entry.
+#[derive(Clone, Debug)]
+pub enum IdentitySource {
+    /// JSON pointer into a body (the hook's answer, or the request for local hooks).
+    Body(String),
+    Header(HeaderName),
+    Claim(String),
+}
+
+impl IdentitySource {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("body:") {
+            if p.is_empty() || p.starts_with('/') {
+                return Ok(Self::Body(p.to_owned()));
+            }
+        } else if let Some(h) = s.strip_prefix("header:") {
+            if let Ok(name) = HeaderName::from_bytes(h.as_bytes()) {
+                return Ok(Self::Header(name));
+            }
+        } else if let Some(c) = s.strip_prefix("claim:") {
+            if !c.is_empty() {
+                return Ok(Self::Claim(c.to_owned()));
+            }
+        }
+        Err(format!("expected body:/pointer, header:name or claim:name, got {s:?}"))
+    }
+
+    /// The name used in `missing required field: <name>`.
+    fn field_name(&self) -> String {
+        match self {
+            Self::Body(p) => p.rsplit('/').next().unwrap_or_default().to_owned(),
+            Self::Header(h) => h.as_str().to_owned(),
+            Self::Claim(c) => c.clone(),
+        }
+    }
+}
+
+fn present(v: Option<Value>) -> Option<Value> {
+    v.filter(|v| !v.is_null() && v.as_str() != Some(""))
+}
+
+fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &Value, headers: &HeaderMap) -> Option<Value> {
+    present(match src {
+        IdentitySource::Body(p) => body.pointer(p).cloned(),
+        IdentitySource::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(|s| Value::String(s.to_owned())),
+        IdentitySource::Claim(c) => claims.and_then(|c2| c2.get(c)).cloned(),
+    })
+}
+
+/// `id` as a string, whatever JSON type it came as.
+fn normalize_id(v: Value) -> Value {
+    match v {
+        Value::Number(n) => Value::String(n.to_string()),
+        other => other,
+    }
+}
+
+/// Identity from the request itself (api_key, jwt, none): a missing `id` is the caller's fault (400).
+pub(super) fn extract(
+    fields: &[(String, IdentitySource)],
+    claims: Option<&Value>,
+    body: &Value,
+    headers: &HeaderMap,
+) -> Result<Identity, AuthError> {
+    let mut out = Map::new();
+    for (field, src) in fields {
+        match lookup(src, claims, body, headers) {
+            Some(v) if field == "id" => {
+                out.insert(field.clone(), normalize_id(v));
+            }
+            Some(v) => {
+                out.insert(field.clone(), v);
+            }
+            None if field == "id" => return Err(AuthError::Missing(src.field_name())),
+            None => {}
+        }
+    }
+    Ok(Identity(out))
+}
+
+/// Identity from a session endpoint's 2xx answer: a missing `id` is the hook's fault (fail closed).
+pub(super) fn extract_from_answer(
+    fields: &[(String, IdentitySource)],
+    body: &Value,
+    headers: &HeaderMap,
+) -> Result<Identity, String> {
+    extract(fields, None, body, headers).map_err(|_| "the session endpoint's answer has no id".to_owned())
+}

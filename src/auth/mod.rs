@@ -1,0 +1,252 @@
+//! Auth hooks (SPEC §2 `auth_hooks`): who is calling a token route.
+//!
+//! - `http`: a subrequest to the backend's session endpoint with the listed headers; 2xx
+//!   allows, 401/403 denies, anything else fails closed (503). Cached per credential.
+//! - `api_key`: keys compared in constant time; identity from the request body.
+//! - `jwt`: an IdP's bearer token, verified with a static key (algorithms pinned, iss/aud/exp/nbf).
+//! - `none`: no check; identity from the request.
+
+mod cache;
+mod identity;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::Value;
+
+use crate::body::{self, Body};
+use crate::config::{AuthHookConfig, AuthHookType, FieldError, Secret};
+use crate::metrics::Metrics;
+pub use cache::AuthCache;
+pub use identity::{Identity, IdentitySource};
+
+/// The largest session-endpoint answer we read.
+const MAX_HOOK_BODY: usize = 256 * 1024;
+
+/// Why a caller was not given an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The hook said no (401/403, wrong key, bad bearer token): 401.
+    #[error("credentials were refused")]
+    Denied,
+    /// The hook could not decide (5xx, timeout, unreachable, unusable answer): 503, fail closed.
+    #[error("auth hook failed: {0}")]
+    Unavailable(String),
+    /// An identity field read from the request is missing: 400.
+    #[error("missing required field: {0}")]
+    Missing(String),
+}
+
+/// What a hook needs to see of the request.
+pub struct AuthRequest<'a> {
+    pub headers: &'a HeaderMap,
+    pub body: &'a Value,
+}
+
+enum Kind {
+    Http { uri: Uri, method: Method, forward: Vec<HeaderName>, timeout: Duration, client: Client<HttpConnector, Body> },
+    ApiKey { header: HeaderName, keys: Vec<Secret> },
+    Jwt { key: jsonwebtoken::DecodingKey, validation: jsonwebtoken::Validation },
+    None,
+}
+
+/// One configured auth hook.
+pub struct Hook {
+    pub name: String,
+    kind: Kind,
+    identity: Vec<(String, IdentitySource)>,
+    cache: Option<AuthCache>,
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hook({})", self.name)
+    }
+}
+
+impl Hook {
+    /// Builds a hook from validated config; `client` is the shared upstream pool.
+    pub fn build(name: &str, cfg: &AuthHookConfig, client: &Client<HttpConnector, Body>) -> Result<Self, FieldError> {
+        let at = |key: &str, reason: String| FieldError::new(format!("auth_hooks.{name}.{key}"), reason);
+        let identity = cfg
+            .identity
+            .iter()
+            .map(|(field, src)| {
+                IdentitySource::parse(src).map(|s| (field.clone(), s)).map_err(|r| at(&format!("identity.{field}"), r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !identity.iter().any(|(f, _)| f == "id") {
+            return Err(at("identity", "must say where `id` comes from".into()));
+        }
+        let kind = match cfg.kind {
+            AuthHookType::Http => Kind::Http {
+                uri: cfg.url.as_deref().unwrap_or_default().parse().map_err(|e| at("url", format!("{e}")))?,
+                method: cfg
+                    .method
+                    .as_deref()
+                    .unwrap_or("GET")
+                    .parse()
+                    .map_err(|_| at("method", "invalid method".into()))?,
+                forward: cfg
+                    .forward_headers
+                    .iter()
+                    .map(|h| {
+                        HeaderName::from_bytes(h.as_bytes())
+                            .map_err(|_| at("forward_headers", format!("invalid header {h:?}")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                timeout: cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2)),
+                client: client.clone(),
+            },
+            AuthHookType::ApiKey => Kind::ApiKey {
+                header: HeaderName::from_bytes(cfg.header.as_deref().unwrap_or_default().as_bytes())
+                    .map_err(|_| at("header", "invalid header name".into()))?,
+                keys: cfg.keys.clone(),
+            },
+            AuthHookType::Jwt => {
+                let algs: Vec<jsonwebtoken::Algorithm> = cfg.algorithms.iter().map(|a| a.to_jsonwebtoken()).collect();
+                let key = match (&cfg.secret, &cfg.public_key_file) {
+                    (Some(s), _) => jsonwebtoken::DecodingKey::from_secret(s.expose().as_bytes()),
+                    (None, Some(file)) => {
+                        let pem =
+                            std::fs::read(file).map_err(|e| at("public_key_file", format!("cannot read: {e}")))?;
+                        let family = algs.first().map(|a| a.family());
+                        use jsonwebtoken::AlgorithmFamily as F;
+                        match family {
+                            Some(F::Ec) => jsonwebtoken::DecodingKey::from_ec_pem(&pem),
+                            Some(F::Ed) => jsonwebtoken::DecodingKey::from_ed_pem(&pem),
+                            _ => jsonwebtoken::DecodingKey::from_rsa_pem(&pem),
+                        }
+                        .map_err(|e| at("public_key_file", format!("not a PEM public key: {e}")))?
+                    }
+                    _ => {
+                        return Err(at(
+                            "jwks_url",
+                            "jwks_url is not supported yet: use public_key_file or secret".into(),
+                        ))
+                    }
+                };
+                let mut validation =
+                    jsonwebtoken::Validation::new(algs.first().copied().unwrap_or(jsonwebtoken::Algorithm::RS256));
+                validation.algorithms = algs;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp"]);
+                if let Some(iss) = &cfg.issuer {
+                    validation.set_issuer(&[iss]);
+                }
+                match &cfg.audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
+                Kind::Jwt { key, validation }
+            }
+            AuthHookType::None => Kind::None,
+        };
+        let cache = match (&kind, &cfg.cache) {
+            (Kind::Http { .. }, Some(c)) => Some(AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries)),
+            (Kind::Http { .. }, None) => Some(AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000)),
+            _ => None,
+        };
+        Ok(Self { name: name.to_owned(), kind, identity, cache })
+    }
+
+    /// Decides who is calling. Never returns an identity without an `id`.
+    pub async fn authenticate(&self, req: &AuthRequest<'_>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
+        let result = match &self.kind {
+            Kind::Http { forward, .. } => {
+                let cache = self.cache.as_ref().expect("http hooks always have a cache");
+                let key = cache.key(forward, req.headers);
+                let (outcome, called) = cache.get_or_call(key, || self.call_http(req.headers, metrics)).await;
+                let result_label = if called { "miss" } else { "hit" };
+                metrics.auth_cache_total.with_label_values(&[&self.name, result_label]).inc();
+                outcome
+            }
+            Kind::ApiKey { header, keys } => {
+                let presented = req.headers.get(header).map(HeaderValue::as_bytes).unwrap_or_default();
+                // Every key is compared, so timing does not tell which one nearly matched.
+                let ok = keys.iter().fold(false, |acc, k| acc | k.matches(presented));
+                if ok {
+                    identity::extract(&self.identity, None, req.body, req.headers).map(Arc::new)
+                } else {
+                    Err(AuthError::Denied)
+                }
+            }
+            Kind::Jwt { key, validation } => {
+                let token = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or(AuthError::Denied)?;
+                match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, validation) {
+                    Ok(data) => {
+                        identity::extract(&self.identity, Some(&Value::Object(data.claims)), req.body, req.headers)
+                            .map(Arc::new)
+                    }
+                    Err(e) => {
+                        tracing::debug!(hook = %self.name, reason = %e, "bearer token refused");
+                        Err(AuthError::Denied)
+                    }
+                }
+            }
+            Kind::None => identity::extract(&self.identity, None, req.body, req.headers).map(Arc::new),
+        };
+        let outcome = match &result {
+            Ok(_) => "allow",
+            Err(AuthError::Denied) => "deny",
+            Err(_) => "error",
+        };
+        metrics.auth_hook_total.with_label_values(&[&self.name, outcome]).inc();
+        result
+    }
+
+    /// One subrequest to the session endpoint: Ok(Some) allow, Ok(None) deny, Err fail.
+    async fn call_http(&self, headers: &HeaderMap, metrics: &Metrics) -> Result<Option<Arc<Identity>>, String> {
+        let Kind::Http { uri, method, forward, timeout, client } = &self.kind else {
+            unreachable!("only http hooks call out")
+        };
+        let mut req = Request::builder().method(method.clone()).uri(uri.clone());
+        for name in forward {
+            for value in headers.get_all(name) {
+                req = req.header(name, value);
+            }
+        }
+        let req = req.body(body::empty()).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let answer = tokio::time::timeout(*timeout, async {
+            let resp = client.request(req).await.map_err(|e| crate::error::chain(&e))?;
+            let (parts, body) = resp.into_parts();
+            if parts.status == http::StatusCode::UNAUTHORIZED || parts.status == http::StatusCode::FORBIDDEN {
+                return Ok((parts, Bytes::new()));
+            }
+            let bytes = Limited::new(body, MAX_HOOK_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((parts, bytes))
+        })
+        .await;
+        metrics.auth_hook_duration_seconds.with_label_values(&[&self.name]).observe(start.elapsed().as_secs_f64());
+        let (parts, bytes) = answer.map_err(|_| format!("no answer within {timeout:?}"))??;
+        match parts.status.as_u16() {
+            200..=299 => {
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))?
+                };
+                let identity = identity::extract_from_answer(&self.identity, &body, &parts.headers)?;
+                Ok(Some(Arc::new(identity)))
+            }
+            401 | 403 => Ok(None),
+            other => Err(format!("session endpoint answered {other}")),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Signing keys: parsed once at load into the crypto backend's key types (aws-lc-rs), so that
+//! signing never re-parses PEM/DER; their public halves as a JWK set; key rotation via `retired`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::{digest, hmac};
+use base64::Engine;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::config::{Algorithm, FieldError, KeyConfig};
+
+/// A loaded signing key. Never printed: `Debug` shows only the id and algorithm.
+pub struct SigningKey {
+    pub id: String,
+    pub algorithm: Algorithm,
+    pub retired: bool,
+    /// Short SHA-256 of the key material, so a rotated key never matches a cached token.
+    pub fingerprint: String,
+    /// The public JWK (asymmetric keys only).
+    pub jwk: Option<serde_json::Value>,
+    signer: Signer,
+}
+
+enum Signer {
+    // Boxed: an HMAC key is ~1.2 KB inline, the others are handles.
+    Hmac(Box<hmac::Key>),
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair, &'static dyn sig::RsaEncoding),
+    Ed(Ed25519KeyPair),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, {:?})", self.id, self.algorithm)
+    }
+}
+
+/// Signing failed inside the crypto library (should not happen with a key that loaded).
+#[derive(Debug, thiserror::Error)]
+#[error("signing with key {0:?} failed")]
+pub struct SignError(pub String);
+
+impl Algorithm {
+    /// The JOSE `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use crate::config::Algorithm as A;
+        use jsonwebtoken::Algorithm as J;
+        match self {
+            A::HS256 => J::HS256,
+            A::HS384 => J::HS384,
+            A::HS512 => J::HS512,
+            A::RS256 => J::RS256,
+            A::RS384 => J::RS384,
+            A::RS512 => J::RS512,
+            A::PS256 => J::PS256,
+            A::PS384 => J::PS384,
+            A::PS512 => J::PS512,
+            A::ES256 => J::ES256,
+            A::ES384 => J::ES384,
+            A::EdDSA => J::EdDSA,
+        }
+    }
+}
+
+impl SigningKey {
+    /// Loads one key; the error names what is wrong (the caller adds the key path).
+    pub fn load(cfg: &KeyConfig) -> Result<Self, String> {
+        let (signer, material): (Signer, Vec<u8>) = if cfg.algorithm.is_hmac() {
+            let bytes = match (&cfg.secret, &cfg.secret_base64) {
+                (Some(s), _) => s.expose().as_bytes().to_vec(),
+                (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                    .decode(b.expose().trim())
+                    .map_err(|e| format!("secret_base64 is not valid base64: {e}"))?,
+                (None, None) => return Err("an HMAC key needs secret or secret_base64".into()),
+            };
+            let alg = match cfg.algorithm {
+                Algorithm::HS256 => hmac::HMAC_SHA256,
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                _ => hmac::HMAC_SHA512,
+            };
+            (Signer::Hmac(Box::new(hmac::Key::new(alg, &bytes))), bytes)
+        } else {
+            let pem = cfg.private_key.as_ref().ok_or("needs private_key_file (a PEM private key)")?;
+            let der = PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
+                .map_err(|e| format!("not a PEM private key: {e}"))?;
+            let bad =
+                |e: aws_lc_rs::error::KeyRejected| format!("not a valid {} private key: {e}", cfg.algorithm.name());
+            let signer = match cfg.algorithm {
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    let alg = if cfg.algorithm == Algorithm::ES256 {
+                        &sig::ECDSA_P256_SHA256_FIXED_SIGNING
+                    } else {
+                        &sig::ECDSA_P384_SHA384_FIXED_SIGNING
+                    };
+                    Signer::Ecdsa(EcdsaKeyPair::from_private_key_der(alg, der.secret_der()).map_err(bad)?)
+                }
+                Algorithm::EdDSA => {
+                    Signer::Ed(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_der()).map_err(bad)?)
+                }
+                rsa => {
+                    let pair = match &der {
+                        PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+                        other => RsaKeyPair::from_pkcs8(other.secret_der()),
+                    }
+                    .map_err(bad)?;
+                    let encoding: &'static dyn sig::RsaEncoding = match rsa {
+                        Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
+                        Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
+                        Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
+                        Algorithm::PS256 => &sig::RSA_PSS_SHA256,
+                        Algorithm::PS384 => &sig::RSA_PSS_SHA384,
+                        _ => &sig::RSA_PSS_SHA512,
+                    };
+                    Signer::Rsa(pair, encoding)
+                }
+            };
+            (signer, der.secret_der().to_vec())
+        };
+        let jwk = if cfg.algorithm.is_hmac() { None } else { Some(public_jwk(cfg)?) };
+        let hash = digest::digest(&digest::SHA256, &material);
+        let fingerprint = hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self { id: cfg.id.clone(), algorithm: cfg.algorithm, retired: cfg.retired, fingerprint, jwk, signer })
+    }
+
+    /// Signs `message` (the JWS signing input) and returns the raw signature bytes.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let fail = |_| SignError(self.id.clone());
+        match &self.signer {
+            Signer::Hmac(k) => Ok(hmac::sign(k, message).as_ref().to_vec()),
+            Signer::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).map_err(fail)?.as_ref().to_vec()),
+            Signer::Ed(k) => Ok(k.sign(message).as_ref().to_vec()),
+            Signer::Rsa(k, encoding) => {
+                let mut out = vec![0u8; k.public_modulus_len()];
+                k.sign(*encoding, &SystemRandom::new(), message, &mut out).map_err(fail)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// The raw public key bytes for asymmetric keys (for tests and `jwks`).
+    pub fn public_key_der(&self) -> Option<Vec<u8>> {
+        match &self.signer {
+            Signer::Hmac(_) => None,
+            Signer::Ecdsa(k) => Some(k.public_key().as_ref().to_vec()),
+            Signer::Ed(k) => Some(k.public_key().as_ref().to_vec()),
+            Signer::Rsa(k, _) => Some(k.public_key().as_ref().to_vec()),
+        }
+    }
+}
+
+/// The public JWK of an asymmetric key, via jsonwebtoken's JWK support.
+fn public_jwk(cfg: &KeyConfig) -> Result<serde_json::Value, String> {
+    let pem = cfg.private_key.as_ref().map(|p| p.expose().as_bytes()).unwrap_or_default();
+    let key = match cfg.algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
+    }
+    .map_err(|e| format!("cannot derive the public key: {e}"))?;
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, cfg.algorithm.to_jsonwebtoken())
+        .map_err(|e| format!("cannot derive the public key: {e}"))?;
+    jwk.common.key_id = Some(cfg.id.clone());
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    serde_json::to_value(&jwk).map_err(|e| e.to_string())
+}
+
+/// Every configured key by id.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: HashMap<String, Arc<SigningKey>>,
+    order: Vec<Arc<SigningKey>>,
+}
+
+impl KeyRing {
+    /// Loads every key; errors carry the key path (`keys[2].private_key`).
+    pub fn load(cfgs: &[KeyConfig]) -> Result<Self, Vec<FieldError>> {
+        let mut ring = KeyRing::default();
+        let mut errors = Vec::new();
+        for (i, cfg) in cfgs.iter().enumerate() {
+            match SigningKey::load(cfg) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    ring.keys.insert(key.id.clone(), key.clone());
+                    ring.order.push(key);
+                }
+                Err(reason) => {
+                    let field = if cfg.algorithm.is_hmac() { "secret" } else { "private_key" };
+                    errors.push(FieldError::new(format!("keys[{i}].{field}"), reason));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(ring)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<SigningKey>> {
+        self.keys.get(id)
+    }
+
+    /// The JWK set: public keys of every asymmetric key, retired ones included.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self.order.iter().filter_map(|k| k.jwk.clone()).collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+/// A fresh private key as PEM (PKCS#8), for `tokengate keygen`.
+pub fn generate_pem(algorithm: Algorithm) -> Result<String, String> {
+    let rng = SystemRandom::new();
+    let der: Vec<u8> = match algorithm {
+        Algorithm::ES256 => EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|e| e.to_string())?
+            .as_ref()
+            .to_vec(),
+        Algorithm::ES384 => EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .map_err(|e| e.to_string())?
+            .as_ref()
+            .to_vec(),
+        Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|e| e.to_string())?.as_ref().to_vec(),
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => {
+            use aws_lc_rs::encoding::AsDer;
+            let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|e| e.to_string())?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der<'_> = pair.as_der().map_err(|e| e.to_string())?;
+            der.as_ref().to_vec()
+        }
+        hmac => return Err(format!("{} keys are secrets, not key pairs: use a random string", hmac.name())),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn key(alg: Algorithm, pem: Option<String>, secret: Option<&str>) -> KeyConfig {
+        KeyConfig {
+            id: "k".into(),
+            algorithm: alg,
+            secret: secret.map(Secret::new),
+            secret_base64: None,
+            private_key: pem.map(Secret::new),
+            retired: false,
+        }
+    }
+
+    #[test]
+    fn generated_keys_load_sign_and_export_jwks() {
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256] {
+            let k = SigningKey::load(&key(alg, Some(generate_pem(alg).unwrap()), None)).unwrap();
+            assert!(!k.sign(b"msg").unwrap().is_empty());
+            let jwk = k.jwk.unwrap();
+            assert_eq!(jwk["kid"], "k");
+            assert_eq!(jwk["alg"], alg.name());
+        }
+    }
+
+    #[test]
+    fn hmac_secret_is_utf8_text_never_hex() {
+        let k = SigningKey::load(&key(Algorithm::HS256, None, Some("deadbeef"))).unwrap();
+        let expected = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"deadbeef"), b"m");
+        assert_eq!(k.sign(b"m").unwrap(), expected.as_ref());
+    }
+
+    #[test]
+    fn wrong_curve_is_rejected() {
+        let p384 = generate_pem(Algorithm::ES384).unwrap();
+        let err = SigningKey::load(&key(Algorithm::ES256, Some(p384), None)).unwrap_err();
+        assert!(err.contains("not a valid ES256 private key"), "{err}");
+    }
+}

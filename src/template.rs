@@ -1,0 +1,356 @@
+//! The `{{ … }}` language of SPEC §2: parsed once at load, rendered per request.
+//!
+//! A string that is exactly one `{{ … }}` keeps the JSON type of its value; a mixed string is
+//! text. Inside, `a | b | "literal"`: the first source present and non-empty wins. Values are
+//! inserted as data (a JSON tree is built), never spliced into JSON text.
+
+use serde_json::{Map, Value};
+
+/// Where a value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// `user.<field>`: the auth hook's identity.
+    User(String),
+    /// `body.<a>.<b>`: the JSON request body.
+    Body(Vec<String>),
+    Query(String),
+    Path(String),
+    Header(String),
+    Uuid,
+    Now,
+    ClientIp,
+    /// `tokens.<name>` (response only).
+    Token(String),
+    ExpiresIn,
+    ExpiresAt,
+    ExpiresAtIso,
+    /// `error.message|code|status` (error_response only).
+    Error(String),
+    /// A quoted string or a JSON literal (`{}`, `[]`, `0`, `true`): always present.
+    Literal(Value),
+}
+
+impl Source {
+    /// The name used in `missing required field: <name>`.
+    pub fn field_name(&self) -> String {
+        match self {
+            Self::User(f) | Self::Query(f) | Self::Path(f) | Self::Header(f) | Self::Token(f) | Self::Error(f) => {
+                f.clone()
+            }
+            Self::Body(p) => p.last().cloned().unwrap_or_default(),
+            other => format!("{other:?}").to_lowercase(),
+        }
+    }
+
+    /// Sources whose value differs on every request: a token that uses one is never reused.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Self::Uuid | Self::Now)
+    }
+}
+
+/// Which sources a template may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Token claims and headers: request and identity only.
+    Claims,
+    /// `response`: also `tokens.*` and `expires_*`.
+    Response,
+    /// `error_response`: request sources and `error.*`.
+    Error,
+}
+
+#[derive(Clone, Debug)]
+pub struct Expr {
+    alternatives: Vec<Source>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Part {
+    Text(String),
+    Expr(Expr),
+}
+
+/// A compiled template over a JSON value.
+#[derive(Clone, Debug)]
+pub enum Template {
+    Const(Value),
+    /// Exactly one `{{ }}`: the value keeps its JSON type.
+    Exact(Expr),
+    /// Text with `{{ }}` inside: rendered as a string.
+    Mixed(Vec<Part>),
+    Object(Vec<(String, Template)>),
+    Array(Vec<Template>),
+}
+
+/// A required source was missing (400 `missing required field: <name>`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("missing required field: {0}")]
+pub struct Missing(pub String);
+
+/// Looks up a source's value for one request.
+pub trait Lookup {
+    fn lookup(&self, source: &Source) -> Option<Value>;
+}
+
+impl Template {
+    /// Compiles `value`; errors name `path` and the reason.
+    pub fn compile(value: &Value, scope: Scope, path: &str) -> Result<Self, (String, String)> {
+        Ok(match value {
+            Value::String(s) => compile_str(s, scope).map_err(|reason| (path.to_owned(), reason))?,
+            Value::Object(map) => Template::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Template::compile(v, scope, &format!("{path}.{k}"))?)))
+                    .collect::<Result<_, (String, String)>>()?,
+            ),
+            Value::Array(items) => Template::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Template::compile(v, scope, &format!("{path}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => Template::Const(other.clone()),
+        })
+    }
+
+    /// Renders against one request's values.
+    pub fn render(&self, ctx: &dyn Lookup) -> Result<Value, Missing> {
+        Ok(match self {
+            Template::Const(v) => v.clone(),
+            Template::Exact(e) => e.eval(ctx)?,
+            Template::Mixed(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Expr(e) => match e.eval(ctx)? {
+                            Value::String(s) => out.push_str(&s),
+                            other => out.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(out)
+            }
+            Template::Object(fields) => {
+                let mut map = Map::with_capacity(fields.len());
+                for (k, t) in fields {
+                    map.insert(k.clone(), t.render(ctx)?);
+                }
+                Value::Object(map)
+            }
+            Template::Array(items) => Value::Array(items.iter().map(|t| t.render(ctx)).collect::<Result<_, _>>()?),
+        })
+    }
+
+    /// Every source this template reads, in order (for cache keys).
+    pub fn sources(&self, out: &mut Vec<Source>) {
+        match self {
+            Template::Const(_) => {}
+            Template::Exact(e) => out.extend(e.alternatives.iter().cloned()),
+            Template::Mixed(parts) => {
+                for p in parts {
+                    if let Part::Expr(e) = p {
+                        out.extend(e.alternatives.iter().cloned());
+                    }
+                }
+            }
+            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.sources(out)),
+            Template::Array(items) => items.iter().for_each(|t| t.sources(out)),
+        }
+    }
+}
+
+impl Expr {
+    fn eval(&self, ctx: &dyn Lookup) -> Result<Value, Missing> {
+        for alt in &self.alternatives {
+            let value = match alt {
+                Source::Literal(l) => return Ok(l.clone()),
+                other => ctx.lookup(other),
+            };
+            match value {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(v) => return Ok(v),
+            }
+        }
+        let first = self.alternatives.first().map(Source::field_name).unwrap_or_default();
+        Err(Missing(first))
+    }
+}
+
+fn compile_str(s: &str, scope: Scope) -> Result<Template, String> {
+    if !s.contains("{{") {
+        if s.contains("}}") {
+            return Err(format!("unbalanced '}}}}' in {s:?}"));
+        }
+        return Ok(Template::Const(Value::String(s.to_owned())));
+    }
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| format!("unterminated '{{{{' in {s:?}"))?;
+        parts.push(Part::Expr(parse_expr(&after[..end], scope)?));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    Ok(match parts.as_slice() {
+        [Part::Expr(e)] => Template::Exact(e.clone()),
+        _ => Template::Mixed(parts),
+    })
+}
+
+fn parse_expr(text: &str, scope: Scope) -> Result<Expr, String> {
+    let mut alternatives = Vec::new();
+    for alt in split_alternatives(text)? {
+        alternatives.push(parse_source(alt.trim(), scope)?);
+    }
+    if alternatives.is_empty() {
+        return Err("empty {{ }}".into());
+    }
+    Ok(Expr { alternatives })
+}
+
+/// Splits on `|` outside quotes.
+fn split_alternatives(text: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quote: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '|') => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unterminated string in {{{{{text}}}}}"));
+    }
+    out.push(&text[start..]);
+    Ok(out)
+}
+
+fn parse_source(s: &str, scope: Scope) -> Result<Source, String> {
+    if let Some(lit) = s
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .or_else(|| s.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
+    {
+        return Ok(Source::Literal(Value::String(lit.to_owned())));
+    }
+    if let Ok(json @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_))) =
+        serde_json::from_str::<Value>(s)
+    {
+        return Ok(Source::Literal(json));
+    }
+    let valid_name = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    let field = |prefix: &str| s.strip_prefix(prefix).filter(|n| valid_name(n)).map(str::to_owned);
+    let source = match s {
+        "uuid" => Source::Uuid,
+        "now" => Source::Now,
+        "client_ip" => Source::ClientIp,
+        "expires_in" => Source::ExpiresIn,
+        "expires_at" => Source::ExpiresAt,
+        "expires_at_iso" => Source::ExpiresAtIso,
+        _ => {
+            if let Some(f) = field("user.") {
+                Source::User(f)
+            } else if let Some(path) = s.strip_prefix("body.") {
+                let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+                if !segments.iter().all(|p| valid_name(p)) {
+                    return Err(format!("invalid body path {s:?}"));
+                }
+                Source::Body(segments)
+            } else if let Some(f) = field("query.") {
+                Source::Query(f)
+            } else if let Some(f) = field("path.") {
+                Source::Path(f)
+            } else if let Some(f) = field("header.") {
+                Source::Header(f.to_ascii_lowercase())
+            } else if let Some(f) = field("tokens.") {
+                Source::Token(f)
+            } else if let Some(f) = field("error.") {
+                Source::Error(f)
+            } else {
+                return Err(format!("unknown source {s:?}"));
+            }
+        }
+    };
+    let allowed = match (&source, scope) {
+        (Source::Token(_) | Source::ExpiresIn | Source::ExpiresAt | Source::ExpiresAtIso, s) => s == Scope::Response,
+        (Source::Error(f), s) => s == Scope::Error && matches!(f.as_str(), "message" | "code" | "status"),
+        _ => true,
+    };
+    if !allowed {
+        return Err(format!("{s:?} is not available here"));
+    }
+    Ok(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Ctx(Value);
+    impl Lookup for Ctx {
+        fn lookup(&self, source: &Source) -> Option<Value> {
+            match source {
+                Source::User(f) => self.0["user"].get(f).cloned(),
+                Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).cloned(),
+                Source::Uuid => Some(json!("u-u-i-d")),
+                _ => None,
+            }
+        }
+    }
+
+    fn render(t: Value, ctx: Value) -> Result<Value, Missing> {
+        Template::compile(&t, Scope::Response, "t").unwrap().render(&Ctx(ctx))
+    }
+
+    #[test]
+    fn exact_keeps_type_mixed_is_text() {
+        let ctx = json!({"user": {"id": "u1", "n": 5, "custom": {"a": [1]}}});
+        assert_eq!(render(json!("{{ user.n }}"), ctx.clone()).unwrap(), json!(5));
+        assert_eq!(render(json!("{{user.custom}}"), ctx.clone()).unwrap(), json!({"a": [1]}));
+        assert_eq!(render(json!("user:{{ user.id }}/{{ user.n }}"), ctx.clone()).unwrap(), json!("user:u1/5"));
+        assert_eq!(render(json!({"a": ["{{ user.id }}", 1, true]}), ctx).unwrap(), json!({"a": ["u1", 1, true]}));
+    }
+
+    #[test]
+    fn fallbacks_and_missing() {
+        let ctx = json!({"user": {"name": ""}, "body": {}});
+        assert_eq!(render(json!("{{ user.name | \"anonymous\" }}"), ctx.clone()).unwrap(), json!("anonymous"));
+        assert_eq!(render(json!("{{ body.xid | uuid }}"), ctx.clone()).unwrap(), json!("u-u-i-d"));
+        assert_eq!(render(json!("{{ body.device | {} }}"), ctx.clone()).unwrap(), json!({}));
+        assert_eq!(render(json!("{{ body.n | 0 }}"), ctx.clone()).unwrap(), json!(0));
+        assert_eq!(render(json!("{{ body.userId }}"), ctx).unwrap_err(), Missing("userId".into()));
+    }
+
+    #[test]
+    fn values_are_data_not_json_text() {
+        let ctx = json!({"user": {"name": "x\", \"admin\": true"}});
+        let out = render(json!({"name": "{{ user.name }}"}), ctx).unwrap();
+        assert_eq!(out.as_object().unwrap().len(), 1);
+        assert_eq!(out["name"], "x\", \"admin\": true");
+    }
+
+    #[test]
+    fn load_errors() {
+        let bad = |t: &str, scope| Template::compile(&json!(t), scope, "routes[0].x").unwrap_err();
+        assert_eq!(bad("{{ nope }}", Scope::Claims), ("routes[0].x".into(), "unknown source \"nope\"".into()));
+        assert!(bad("{{ user.id", Scope::Claims).1.contains("unterminated"));
+        assert!(bad("{{ tokens.a }}", Scope::Claims).1.contains("not available"));
+        assert!(bad("{{ error.message }}", Scope::Response).1.contains("not available"));
+        assert!(bad("{{ }}", Scope::Claims).1.contains("unknown source"));
+    }
+}

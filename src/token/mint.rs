@@ -1,0 +1,120 @@
+//! Minting one token: the header is encoded once at load; per request the claims are rendered,
+//! `iat`/`exp` (and `nbf`) set, and the signing input signed with a key parsed at load.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use crate::config::{FieldError, TokenConfig};
+use crate::error::Error;
+use crate::keys::{KeyRing, SigningKey};
+use crate::template::{Lookup, Scope, Source, Template};
+
+/// A minted token and its lifetime (unix seconds).
+#[derive(Clone, Debug)]
+pub struct Minted {
+    pub token: Arc<str>,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// One entry of a route's `tokens:`.
+#[derive(Debug)]
+pub struct TokenSpec {
+    pub name: String,
+    pub key: Arc<SigningKey>,
+    ttl: u64,
+    iat_offset: i64,
+    not_before: bool,
+    /// `base64url(header JSON) + "."`, computed once.
+    header_prefix: String,
+    claims: Template,
+    /// Every input the claims read, for the cache key.
+    pub sources: Vec<Source>,
+    /// The claims read a nonce (`uuid`, `now`): never reuse.
+    pub fresh: bool,
+}
+
+impl TokenSpec {
+    pub fn build(name: &str, cfg: &TokenConfig, keys: &KeyRing, at: &str) -> Result<Self, FieldError> {
+        let key = keys
+            .get(&cfg.key)
+            .cloned()
+            .ok_or_else(|| FieldError::new(format!("{at}.key"), format!("no key with id {:?}", cfg.key)))?;
+        let claims = Template::compile(&Value::Object(cfg.claims.clone()), Scope::Claims, &format!("{at}.claims"))
+            .map_err(|(path, reason)| FieldError::new(path, reason))?;
+        let mut header = Map::new();
+        header.insert("alg".into(), Value::String(key.algorithm.name().into()));
+        header.insert("typ".into(), Value::String("JWT".into()));
+        if cfg.kid {
+            header.insert("kid".into(), Value::String(key.id.clone()));
+        }
+        for (k, v) in &cfg.header {
+            if k == "alg" {
+                return Err(FieldError::new(format!("{at}.header.alg"), "alg comes from the key"));
+            }
+            header.insert(k.clone(), v.clone());
+        }
+        let header_prefix =
+            format!("{}.", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("a JSON map serializes")));
+        let mut sources = Vec::new();
+        claims.sources(&mut sources);
+        let fresh = sources.iter().any(Source::is_fresh);
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+            ttl: cfg.ttl.0.as_secs(),
+            iat_offset: cfg.iat_offset.map(|o| o.seconds).unwrap_or(0),
+            not_before: cfg.not_before,
+            header_prefix,
+            claims,
+            sources,
+            fresh,
+        })
+    }
+
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+
+    /// Renders the claims and signs them.
+    pub fn mint(&self, values: &dyn Lookup, now: u64) -> Result<Minted, Error> {
+        let mut claims = match self.claims.render(values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let iat = now.saturating_add_signed(self.iat_offset);
+        let exp = iat + self.ttl;
+        claims.insert("iat".into(), Value::from(iat));
+        claims.insert("exp".into(), Value::from(exp));
+        if self.not_before {
+            claims.insert("nbf".into(), Value::from(iat));
+        }
+        let payload = serde_json::to_vec(&claims).expect("a JSON map serializes");
+        let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(&self.header_prefix);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.key.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(Minted { token: token.into(), iat, exp })
+    }
+
+    /// The cache key of this token for one request, or None when it must be fresh.
+    /// It names the route, the token, the key (id and fingerprint), the caller and every input.
+    pub fn cache_key(&self, route: &str, user_id: &str, values: &dyn Lookup) -> Option<String> {
+        if self.fresh {
+            return None;
+        }
+        let inputs: Vec<Value> = self.sources.iter().map(|s| values.lookup(s).unwrap_or(Value::Null)).collect();
+        Some(format!(
+            "{route}\u{0}{}\u{0}{}\u{0}{}\u{0}{user_id}\u{0}{}",
+            self.name,
+            self.key.id,
+            self.key.fingerprint,
+            Value::Array(inputs)
+        ))
+    }
+}

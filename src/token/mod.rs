@@ -1,0 +1,355 @@
+//! Token routes (SPEC §3), in this order: method (405) → body size (413) → auth hook (401/503)
+//! → template inputs (400) → mint (or reuse) → respond. Every answer carries
+//! `Cache-Control: no-store`; errors use the route's `error_response` shape.
+
+pub mod mint;
+pub mod request;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::auth::{AuthError, AuthRequest, Hook, Identity};
+use crate::body::{self, Body};
+use crate::config::{Config, FieldError, RouteConfig};
+use crate::error::{add_error_headers, Error};
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::proxy::{ConnInfo, ForwardRules};
+use crate::template::{Scope, Template};
+use mint::{Minted, TokenSpec};
+use request::{PathPattern, Values};
+
+/// Reused tokens held per route.
+const TOKEN_CACHE_ENTRIES: u64 = 100_000;
+
+struct Rendered {
+    status: StatusCode,
+    content_type: HeaderValue,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Template,
+}
+
+/// One configured token route.
+pub struct Route {
+    pub name: String,
+    pattern: PathPattern,
+    methods: Vec<Method>,
+    allow: HeaderValue,
+    hook: Arc<Hook>,
+    tokens: Vec<TokenSpec>,
+    cache: Option<moka::sync::Cache<String, Minted>>,
+    response: Rendered,
+    error_response: Option<Rendered>,
+    body_limit: u64,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Route({})", self.name)
+    }
+}
+
+/// Every token route, matched by path.
+#[derive(Debug, Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+    exact: HashMap<String, usize>,
+    patterns: Vec<usize>,
+}
+
+fn compile(value: &Value, scope: Scope, at: String) -> Result<Template, FieldError> {
+    Template::compile(value, scope, &at).map_err(|(path, reason)| FieldError::new(path, reason))
+}
+
+fn content_type(value: &str, at: String) -> Result<HeaderValue, FieldError> {
+    HeaderValue::from_str(value).map_err(|_| FieldError::new(at, "invalid content type"))
+}
+
+impl Route {
+    fn build(
+        i: usize,
+        cfg: &RouteConfig,
+        config: &Config,
+        keys: &KeyRing,
+        hooks: &HashMap<String, Arc<Hook>>,
+    ) -> Result<Self, FieldError> {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
+        let methods: Vec<Method> = cfg.methods.iter().map(|m| m.parse().unwrap_or(Method::POST)).collect();
+        let allow_text = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let hook = hooks
+            .get(&cfg.auth)
+            .cloned()
+            .ok_or_else(|| FieldError::new(at("auth"), format!("no auth hook named {:?}", cfg.auth)))?;
+        let tokens = cfg
+            .tokens
+            .iter()
+            .map(|(name, t)| TokenSpec::build(name, t, keys, &at(&format!("tokens.{name}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let headers = cfg
+            .response
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let bad = || FieldError::new(at(&format!("response.headers.{k}")), "invalid header");
+                Ok((
+                    HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?,
+                    HeaderValue::from_str(v).map_err(|_| bad())?,
+                ))
+            })
+            .collect::<Result<_, FieldError>>()?;
+        let response = Rendered {
+            status: StatusCode::from_u16(cfg.response.status)
+                .map_err(|_| FieldError::new(at("response.status"), "invalid status"))?,
+            content_type: content_type(&cfg.response.content_type, at("response.content_type"))?,
+            headers,
+            body: compile(&cfg.response.body, Scope::Response, at("response.body"))?,
+        };
+        let error_response = match &cfg.error_response {
+            Some(e) => Some(Rendered {
+                status: StatusCode::OK,
+                content_type: content_type(&e.content_type, at("error_response.content_type"))?,
+                headers: Vec::new(),
+                body: compile(&e.body, Scope::Error, at("error_response.body"))?,
+            }),
+            None => None,
+        };
+        let cache = cfg.cache_tokens.then(|| {
+            let longest = tokens.iter().map(TokenSpec::ttl).max().unwrap_or(0);
+            moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_ENTRIES)
+                .time_to_live(std::time::Duration::from_secs(longest / 2 + 1))
+                .build()
+        });
+        Ok(Self {
+            name: cfg.name.clone(),
+            pattern,
+            methods,
+            allow: HeaderValue::from_str(&allow_text).unwrap_or(HeaderValue::from_static("POST")),
+            hook,
+            tokens,
+            cache,
+            response,
+            error_response,
+            body_limit: config.limits.token_route_body.0,
+        })
+    }
+
+    /// Serves one request on this route; every failure becomes the route's error shape.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        captures: Vec<(String, String)>,
+        conn: &ConnInfo,
+        rules: &ForwardRules,
+        metrics: &Metrics,
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let client_ip = rules.client_ip(conn.peer.ip(), &parts.headers);
+        let query = parts.uri.query().unwrap_or("");
+        let now = unix_now();
+        let mut values = Values {
+            identity: None,
+            body: &Value::Null,
+            query,
+            captures: &captures,
+            headers: &parts.headers,
+            client_ip,
+            now,
+            tokens: &[],
+            first: None,
+            error: None,
+        };
+        let body = match self.read_body(&parts.method, &parts.headers, body).await {
+            Ok(body) => body,
+            Err(e) => return self.error(&e, &values),
+        };
+        values.body = &body;
+        let identity =
+            match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    let err = match e {
+                        AuthError::Denied => Error::Unauthorized,
+                        AuthError::Unavailable(cause) => {
+                            tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
+                            Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
+                        }
+                        AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
+                    };
+                    return self.error(&err, &values);
+                }
+            };
+        values.identity = Some(&identity);
+        let minted = match self.mint_all(&values, &identity, metrics) {
+            Ok(m) => m,
+            Err(e) => return self.error(&e, &values),
+        };
+        let named: Vec<(String, String)> =
+            self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
+        values.tokens = &named;
+        values.first = minted.first().map(|m| (m.iat, m.exp));
+        match self.response.body.render(&values) {
+            Ok(rendered) => respond(&self.response, self.response.status, &rendered),
+            Err(missing) => self.error(&Error::InvalidRequest(missing.to_string()), &values),
+        }
+    }
+
+    /// Method (405), then body size (413), then JSON.
+    async fn read_body(&self, method: &Method, headers: &http::HeaderMap, body: Incoming) -> Result<Value, Error> {
+        if !self.methods.contains(method) {
+            return Err(Error::MethodNotAllowed { allow: self.allow.clone() });
+        }
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.body_limit) {
+            return Err(Error::PayloadTooLarge(self.body_limit));
+        }
+        let limit = usize::try_from(self.body_limit).unwrap_or(usize::MAX);
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::PayloadTooLarge(self.body_limit))
+            }
+            Err(e) => return Err(Error::BodyRead(e)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|_| Error::InvalidRequest("request body is not valid JSON".into()))
+    }
+
+    /// Mints every token of the route, reusing cached ones with over half their lifetime left.
+    fn mint_all(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Result<Vec<Minted>, Error> {
+        let user = identity.id().unwrap_or_default();
+        self.tokens
+            .iter()
+            .map(|spec| {
+                let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
+                if let (Some(cache), Some(key)) = (&self.cache, &key) {
+                    if let Some(hit) = cache.get(key).filter(|m| values.now < m.iat + spec.ttl() / 2) {
+                        metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
+                        return Ok(hit);
+                    }
+                    metrics.token_cache_total.with_label_values(&[&self.name, "miss"]).inc();
+                }
+                let minted = spec.mint(values, values.now)?;
+                metrics
+                    .tokens_minted_total
+                    .with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()])
+                    .inc();
+                if let (Some(cache), Some(key)) = (&self.cache, key) {
+                    cache.insert(key, minted.clone());
+                }
+                Ok(minted)
+            })
+            .collect()
+    }
+
+    /// The error in this route's `error_response` shape (or the default JSON body).
+    fn error(&self, err: &Error, values: &Values<'_>) -> Response<Body> {
+        let status = err.status();
+        let mut resp = match &self.error_response {
+            Some(shape) => {
+                let message = err.public_message();
+                let ctx = Values {
+                    error: Some((&message, err.code(), status.as_u16())),
+                    identity: None,
+                    tokens: &[],
+                    first: None,
+                    ..*values
+                };
+                match shape.body.render(&ctx) {
+                    Ok(rendered) => respond(shape, status, &rendered),
+                    Err(_) => crate::error::rescue(err),
+                }
+            }
+            None => crate::error::rescue(err),
+        };
+        add_error_headers(err, &mut resp);
+        resp
+    }
+}
+
+fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<Body> {
+    let is_json = shape.content_type.as_bytes().starts_with(b"application/json");
+    let bytes = match rendered {
+        Value::String(s) if !is_json => s.clone().into_bytes(),
+        other => serde_json::to_vec(other).expect("a JSON value serializes"),
+    };
+    let mut resp = Response::new(body::full(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, shape.content_type.clone());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (k, v) in &shape.headers {
+        h.insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Routes {
+    /// Builds every route; errors carry their key paths.
+    pub fn build(config: &Config, keys: &KeyRing, hooks: &HashMap<String, Arc<Hook>>) -> Result<Self, Vec<FieldError>> {
+        let mut routes = Routes::default();
+        let mut errors = Vec::new();
+        for (i, cfg) in config.routes.iter().enumerate() {
+            match Route::build(i, cfg, config, keys, hooks) {
+                Ok(route) => {
+                    let index = routes.routes.len();
+                    if route.pattern.is_exact() {
+                        routes.exact.insert(cfg.path.clone(), index);
+                    } else {
+                        routes.patterns.push(index);
+                    }
+                    routes.routes.push(route);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(routes)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The route serving `path`, with its captures.
+    pub fn find(&self, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
+        if self.routes.is_empty() {
+            return None;
+        }
+        if let Some(&i) = self.exact.get(path) {
+            return Some((&self.routes[i], Vec::new()));
+        }
+        self.patterns.iter().find_map(|&i| self.routes[i].pattern.matches(path).map(|c| (&self.routes[i], c)))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    /// Forgets every cached token of `user_id` (`/admin/revoke`).
+    pub fn forget_user(&self, user_id: &str) {
+        let marker = format!("\u{0}{user_id}\u{0}");
+        for route in &self.routes {
+            if let Some(cache) = &route.cache {
+                let doomed: Vec<Arc<String>> =
+                    cache.iter().filter(|(k, _)| k.contains(&marker)).map(|(k, _)| k).collect();
+                for k in doomed {
+                    cache.invalidate(k.as_str());
+                }
+            }
+        }
+    }
+}

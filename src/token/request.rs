@@ -1,0 +1,200 @@
+//! One token request's template inputs: path captures, query, headers, JSON body, identity,
+//! client address, and (for the response) the minted tokens.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::template::{Lookup, Source};
+
+/// A route path: literal segments and `{name}` captures.
+#[derive(Clone, Debug)]
+pub struct PathPattern {
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug)]
+enum Segment {
+    Literal(String),
+    Capture(String),
+}
+
+impl PathPattern {
+    pub fn parse(path: &str) -> Result<Self, String> {
+        let segments = path
+            .split('/')
+            .skip(1)
+            .map(|s| match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                    Ok(Segment::Capture(name.to_owned()))
+                }
+                Some(_) => Err(format!("invalid capture {s:?}")),
+                None if s.contains('{') || s.contains('}') => Err(format!("invalid segment {s:?}")),
+                None => Ok(Segment::Literal(s.to_owned())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { segments })
+    }
+
+    /// True when the pattern has no captures (matched by exact string).
+    pub fn is_exact(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
+    }
+
+    /// The captures when `path` matches (percent-decoded), else None.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let mut parts = path.split('/').skip(1);
+        let mut captures = Vec::new();
+        for seg in &self.segments {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Capture(name) if !part.is_empty() => captures.push((name.clone(), percent_decode(part)?)),
+                Segment::Capture(_) => return None,
+            }
+        }
+        parts.next().is_none().then_some(captures)
+    }
+
+    pub fn captures(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Capture(n) => Some(n.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+}
+
+/// Decodes `%XX` (and `+` as space in queries when `plus` is set); None on invalid UTF-8.
+fn decode(s: &str, plus: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+pub fn percent_decode(s: &str) -> Option<String> {
+    decode(s, false)
+}
+
+/// The first value of query parameter `name`.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k, true)? == name).then(|| decode(v, true)).flatten()
+    })
+}
+
+/// Everything a template may read for one request.
+pub struct Values<'a> {
+    pub identity: Option<&'a Identity>,
+    pub body: &'a Value,
+    pub query: &'a str,
+    pub captures: &'a [(String, String)],
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+    pub now: u64,
+    /// Minted tokens by name, and the first token's (iat, exp), for the response.
+    pub tokens: &'a [(String, String)],
+    pub first: Option<(u64, u64)>,
+    /// `error.message`, `error.code`, `error.status` for error responses.
+    pub error: Option<(&'a str, &'a str, u16)>,
+}
+
+impl Lookup for Values<'_> {
+    fn lookup(&self, source: &Source) -> Option<Value> {
+        match source {
+            Source::User(field) => self.identity?.get(field).cloned(),
+            Source::Body(path) => path.iter().try_fold(self.body, |v, k| v.get(k)).cloned(),
+            Source::Query(name) => query_param(self.query, name).map(Value::String),
+            Source::Path(name) => self.captures.iter().find(|(n, _)| n == name).map(|(_, v)| Value::String(v.clone())),
+            Source::Header(name) => {
+                self.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(|v| Value::String(v.to_owned()))
+            }
+            Source::Uuid => Some(Value::String(uuid::Uuid::new_v4().to_string())),
+            Source::Now => Some(Value::from(self.now)),
+            Source::ClientIp => Some(Value::String(self.client_ip.to_string())),
+            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Value::String(t.clone())),
+            Source::ExpiresIn => self.first.map(|(_, exp)| Value::from(exp.saturating_sub(self.now))),
+            Source::ExpiresAt => self.first.map(|(_, exp)| Value::from(exp)),
+            Source::ExpiresAtIso => self.first.map(|(_, exp)| Value::String(rfc3339(exp))),
+            Source::Error(field) => {
+                let (message, code, status) = self.error?;
+                Some(match field.as_str() {
+                    "message" => Value::String(message.to_owned()),
+                    "code" => Value::String(code.to_owned()),
+                    _ => Value::from(status),
+                })
+            }
+            Source::Literal(l) => Some(l.clone()),
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-11-22T10:59:59Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = PathPattern::parse("/v1/token/{phone}/{xid}").unwrap();
+        assert_eq!(
+            p.matches("/v1/token/%2B1555/abc").unwrap(),
+            vec![("phone".into(), "+1555".into()), ("xid".into(), "abc".into())]
+        );
+        assert!(p.matches("/v1/token/1555").is_none());
+        assert!(p.matches("/v1/token/1555/x/y").is_none());
+        assert!(p.matches("/v1/token//x").is_none());
+        assert!(PathPattern::parse("/a/{b").is_err());
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(query_param("a=1&nonce=x%20y+z&nonce=2", "nonce").as_deref(), Some("x y z"));
+        assert_eq!(query_param("a=1", "b"), None);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}

@@ -1,0 +1,176 @@
+//! The vendor jobs (shared/seeds/): each shipped config file, run by the real binary in front of
+//! the fake backend, checked against its tutorial. Tokens are verified with jwt-simple, an
+//! implementation independent of the one that signed them.
+
+use base64::Engine;
+use bytes::Bytes;
+use http::Method;
+use jwt_simple::prelude::*;
+use serde_json::Value;
+
+use crate::common::{backend, client, Binary};
+
+/// Decodes a JWT's header and payload without verifying (the verification is separate).
+pub fn parts(token: &str) -> (Value, Value) {
+    let mut it = token.split('.');
+    let mut next = || {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(it.next().expect("a JWT part")).unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    (next(), next())
+}
+
+/// Verifies an HS256 token with jwt-simple and returns its custom claims.
+pub fn verify_hs256(token: &str, secret: &[u8]) -> JWTClaims<Value> {
+    HS256Key::from_bytes(secret)
+        .verify_token::<Value>(token, None)
+        .unwrap_or_else(|e| panic!("token does not verify: {e}"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> client::Resp {
+    client::request(addr, Method::POST, path, headers, Bytes::from(body.to_owned())).await.unwrap()
+}
+
+#[tokio::test]
+async fn contactsmanager_tutorial() {
+    let b = backend::spawn().await;
+    let envs = [("CM_API_KEY", "cm-key-123"), ("CM_API_SECRET", "cm-secret-456"), ("CM_ORGANIZATION_ID", "org-789")];
+    let bin = Binary::start_file("seed-cm", "config/contactsmanager.yaml", &b.url(), &envs).await;
+    let r = post(
+        bin.addr,
+        "/generate-token",
+        &[("cookie", "session=user-123"), ("content-type", "application/json")],
+        r#"{"deviceInfo": {"device_name": "iPhone 15", "os_version": "iOS 17.5"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let body = r.json();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["message"], "Token generated for user user-123");
+    let token = body["token"].as_str().unwrap();
+    let claims = verify_hs256(token, b"cm-secret-456");
+    let (_, payload) = parts(token);
+    assert_eq!(payload["org_id"], "org-789");
+    assert_eq!(payload["api_key"], "cm-key-123");
+    assert_eq!(payload["user_id"], "user-123");
+    assert_eq!(payload["device_info"]["device_name"], "iPhone 15");
+    assert!(uuid::Uuid::parse_str(payload["jti"].as_str().unwrap()).is_ok());
+    let (iat, exp) = (payload["iat"].as_u64().unwrap(), payload["exp"].as_u64().unwrap());
+    assert_eq!(exp - iat, 86_400);
+    assert!(iat.abs_diff(now()) <= 5);
+    assert_eq!(body["expiresAt"], exp);
+    assert!(claims.expires_at.is_some());
+
+    // Errors in the tutorial's shape.
+    let r = post(bin.addr, "/generate-token", &[], "{}").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json(), serde_json::json!({"message": "Error: authentication required", "success": false}));
+    let r = client::get(bin.addr, "/generate-token", &[("cookie", "session=user-123")]).await.unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(r.json()["success"], false);
+}
+
+#[tokio::test]
+async fn chatsdk_server_to_server_and_user_facing() {
+    let b = backend::spawn().await;
+    let envs = [("CHATSDK_API_KEY", "chatsdk_abc123"), ("CHATSDK_JWT_SECRET", "chat-signing-secret")];
+    let bin = Binary::start_file("seed-chatsdk", "config/chatsdk.yaml", &b.url(), &envs).await;
+    let body = r#"{"userId": "user-123", "name": "Alice Johnson", "image": "https://i/a.png", "custom": {"department": "Engineering", "role": "Senior Developer"}}"#;
+    let r =
+        post(bin.addr, "/tokens", &[("x-api-key", "chatsdk_abc123"), ("content-type", "application/json")], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["user"], serde_json::json!({"id": "user-123", "name": "Alice Johnson", "image": "https://i/a.png"}));
+    assert_eq!(j["expiresIn"], 86_400);
+    let (_, token) = parts(j["token"].as_str().unwrap());
+    assert_eq!(token["sub"], "user-123");
+    assert_eq!(token["custom"]["department"], "Engineering");
+    let ws = verify_hs256(j["wsToken"].as_str().unwrap(), b"chat-signing-secret");
+    assert_eq!(ws.subject.as_deref(), Some("user-123"));
+    assert_eq!(ws.custom["channel"], "user:user-123");
+    verify_hs256(j["token"].as_str().unwrap(), b"chat-signing-secret");
+
+    let r = post(bin.addr, "/tokens", &[("x-api-key", "wrong")], body).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = post(bin.addr, "/tokens", &[("x-api-key", "chatsdk_abc123")], r#"{"name": "no id"}"#).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json(), serde_json::json!({"error": "invalid_request", "message": "missing required field: userId"}));
+
+    // The user-facing route: identity from the app's session, same answer shape.
+    let r = post(bin.addr, "/api/auth/chat-token", &[("cookie", "session=bob")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["user"]["id"], "bob");
+    assert_eq!(j["user"]["name"], "Name bob");
+    assert_eq!(verify_hs256(j["token"].as_str().unwrap(), b"chat-signing-secret").subject.as_deref(), Some("bob"));
+    let r = post(bin.addr, "/api/auth/chat-token", &[], "").await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn dotdigital_challenge_jwt() {
+    let b = backend::spawn().await;
+    let envs = [
+        ("DOTDIGITAL_ISSUER", "https://api.comapi.com/defaultauth"),
+        ("DOTDIGITAL_AUDIENCE", "https://api.comapi.com"),
+        ("DOTDIGITAL_SHARED_SECRET", "deadbeefcafe"),
+        ("DOTDIGITAL_ID_CLAIM", "profile_id"),
+    ];
+    let bin = Binary::start_file("seed-dotdigital", "config/dotdigital.yaml", &b.url(), &envs).await;
+    let r = client::get(bin.addr, "/api/push/jwt?nonce=n-0nce%2Fx", &[("cookie", "session=carol")]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    // The shared secret is UTF-8 text, even when it looks like hex.
+    let claims = verify_hs256(&token, b"deadbeefcafe");
+    let (header, payload) = parts(&token);
+    assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+    assert_eq!(payload["nonce"], "n-0nce/x");
+    assert_eq!(payload["profile_id"], "carol", "the configurable ID claim");
+    assert!(payload.get("sub").is_none());
+    assert_eq!(claims.issuer.as_deref(), Some("https://api.comapi.com/defaultauth"));
+    assert_eq!(payload["aud"], "https://api.comapi.com");
+    assert_eq!(payload["exp"].as_u64().unwrap() - payload["iat"].as_u64().unwrap(), 30 * 86_400);
+
+    let r = client::get(bin.addr, "/api/push/jwt", &[("cookie", "session=carol")]).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["message"], "missing required field: nonce");
+}
+
+#[tokio::test]
+async fn telesign_app_verify() {
+    let b = backend::spawn().await;
+    let key = b"telesign secret key bytes \x00\xff";
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let envs = [("TELESIGN_CUSTOMER_ID", "CUST-42"), ("TELESIGN_KEY", key_b64.as_str())];
+    let bin = Binary::start_file("seed-telesign", "config/telesign.yaml", &b.url(), &envs).await;
+
+    let r = client::get(bin.addr, "/v1/token/15555551234/xid-777", &[("cookie", "session=dan")]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let token = r.text();
+    let claims = verify_hs256(&token, key);
+    let (header, payload) = parts(&token);
+    assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+    assert_eq!(claims.issuer.as_deref(), Some("CUST-42"));
+    assert_eq!(payload["phn"], "15555551234");
+    assert_eq!(payload["xid"], "xid-777");
+    let (iat, exp) = (payload["iat"].as_u64().unwrap(), payload["exp"].as_u64().unwrap());
+    assert_eq!(exp, iat + 90);
+    assert!((now() - 10).abs_diff(iat) <= 3, "iat is now - 10 s");
+
+    let r = client::get(bin.addr, "/v1/token/15555551234", &[("cookie", "session=dan")]).await.unwrap();
+    let (_, payload) = parts(&r.text());
+    assert!(uuid::Uuid::parse_str(payload["xid"].as_str().unwrap()).is_ok(), "a fresh xid when absent");
+    let r = client::request(bin.addr, Method::POST, "/v1/token/1555", &[("cookie", "session=dan")], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+}
