@@ -46,7 +46,7 @@ impl Gateway {
         });
         let mut hooks = HashMap::new();
         for (name, cfg) in &config.auth_hooks {
-            match Hook::build(name, cfg, proxy.client()) {
+            match Hook::build(name, cfg, config.upstream.connect_timeout.0) {
                 Ok(hook) => {
                     hooks.insert(name.clone(), Arc::new(hook));
                 }
@@ -95,6 +95,8 @@ pub enum StartError {
 /// A bound, not yet running tokengate.
 pub struct App {
     public: TcpListener,
+    /// More listeners on the same address (`SO_REUSEPORT`), one per extra worker thread.
+    extra_public: Vec<std::net::TcpListener>,
     admin: TcpListener,
     tls: Option<TlsAcceptor>,
     state: Arc<State>,
@@ -103,6 +105,27 @@ pub struct App {
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The public listener, plus `workers - 1` more on the same address for the extra worker
+/// threads. `SO_REUSEPORT` only when there are several: it would let another process share
+/// the port.
+fn bind_public(addr: SocketAddr, workers: usize) -> Result<(TcpListener, Vec<std::net::TcpListener>), StartError> {
+    let listen = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if workers > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    let fail = |source| StartError::Bind { addr, source };
+    let first = listen(addr).map_err(fail)?;
+    let bound = first.local_addr().map_err(fail)?;
+    let extra =
+        (1..workers).map(|_| listen(bound).and_then(TcpListener::into_std)).collect::<Result<_, _>>().map_err(fail)?;
+    Ok((first, extra))
 }
 
 impl App {
@@ -115,7 +138,8 @@ impl App {
             Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
             None => None,
         };
-        let public = bind(config.listen).await?;
+        let workers = config.workers.unwrap_or(1).max(1);
+        let (public, extra_public) = bind_public(config.listen, workers)?;
         let admin = bind(config.admin_listen).await?;
         let state = Arc::new(State {
             gateway: ArcSwap::from_pointee(gateway),
@@ -123,7 +147,7 @@ impl App {
             ready: AtomicBool::new(false),
             tunnels: TaskTracker::new(),
         });
-        Ok(Self { public, admin, tls, state, shutdown: CancellationToken::new() })
+        Ok(Self { public, extra_public, admin, tls, state, shutdown: CancellationToken::new() })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -145,7 +169,7 @@ impl App {
 
     /// Serves until the shutdown token fires, then drains for up to `limits.shutdown_grace`.
     pub async fn run(self) {
-        let App { public, admin, tls, state, shutdown } = self;
+        let App { public, extra_public, admin, tls, state, shutdown } = self;
         let limits = state.gateway.load().config.limits.clone();
         let options = |tls, gauge| ServeOptions {
             max_header_bytes: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -154,7 +178,30 @@ impl App {
             tls,
             open_connections: gauge,
         };
-        let public_opts = options(tls, Some(state.metrics.open_connections.clone()));
+        let gauge = Some(state.metrics.open_connections.clone());
+        // nginx's model: each extra worker is a thread with its own current-thread runtime and
+        // listener, so a request, its upstream connection and its wake-ups stay on one thread.
+        let mut workers_done = Vec::new();
+        for (i, listener) in extra_public.into_iter().enumerate() {
+            let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+            workers_done.push(done_rx);
+            let (s, opts, stop) = (state.clone(), options(tls.clone(), gauge.clone()), shutdown.clone());
+            let spawned = std::thread::Builder::new().name(format!("tg-worker-{}", i + 1)).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("a listener from bind_public");
+                    let tunnels = s.tunnels.clone();
+                    server::serve(listener, opts, move |req, conn| stack::handle(s.clone(), req, conn), stop).await;
+                    let _ = done.send(());
+                    // Tunnels spawned on this runtime live until they end or the process exits.
+                    tunnels.wait().await;
+                });
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a worker thread");
+            }
+        }
+        let public_opts = options(tls, gauge);
         let admin_opts = options(None, None);
 
         let s = state.clone();
@@ -182,6 +229,9 @@ impl App {
         );
         let drain = async {
             let _ = public_task.await;
+            for done in workers_done {
+                let _ = done.await;
+            }
             state.tunnels.close();
             state.tunnels.wait().await;
         };

@@ -1,12 +1,17 @@
-//! The one body type every response and upstream request uses: a streamed hyper body or a
-//! small buffered one, without boxing.
+//! Body types, without boxing: what tokengate answers (`Body`) and what it sends upstream
+//! (`UpstreamBody`). Each is a streamed body passed through untouched, or a small buffered one.
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-/// A streamed body (passed through untouched) or a buffered one (made by tokengate).
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub use crate::proxy::pool::PooledBody;
+
+/// A response: an upstream body streamed through, or one made by tokengate.
+pub type Body = Either<PooledBody, Full<Bytes>>;
+
+/// A request to the upstream: the client's body streamed through, or one made by tokengate.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 /// A buffered body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

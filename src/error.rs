@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::proxy::pool::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
-use hyper_util::client::legacy;
 
 use crate::body::{self, Body};
 
@@ -14,11 +14,11 @@ use crate::body::{self, Body};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to upstream")]
-    UpstreamConnect(#[source] legacy::Error),
+    UpstreamConnect(#[source] PoolError),
     #[error("upstream sent no response headers within {0:?}")]
     UpstreamTimeout(Duration),
     #[error("upstream request failed")]
-    UpstreamProtocol(#[source] legacy::Error),
+    UpstreamProtocol(#[source] PoolError),
     #[error("method not allowed")]
     MethodNotAllowed { allow: HeaderValue },
     #[error("request body larger than {0} bytes")]
@@ -38,7 +38,7 @@ pub enum Error {
 
 impl Error {
     /// Classifies a client error from the upstream pool.
-    pub fn upstream(err: legacy::Error) -> Self {
+    pub fn upstream(err: PoolError) -> Self {
         if err.is_connect() {
             Self::UpstreamConnect(err)
         } else {

@@ -78,8 +78,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            let workers = cli.workers.or(loaded.config.workers);
-            with_runtime(&cli, workers, async move {
+            let mut loaded = loaded;
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            loaded.config.workers = Some(cli.workers.or(loaded.config.workers).unwrap_or(cores).max(1));
+            with_runtime(&cli, async move {
                 let app = tokengate::App::bind(loaded).await.map_err(|e| tokengate::error::chain(&e))?;
                 tracing::info!(listen = %app.public_addr(), admin = %app.admin_addr(), "tokengate listening");
                 let stop = app.shutdown_token();
@@ -91,7 +93,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Demo => with_runtime(&cli, cli.workers, async {
+        Command::Demo => with_runtime(&cli, async {
             let stop = tokio_util::sync::CancellationToken::new();
             let s = stop.clone();
             tokio::spawn(async move {
@@ -108,26 +110,13 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Builds the tokio runtime with `workers` threads, installs logging, and runs `main`.
-fn with_runtime(
-    cli: &Cli,
-    workers: Option<usize>,
-    main: impl std::future::Future<Output = Result<(), String>>,
-) -> ExitCode {
+/// Installs logging, builds the main thread's runtime and runs `main`. The main thread is one
+/// worker; `App` starts the others (one current-thread runtime each, nginx's model).
+fn with_runtime(cli: &Cli, main: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         return usage(&e);
     }
-    // One worker: a current-thread runtime (nginx's single worker model) skips the
-    // work-stealing scheduler's cross-thread bookkeeping. More: the multi-thread scheduler.
-    let mut builder = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

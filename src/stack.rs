@@ -35,7 +35,9 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let path = req.uri().path();
     let (route, mut resp) = if let Some((route, captures)) = gateway.routes.find(path) {
-        let resp = route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics).await;
+        // Boxed: the token pipeline's future is large, and hyper moves the request future
+        // around; forwarded requests should not pay for its size.
+        let resp = Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics)).await;
         (route.name.as_str(), resp)
     } else if gateway.config.jwks_path.as_deref() == Some(path) {
         (JWKS_ROUTE, jwks_response(&gateway.jwks))
@@ -56,8 +58,12 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
 
     let elapsed = start.elapsed();
     let status = resp.status();
-    state.metrics.requests_total.with_label_values(&[route, status.as_str()]).inc();
-    state.metrics.request_duration_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    if route == PROXY_ROUTE {
+        state.metrics.proxy.observe(status, elapsed);
+    } else {
+        state.metrics.requests_total.with_label_values(&[route, status.as_str()]).inc();
+        state.metrics.request_duration_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
     tracing::info!(
         target: "tokengate::access",
         method = method.as_str(),

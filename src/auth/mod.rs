@@ -16,13 +16,12 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde_json::Value;
 
-use crate::body::{self, Body};
+use crate::body::UpstreamBody;
 use crate::config::{AuthHookConfig, AuthHookType, FieldError, Secret};
 use crate::metrics::Metrics;
+use crate::proxy::pool::Pool;
 pub use cache::AuthCache;
 pub use identity::{Identity, IdentitySource};
 
@@ -50,7 +49,7 @@ pub struct AuthRequest<'a> {
 }
 
 enum Kind {
-    Http { uri: Uri, method: Method, forward: Vec<HeaderName>, timeout: Duration, client: Client<HttpConnector, Body> },
+    Http { uri: Uri, method: Method, forward: Vec<HeaderName>, timeout: Duration, pool: Pool },
     ApiKey { header: HeaderName, keys: Vec<Secret> },
     Jwt { key: jsonwebtoken::DecodingKey, validation: jsonwebtoken::Validation },
     None,
@@ -71,8 +70,8 @@ impl std::fmt::Debug for Hook {
 }
 
 impl Hook {
-    /// Builds a hook from validated config; `client` is the shared upstream pool.
-    pub fn build(name: &str, cfg: &AuthHookConfig, client: &Client<HttpConnector, Body>) -> Result<Self, FieldError> {
+    /// Builds a hook from validated config, with its own connection pool to the session endpoint.
+    pub fn build(name: &str, cfg: &AuthHookConfig, connect_timeout: Duration) -> Result<Self, FieldError> {
         let at = |key: &str, reason: String| FieldError::new(format!("auth_hooks.{name}.{key}"), reason);
         let identity = cfg
             .identity
@@ -85,25 +84,29 @@ impl Hook {
             return Err(at("identity", "must say where `id` comes from".into()));
         }
         let kind = match cfg.kind {
-            AuthHookType::Http => Kind::Http {
-                uri: cfg.url.as_deref().unwrap_or_default().parse().map_err(|e| at("url", format!("{e}")))?,
-                method: cfg
-                    .method
-                    .as_deref()
-                    .unwrap_or("GET")
-                    .parse()
-                    .map_err(|_| at("method", "invalid method".into()))?,
-                forward: cfg
-                    .forward_headers
-                    .iter()
-                    .map(|h| {
-                        HeaderName::from_bytes(h.as_bytes())
-                            .map_err(|_| at("forward_headers", format!("invalid header {h:?}")))
-                    })
-                    .collect::<Result<_, _>>()?,
-                timeout: cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2)),
-                client: client.clone(),
-            },
+            AuthHookType::Http => {
+                let uri: Uri = cfg.url.as_deref().unwrap_or_default().parse().map_err(|e| at("url", format!("{e}")))?;
+                let pool = Pool::new(crate::proxy::authority_addr(&uri), connect_timeout, Duration::from_secs(90));
+                Kind::Http {
+                    uri,
+                    method: cfg
+                        .method
+                        .as_deref()
+                        .unwrap_or("GET")
+                        .parse()
+                        .map_err(|_| at("method", "invalid method".into()))?,
+                    forward: cfg
+                        .forward_headers
+                        .iter()
+                        .map(|h| {
+                            HeaderName::from_bytes(h.as_bytes())
+                                .map_err(|_| at("forward_headers", format!("invalid header {h:?}")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    timeout: cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2)),
+                    pool,
+                }
+            }
             AuthHookType::ApiKey => Kind::ApiKey {
                 header: HeaderName::from_bytes(cfg.header.as_deref().unwrap_or_default().as_bytes())
                     .map_err(|_| at("header", "invalid header name".into()))?,
@@ -208,19 +211,23 @@ impl Hook {
 
     /// One subrequest to the session endpoint: Ok(Some) allow, Ok(None) deny, Err fail.
     async fn call_http(&self, headers: &HeaderMap, metrics: &Metrics) -> Result<Option<Arc<Identity>>, String> {
-        let Kind::Http { uri, method, forward, timeout, client } = &self.kind else {
+        let Kind::Http { uri, method, forward, timeout, pool } = &self.kind else {
             unreachable!("only http hooks call out")
         };
-        let mut req = Request::builder().method(method.clone()).uri(uri.clone());
+        // Origin-form target and Host, as RFC 9112 §3.2 asks of a client.
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let host = uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
+        let mut req = Request::builder().method(method.clone()).uri(target).header(http::header::HOST, host);
         for name in forward {
             for value in headers.get_all(name) {
                 req = req.header(name, value);
             }
         }
-        let req = req.body(body::empty()).map_err(|e| e.to_string())?;
+        let req: Request<UpstreamBody> =
+            req.body(http_body_util::Either::Right(Default::default())).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let answer = tokio::time::timeout(*timeout, async {
-            let resp = client.request(req).await.map_err(|e| crate::error::chain(&e))?;
+            let resp = pool.send(req).await.map_err(|e| crate::error::chain(&e))?;
             let (parts, body) = resp.into_parts();
             if parts.status == http::StatusCode::UNAUTHORIZED || parts.status == http::StatusCode::FORBIDDEN {
                 return Ok((parts, Bytes::new()));

@@ -2,31 +2,30 @@
 //! except for the header rules of SPEC §3.
 
 pub mod headers;
+pub mod pool;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::task::TaskTracker;
 
-use crate::body::Body;
+use crate::body::{Body, UpstreamBody};
 use crate::config::Config;
 use crate::error::Error;
 pub use headers::ForwardRules;
+use pool::Pool;
 
-/// The pooled upstream client and the rules for one config.
+/// The pooled upstream connections and the rules for one config.
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Pool,
+    /// `Host` for requests that came without one (HTTP/1.0 clients).
+    host: HeaderValue,
     response_timeout: Duration,
     pub rules: ForwardRules,
 }
@@ -53,17 +52,12 @@ impl Proxy {
         let up = &config.upstream;
         let uri: Uri = up.url.parse().expect("validated upstream url");
         Self {
-            client: upstream_client(up.connect_timeout.0, up.pool_idle_timeout.0),
-            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: uri.authority().cloned().expect("validated upstream url has a host"),
+            pool: Pool::new(authority_addr(&uri), up.connect_timeout.0, up.pool_idle_timeout.0),
+            host: HeaderValue::from_str(uri.authority().map(Authority::as_str).unwrap_or("localhost"))
+                .expect("an authority is a valid header value"),
             response_timeout: up.response_timeout.0,
             rules: ForwardRules::new(&config.forwarding),
         }
-    }
-
-    /// The pooled client, shared with auth hooks that call the backend.
-    pub fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.client
     }
 
     /// Forwards `req` and returns the upstream's response (or a 101 with a tunnel behind it).
@@ -93,15 +87,17 @@ impl Proxy {
         let host = parts.headers.get(header::HOST).cloned();
         self.rules.apply_x_forwarded(&mut parts.headers, &conn, host.as_ref());
 
+        // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
         uri.path_and_query =
             Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.host.clone());
+        }
 
-        let upstream_req = Request::from_parts(parts, Either::Left(body));
-        let mut resp = match tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await {
+        let upstream_req: Request<UpstreamBody> = Request::from_parts(parts, Either::Left(body));
+        let mut resp = match tokio::time::timeout(self.response_timeout, self.pool.send(upstream_req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(Error::upstream(e)),
             Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
@@ -120,13 +116,10 @@ impl Proxy {
     }
 }
 
-/// One pooled HTTP/1.1 client: `TCP_NODELAY`, connect timeout, idle timeout enforced by a timer.
-pub fn upstream_client(connect_timeout: Duration, idle_timeout: Duration) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(idle_timeout).build(connector)
+/// `host:port` of an `http://` URI (port 80 when absent).
+pub fn authority_addr(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or("localhost");
+    format!("{host}:{}", uri.port_u16().unwrap_or(80))
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one.

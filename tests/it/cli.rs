@@ -117,13 +117,15 @@ async fn workers_flag_sets_the_runtime_threads() {
     for n in [1usize, 3] {
         let bin = Binary::start(&format!("cli-workers-{n}"), &b.url(), "", &["--workers", &n.to_string()]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let workers = std::fs::read_dir(format!("/proc/{}/task", bin.pid()))
+        let comms: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", bin.pid()))
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-            .filter(|comm| comm.trim() == "tokio-rt-worker")
-            .count();
-        // One worker is a current-thread runtime on the main thread (nginx's single worker).
-        let expected = if n == 1 { 0 } else { n };
+            .map(|c| c.trim().to_owned())
+            .collect();
+        // The main thread is worker 1; each other worker is a thread with its own runtime.
+        let workers = 1 + comms.iter().filter(|c| c.starts_with("tg-worker-")).count();
+        assert!(!comms.iter().any(|c| c == "tokio-rt-worker"), "{comms:?}");
+        let expected = n;
         assert_eq!(workers, expected, "--workers {n}");
     }
 }
