@@ -43,6 +43,26 @@ enum Command {
     Schema,
     /// Run a bundled sample backend with tokengate in front, on loopback.
     Demo,
+    /// Print what a token route would answer for a fake identity (debugging).
+    Mint {
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        user_id: String,
+        /// Template inputs: `user.name=Alice`, `body.nonce=abc`, `path.phone=1555`, `query.x=1`, `header.x-y=z`.
+        #[arg(long = "set", value_name = "SOURCE=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print a new private key (PEM, PKCS#8).
+    Keygen {
+        #[arg(long, value_parser = ["ES256", "ES384", "RS256", "PS256", "EdDSA"])]
+        alg: String,
+        /// Write to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the public JWK set of the config's keys.
+    Jwks,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +113,42 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
+        Command::Jwks => {
+            let Some(path) = &cli.config else { return usage("jwks needs --config FILE (or TOKENGATE_CONFIG)") };
+            match tokengate::app::load(path) {
+                Ok(gateway) => {
+                    println!("{}", String::from_utf8_lossy(&gateway.jwks));
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Mint { route, user_id, sets } => {
+            let Some(path) = &cli.config else { return usage("mint needs --config FILE (or TOKENGATE_CONFIG)") };
+            let gateway = match tokengate::app::load(path) {
+                Ok(g) => g,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            match runtime.block_on(tokengate::token::preview(&gateway, route, user_id, sets)) {
+                Ok((status, body)) => {
+                    println!("{body}");
+                    if status.is_success() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => usage(&e),
+            }
+        }
         Command::Demo => with_runtime(&cli, async {
             let stop = tokio_util::sync::CancellationToken::new();
             let s = stop.clone();
@@ -103,6 +159,35 @@ fn main() -> ExitCode {
             tokengate::demo::run(stop).await
         }),
     }
+}
+
+fn keygen(alg: &str, out: Option<&std::path::Path>) -> ExitCode {
+    let alg: config::Algorithm = match serde_json::from_value(serde_json::Value::String(alg.to_owned())) {
+        Ok(a) => a,
+        Err(_) => return usage(&format!("unknown algorithm {alg}")),
+    };
+    let pem = match tokengate::keys::generate_pem(alg) {
+        Ok(pem) => pem,
+        Err(e) => return usage(&e),
+    };
+    match out {
+        None => print!("{pem}"),
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(pem.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("tokengate: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn usage(msg: &str) -> ExitCode {

@@ -187,15 +187,19 @@ impl Route {
                     return self.error(&err, &values);
                 }
             };
-        values.identity = Some(&identity);
-        let minted = match self.mint_all(&values, &identity, metrics) {
+        self.answer(&values, &identity, metrics)
+    }
+
+    /// Mints the route's tokens for `identity` and renders its response (or its error shape).
+    pub fn answer(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Response<Body> {
+        let values = Values { identity: Some(identity), ..*values };
+        let minted = match self.mint_all(&values, identity, metrics) {
             Ok(m) => m,
             Err(e) => return self.error(&e, &values),
         };
         let named: Vec<(String, String)> =
             self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
-        values.tokens = &named;
-        values.first = minted.first().map(|m| (m.iat, m.exp));
+        let values = Values { tokens: &named, first: minted.first().map(|m| (m.iat, m.exp)), ..values };
         match self.response.body.render(&values) {
             Ok(rendered) => respond(&self.response, self.response.status, &rendered),
             Err(missing) => self.error(&Error::InvalidRequest(missing.to_string()), &values),
@@ -294,8 +298,61 @@ fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<B
     resp
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `tokengate mint`: what `route` answers for a caller with id `user_id` and the given
+/// `SOURCE=VALUE` inputs. Returns the status and the body text.
+pub async fn preview(
+    gateway: &crate::app::Gateway,
+    route: &str,
+    user_id: &str,
+    sets: &[String],
+) -> Result<(StatusCode, String), String> {
+    let route = gateway.routes.by_name(route).ok_or_else(|| format!("no route named {route:?}"))?;
+    let mut identity = serde_json::Map::new();
+    identity.insert("id".into(), Value::String(user_id.to_owned()));
+    let (mut body, mut query, mut captures, mut headers) =
+        (serde_json::Map::new(), Vec::new(), Vec::new(), http::HeaderMap::new());
+    for set in sets {
+        let (source, value) = set.split_once('=').ok_or_else(|| format!("--set {set:?}: expected SOURCE=VALUE"))?;
+        let value_json = || serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        match source.split_once('.') {
+            Some(("user", f)) => {
+                identity.insert(f.to_owned(), value_json());
+            }
+            Some(("body", f)) => {
+                body.insert(f.to_owned(), value_json());
+            }
+            Some(("query", f)) => query.push(format!("{f}={value}")),
+            Some(("path", f)) => captures.push((f.to_owned(), value.to_owned())),
+            Some(("header", f)) => {
+                let name = HeaderName::from_bytes(f.as_bytes()).map_err(|_| format!("invalid header {f:?}"))?;
+                headers
+                    .insert(name, HeaderValue::from_str(value).map_err(|_| format!("invalid header value for {f}"))?);
+            }
+            _ => return Err(format!("--set {source:?}: expected user.*, body.*, query.*, path.* or header.*")),
+        }
+    }
+    let (body, query) = (Value::Object(body), query.join("&"));
+    let values = Values {
+        identity: None,
+        body: &body,
+        query: &query,
+        captures: &captures,
+        headers: &headers,
+        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        now: unix_now(),
+        tokens: &[],
+        first: None,
+        error: None,
+    };
+    let resp = route.answer(&values, &Identity(identity), &Metrics::new());
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 impl Routes {
@@ -337,6 +394,10 @@ impl Routes {
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 
     /// Forgets every cached token of `user_id` (`/admin/revoke`).

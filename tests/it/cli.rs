@@ -129,3 +129,55 @@ async fn workers_flag_sets_the_runtime_threads() {
         assert_eq!(workers, expected, "--workers {n}");
     }
 }
+
+#[test]
+fn keygen_jwks_and_mint() {
+    let dir = temp_dir("cli-keys");
+    let key = dir.join("es256.pem");
+    let out = tokengate().args(["keygen", "--alg", "ES256", "--out"]).arg(&key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    let again = tokengate().args(["keygen", "--alg", "ES256", "--out"]).arg(&key).output().unwrap();
+    assert!(!again.status.success(), "keygen never overwrites a key");
+
+    let config = dir.join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: {{ url: 'http://127.0.0.1:3000' }}\nkeys: [{{ id: es-1, algorithm: ES256, private_key_file: {} }}]\nauth_hooks: {{ s: {{ type: none, identity: {{ id: header:x }} }} }}\nroutes: [{{ name: tel, path: '/v1/token/{{phone}}', auth: s, tokens: {{ t: {{ key: es-1, ttl: 90s, claims: {{ sub: '{{{{ user.id }}}}', phn: '{{{{ path.phone }}}}', who: '{{{{ user.name }}}}' }} }} }}, response: {{ body: {{ token: '{{{{ tokens.t }}}}', in: '{{{{ expires_in }}}}' }} }} }}]\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = tokengate().args(["jwks", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jwks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "es-1");
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+
+    let out = tokengate()
+        .args(["mint", "--config"])
+        .arg(&config)
+        .args(["--route", "tel", "--user-id", "u-9", "--set", "path.phone=1555", "--set", "user.name=Zoe"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["in"], 90);
+    let (header, payload) = crate::seeds::parts(answer["token"].as_str().unwrap());
+    assert_eq!(header["kid"], "es-1");
+    assert_eq!(payload["sub"], "u-9");
+    assert_eq!(payload["phn"], "1555");
+    assert_eq!(payload["who"], "Zoe");
+
+    let missing = tokengate()
+        .args(["mint", "--config"])
+        .arg(&config)
+        .args(["--route", "tel", "--user-id", "u-9"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).contains("missing required field: phone"));
+}

@@ -12,4 +12,5 @@ mod seeds;
 mod shutdown;
 mod streaming;
 mod tls;
+mod tokens;
 mod websocket;

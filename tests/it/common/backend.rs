@@ -162,7 +162,12 @@ async fn route(b: Backend, req: Request<Incoming>) -> Response<BoxBody> {
             b.session_calls.fetch_add(1, Ordering::SeqCst);
             let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
             match cookie.strip_prefix("session=") {
+                // A session store having a bad day: fail closed, and never cache it.
+                Some("fail") => reply(500, "{\"error\":\"db down\"}"),
                 Some(user) if !user.is_empty() => {
+                    if user.starts_with("slow") {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                     reply(200, serde_json::json!({"id": user, "name": format!("Name {user}"), "email": format!("{user}@example.com")}).to_string())
                 }
                 _ => reply(401, "{\"error\":\"no session\"}"),

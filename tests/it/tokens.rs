@@ -1,0 +1,331 @@
+//! Token routes (SPEC §2, §3, §4): every algorithm, the JWK set, auth hooks and their cache,
+//! the token cache, templates as data, error shapes. Tokens are verified with jwt-simple.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::Method;
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+
+use crate::common::{backend, client, spawn_app, temp_dir};
+use crate::seeds::{parts, verify_hs256};
+
+fn b64url(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+fn session_hook(b: &backend::Backend, extra: &str) -> String {
+    format!(
+        "  session:\n    type: http\n    url: {}/api/me\n    forward_headers: [cookie]\n    timeout: 1s\n    identity: {{ id: body:/id, name: body:/name }}\n{extra}",
+        b.url()
+    )
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> client::Resp {
+    client::request(addr, Method::POST, path, headers, Bytes::from(body.to_owned())).await.unwrap()
+}
+
+/// Verifies `token` against the JWK with its `kid`, using jwt-simple's own key types.
+fn verify_with_jwk(token: &str, jwks: &Value) -> JWTClaims<Value> {
+    let (header, _) = parts(token);
+    let kid = header["kid"].as_str().expect("a kid");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap_or_else(|| panic!("{kid} not in {jwks}"));
+    let field = |f: &str| b64url(jwk[f].as_str().unwrap());
+    let ec_point = || [vec![4u8], field("x"), field("y")].concat();
+    let result = match header["alg"].as_str().unwrap() {
+        "RS256" => {
+            RS256PublicKey::from_components(&field("n"), &field("e")).unwrap().verify_token::<Value>(token, None)
+        }
+        "RS384" => {
+            RS384PublicKey::from_components(&field("n"), &field("e")).unwrap().verify_token::<Value>(token, None)
+        }
+        "PS256" => {
+            PS256PublicKey::from_components(&field("n"), &field("e")).unwrap().verify_token::<Value>(token, None)
+        }
+        "ES256" => ES256PublicKey::from_bytes(&ec_point()).unwrap().verify_token::<Value>(token, None),
+        "ES384" => ES384PublicKey::from_bytes(&ec_point()).unwrap().verify_token::<Value>(token, None),
+        "EdDSA" => Ed25519PublicKey::from_bytes(&field("x")).unwrap().verify_token::<Value>(token, None),
+        other => panic!("unexpected alg {other}"),
+    };
+    result.unwrap_or_else(|e| panic!("{kid}: {e}"))
+}
+
+#[tokio::test]
+async fn every_algorithm_verifies_independently_and_through_the_jwk_set() {
+    let b = backend::spawn().await;
+    let dir = temp_dir("tokens-algs");
+    let asym = ["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
+    let mut keys = String::from("keys:\n");
+    for alg in asym {
+        let pem = tokengate::keys::generate_pem(serde_json::from_value(json!(alg)).unwrap()).unwrap();
+        let file = dir.join(format!("{alg}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        keys.push_str(&format!("  - {{ id: k-{alg}, algorithm: {alg}, private_key_file: {} }}\n", file.display()));
+    }
+    std::fs::write(dir.join("hs384.secret"), "file-secret-1234\n").unwrap();
+    keys.push_str("  - { id: k-HS256, algorithm: HS256, secret: 'abcdef0123456789' }\n");
+    keys.push_str(&format!(
+        "  - {{ id: k-HS384, algorithm: HS384, secret_file: {} }}\n",
+        dir.join("hs384.secret").display()
+    ));
+    keys.push_str("  - { id: k-HS512, algorithm: HS512, secret_base64: 'AAECAwQFBgcICQoLDA0O/w==' }\n");
+    keys.push_str("  - { id: old, algorithm: ES256, private_key_file: ");
+    keys.push_str(&format!("{}, retired: true }}\n", dir.join("ES256.pem").display()));
+    let mut tokens = String::new();
+    let mut response = String::new();
+    for alg in asym.iter().chain(&["HS256", "HS384", "HS512"]) {
+        tokens.push_str(&format!(
+            "      {alg}: {{ key: k-{alg}, ttl: 10m, not_before: true, claims: {{ sub: '{{{{ user.id }}}}' }} }}\n"
+        ));
+        response.push_str(&format!("        {alg}: '{{{{ tokens.{alg} }}}}'\n"));
+    }
+    let yaml = format!(
+        "jwks_path: /.well-known/jwks.json\n{keys}auth_hooks:\n  anyone: {{ type: none, identity: {{ id: header:x-user-id }} }}\nroutes:\n  - name: all\n    path: /all\n    auth: anyone\n    tokens:\n{tokens}    response:\n      body:\n{response}"
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let r = post(app.addr, "/all", &[("x-user-id", "u-42")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = r.json();
+
+    let jwks = client::get(app.admin, "/.well-known/jwks.json", &[]).await.unwrap().json();
+    let public_jwks = client::get(app.addr, "/.well-known/jwks.json", &[]).await.unwrap().json();
+    assert_eq!(jwks, public_jwks, "jwks_path serves the same set on the public port");
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), asym.len() + 1, "asymmetric keys only, retired one included");
+    assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == "old"));
+    assert!(!jwks.to_string().contains("\"d\""), "no private material in the JWK set");
+
+    for alg in asym {
+        let token = minted[alg].as_str().unwrap();
+        let (header, payload) = parts(token);
+        assert_eq!(header["alg"], alg);
+        assert_eq!(header["kid"], format!("k-{alg}"));
+        assert_eq!(payload["nbf"], payload["iat"]);
+        assert_eq!(verify_with_jwk(token, &jwks).subject.as_deref(), Some("u-42"));
+    }
+    assert_eq!(verify_hs256(minted["HS256"].as_str().unwrap(), b"abcdef0123456789").subject.as_deref(), Some("u-42"));
+    HS384Key::from_bytes(b"file-secret-1234").verify_token::<Value>(minted["HS384"].as_str().unwrap(), None).unwrap();
+    HS512Key::from_bytes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 255])
+        .verify_token::<Value>(minted["HS512"].as_str().unwrap(), None)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_retired_key_cannot_sign() {
+    let dir = temp_dir("tokens-retired");
+    let pem = tokengate::keys::generate_pem(serde_json::from_value(json!("ES256")).unwrap()).unwrap();
+    std::fs::write(dir.join("k.pem"), pem).unwrap();
+    let yaml = format!(
+        "upstream: {{ url: 'http://127.0.0.1:1' }}\nkeys: [{{ id: old, algorithm: ES256, private_key_file: {}, retired: true }}]\nauth_hooks: {{ a: {{ type: none, identity: {{ id: header:x }} }} }}\nroutes: [{{ name: r, path: /t, auth: a, tokens: {{ t: {{ key: old, ttl: 1m }} }} }}]\n",
+        dir.join("k.pem").display()
+    );
+    let err = tokengate::config::load_str(&yaml, "t.yaml", std::path::Path::new(".")).unwrap_err().to_string();
+    assert!(err.contains("routes[0].tokens.t.key: key \"old\" is retired"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_cookie_make_one_hook_call() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n{}routes: [{{ name: chat, path: /t, auth: session, tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: '{{{{ user.id }}}}' }} }} }}, response: {{ body: {{ token: '{{{{ tokens.token }}}}' }} }} }}]\n",
+        session_hook(&b, "")
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let addr = app.addr;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(async move { post(addr, "/t", &[("cookie", "session=slow-alice")], "").await }))
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(parts(r.json()["token"].as_str().unwrap()).1["sub"], "slow-alice");
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 1, "50 concurrent requests with one new cookie");
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_auth_cache_total{hook=\"session\",result=\"miss\"} 1"), "{metrics}");
+    assert!(metrics.contains("tokengate_auth_cache_total{hook=\"session\",result=\"hit\"} 49"), "{metrics}");
+    assert!(metrics.contains("tokengate_auth_hook_total{hook=\"session\",outcome=\"allow\"} 50"), "{metrics}");
+    assert!(
+        metrics.contains("tokengate_tokens_minted_total{alg=\"HS256\",route=\"chat\",token=\"token\"} 50"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tokengate_requests_total{route=\"chat\",status=\"200\"} 50"), "{metrics}");
+}
+
+#[tokio::test]
+async fn identities_never_cross_between_concurrent_callers() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n{}routes: [{{ name: chat, path: /t, auth: session, cache_tokens: true, tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: '{{{{ user.id }}}}', name: '{{{{ user.name }}}}' }} }} }}, response: {{ body: {{ token: '{{{{ tokens.token }}}}', id: '{{{{ user.id }}}}' }} }} }}]\n",
+        session_hook(&b, "")
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let addr = app.addr;
+    let mut tasks = Vec::new();
+    for round in 0..8 {
+        for user in ["ann", "ben", "cat", "dan", "eve", "slow-fay"] {
+            let cookie = format!("session={user}");
+            tasks.push(tokio::spawn(async move {
+                let r = post(addr, "/t", &[("cookie", &cookie)], "").await;
+                (user, round, r)
+            }));
+        }
+    }
+    for t in tasks {
+        let (user, _, r) = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        let body = r.json();
+        assert_eq!(body["id"], user);
+        let (_, payload) = parts(body["token"].as_str().unwrap());
+        assert_eq!(payload["sub"], user);
+        assert_eq!(payload["name"], format!("Name {user}"));
+    }
+}
+
+#[tokio::test]
+async fn denials_are_cached_briefly_and_failures_never() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n{}  dead:\n    type: http\n    url: http://{}/api/me\n    identity: {{ id: body:/id }}\n  slow:\n    type: http\n    url: {}/sleep/3000\n    timeout: 200ms\n    identity: {{ id: body:/id }}\nroutes:\n  - {{ name: s, path: /s, auth: session, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}\n  - {{ name: d, path: /d, auth: dead, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}\n  - {{ name: w, path: /w, auth: slow, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}\n",
+        session_hook(&b, "    cache: { ttl: 30s, negative_ttl: 300ms }\n"),
+        crate::common::closed_port(),
+        b.url()
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    // Deny (401 from the session endpoint): cached for negative_ttl.
+    for _ in 0..3 {
+        let r = post(app.addr, "/s", &[("cookie", "session=")], "").await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["error"], "unauthorized");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    post(app.addr, "/s", &[("cookie", "session=")], "").await;
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 2, "the deny expired");
+
+    // A 5xx from the hook fails closed and is not cached.
+    for _ in 0..2 {
+        let r = post(app.addr, "/s", &[("cookie", "session=fail")], "").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["error"], "auth_unavailable");
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 4, "failures are never cached");
+    // Unreachable and slow hooks: 503, within the hook's timeout.
+    assert_eq!(post(app.addr, "/d", &[], "").await.status, 503);
+    let start = Instant::now();
+    assert_eq!(post(app.addr, "/w", &[], "").await.status, 503);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn template_values_are_data_and_cannot_add_claims() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks:\n  key: { type: api_key, header: x-api-key, keys: [k1, k2], identity: { id: body:/userId, name: body:/name } }\nroutes: [{ name: r, path: /t, auth: key, tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}', name: '{{ user.name }}', role: user } } }, response: { body: { token: '{{ tokens.t }}' } } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let body = json!({"userId": "u1", "name": "x\", \"role\": \"admin\", \"y\": \""}).to_string();
+    let r = post(app.addr, "/t", &[("x-api-key", "k2")], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (_, payload) = parts(r.json()["token"].as_str().unwrap());
+    assert_eq!(payload["role"], "user");
+    assert_eq!(payload["name"], "x\", \"role\": \"admin\", \"y\": \"");
+    assert_eq!(payload.as_object().unwrap().len(), 5, "sub, name, role, iat, exp: {payload}");
+    let r = post(app.addr, "/t", &[("x-api-key", "k3")], &body).await;
+    assert_eq!(r.status, 401);
+    let r = post(app.addr, "/t", &[("x-api-key", "k1")], "{not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["message"], "request body is not valid JSON");
+}
+
+#[tokio::test]
+async fn tokens_are_reused_while_over_half_their_life_unless_they_hold_a_nonce() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks: { a: { type: none, identity: { id: header:x-user } } }\nroutes:\n  - { name: cached, path: /c, auth: a, cache_tokens: true, tokens: { t: { key: k, ttl: 1h, claims: { sub: '{{ user.id }}', room: '{{ query.room | \"lobby\" }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }\n  - { name: nonce, path: /n, auth: a, cache_tokens: true, tokens: { t: { key: k, ttl: 1h, claims: { sub: '{{ user.id }}', jti: '{{ uuid }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let get = |path: &'static str, user: &'static str| {
+        let addr = app.addr;
+        async move { post(addr, path, &[("x-user", user)], "").await.text() }
+    };
+    let first = get("/c", "ann").await;
+    assert_eq!(get("/c", "ann").await, first, "reused");
+    assert_ne!(get("/c", "ben").await, first, "never served to another identity");
+    assert_ne!(get("/c?room=kitchen", "ann").await, first, "a different input is a different token");
+    assert_ne!(get("/n", "ann").await, get("/n", "ann").await, "a nonce makes every token fresh");
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_token_cache_total{result=\"hit\",route=\"cached\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn method_size_and_error_shapes() {
+    let b = backend::spawn().await;
+    let yaml = "limits: { token_route_body: 1KiB }\nkeys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks: { a: { type: none, identity: { id: body:/id } } }\nroutes: [{ name: r, path: /t, methods: [POST, PUT], auth: a, tokens: { t: { key: k, ttl: 1m } }, response: { body: { ok: true } }, error_response: { body: { failed: '{{ error.code }}', status: '{{ error.status }}', why: 'Error: {{ error.message }}' } } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let r = client::get(app.addr, "/t", &[]).await.unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST, PUT"));
+    assert_eq!(
+        r.json(),
+        json!({"failed": "method_not_allowed", "status": 405, "why": "Error: method not allowed on this route"})
+    );
+    let big = format!("{{\"id\": \"{}\"}}", "x".repeat(2000));
+    let r = post(app.addr, "/t", &[], &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["failed"], "payload_too_large");
+    let r = post(app.addr, "/t", &[], "{}").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["why"], "Error: missing required field: id");
+    let r = post(app.addr, "/t", &[], "{\"id\": 7}").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // Other paths are still forwarded.
+    assert_eq!(client::get(app.addr, "/t/other", &[]).await.unwrap().json()["uri"], "/t/other");
+}
+
+#[tokio::test]
+async fn jwt_hook_checks_signature_issuer_audience_and_expiry() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks:\n  idp: { type: jwt, secret: idp-secret-0123456789, issuer: 'https://idp.example/', audience: my-app, algorithms: [HS256], identity: { id: claim:sub, email: claim:email } }\nroutes: [{ name: r, path: /t, auth: idp, tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}', email: '{{ user.email }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let idp = HS256Key::from_bytes(b"idp-secret-0123456789");
+    let good =
+        Claims::with_custom_claims(json!({"email": "a@example.com"}), jwt_simple::prelude::Duration::from_mins(5))
+            .with_subject("idp-user")
+            .with_issuer("https://idp.example/")
+            .with_audience("my-app");
+    let token = idp.authenticate(good.clone()).unwrap();
+    let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {token}"))], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(parts(&r.text()).1["email"], "a@example.com");
+
+    let wrong_iss = idp.authenticate(good.clone().with_issuer("https://evil.example/")).unwrap();
+    let wrong_key = HS256Key::from_bytes(b"other-secret-0123").authenticate(good.clone()).unwrap();
+    // Hand-made and correctly signed: an expired token, and one whose `exp` is a string.
+    let by_hand = |claims: String| {
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let input = format!("{header}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims));
+        let mac = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"idp-secret-0123456789"),
+            input.as_bytes(),
+        );
+        format!("{input}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.as_ref()))
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let base = r#""sub":"x","email":"x@example.com","iss":"https://idp.example/","aud":"my-app""#;
+    let expired = by_hand(format!("{{{base},\"exp\":{}}}", now - 3600));
+    let string_exp = by_hand(format!("{{{base},\"exp\":\"9999999999\"}}"));
+    let valid_by_hand = by_hand(format!("{{{base},\"exp\":{}}}", now + 600));
+    assert_eq!(post(app.addr, "/t", &[("authorization", &format!("Bearer {valid_by_hand}"))], "").await.status, 200);
+    for (what, bad) in [("issuer", wrong_iss), ("signature", wrong_key), ("expired", expired), ("exp type", string_exp)]
+    {
+        let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {bad}"))], "").await;
+        assert_eq!(r.status, 401, "{what}");
+    }
+    assert_eq!(post(app.addr, "/t", &[], "").await.status, 401, "no bearer");
+}
