@@ -52,19 +52,32 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
 
     let mut loaded = config::load_str(QUICKSTART, "quickstart.yaml", Path::new(".")).map_err(|e| e.to_string())?;
     loaded.config.upstream.url = format!("http://{backend_addr}");
+    if let Some(hook) = loaded.config.auth_hooks.get_mut("session") {
+        hook.url = Some(format!("http://{backend_addr}/api/me"));
+    }
     loaded.config.listen = free_or_any("127.0.0.1:8080");
     loaded.config.admin_listen = free_or_any("127.0.0.1:9901");
     let app = crate::App::bind(loaded).await.map_err(|e| e.to_string())?;
     let (public, admin) = (app.public_addr(), app.admin_addr());
-    println!(
-        "tokengate demo: sample backend on {backend_addr}, tokengate on {public}, admin on {admin}\n\n\
-         Try:\n\
-         \x20 curl -i -c /tmp/tg-demo.jar -X POST 'http://{public}/login?user=alice'     # log in (sets a session cookie)\n\
-         \x20 curl -i -b /tmp/tg-demo.jar http://{public}/api/me                        # the backend's session endpoint, forwarded\n\
-         \x20 curl -i http://{public}/                                                  # any page, forwarded untouched\n\
-         \x20 curl -s http://{admin}/metrics | grep ^tokengate_                          # metrics (admin port only)\n\n\
-         Ctrl-C stops."
-    );
+    let tries = [
+        (
+            format!("curl -i -c /tmp/tg-demo.jar -X POST 'http://{public}/login?user=alice'"),
+            "log in (sets a session cookie)",
+        ),
+        (format!("curl -i -b /tmp/tg-demo.jar http://{public}/api/me"), "the backend's session endpoint, forwarded"),
+        (format!("curl -i http://{public}/"), "any page, forwarded untouched"),
+        (
+            format!("curl -s -b /tmp/tg-demo.jar -X POST http://{public}/api/auth/chat-token"),
+            "a chat token, minted by tokengate",
+        ),
+        (format!("curl -s -X POST http://{public}/api/auth/chat-token"), "without a session: 401"),
+        (format!("curl -s http://{admin}/metrics | grep ^tokengate_"), "metrics (admin port only)"),
+    ];
+    println!("tokengate demo: sample backend on {backend_addr}, tokengate on {public}, admin on {admin}\n\nTry:");
+    for (line, what) in tries {
+        println!("  {line:<78} # {what}");
+    }
+    println!("\nCtrl-C stops.");
     let token = app.shutdown_token();
     let run = tokio::spawn(app.run());
     stop.cancelled().await;

@@ -149,15 +149,21 @@ fn main() -> ExitCode {
                 Err(e) => usage(&e),
             }
         }
-        Command::Demo => with_runtime(&cli, async {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let s = stop.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                s.cancel();
-            });
-            tokengate::demo::run(stop).await
-        }),
+        Command::Demo => {
+            if std::env::var_os("TOKENGATE_SECRET").is_none() {
+                // Still single-threaded: no other thread reads the environment yet.
+                std::env::set_var("TOKENGATE_SECRET", uuid::Uuid::new_v4().simple().to_string());
+            }
+            with_runtime(&cli, async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    s.cancel();
+                });
+                tokengate::demo::run(stop).await
+            })
+        }
     }
 }
 

@@ -46,6 +46,9 @@ fn check_accepts_a_good_config_from_tokengate_config() {
 
 #[test]
 fn every_shipped_config_passes_check() {
+    let keys = temp_dir("cli-shipped-configs");
+    let es256 = keys.join("es256.pem");
+    std::fs::write(&es256, tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap()).unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -64,6 +67,15 @@ fn every_shipped_config_passes_check() {
                 ("DOTDIGITAL_SHARED_SECRET", "s"),
                 ("TELESIGN_CUSTOMER_ID", "c"),
                 ("TELESIGN_KEY", "c2VjcmV0"),
+                ("TOKENGATE_SECRET", "s"),
+                ("CENTRIFUGO_PRIVATE_KEY_FILE", es256.to_str().unwrap()),
+                ("STREAM_API_KEY", "k"),
+                ("STREAM_API_SECRET", "s"),
+                ("CENTRIFUGO_TOKEN_HMAC_SECRET_KEY", "s"),
+                ("TWILIO_ACCOUNT_SID", "a"),
+                ("TWILIO_API_KEY_SID", "k"),
+                ("TWILIO_API_KEY_SECRET", "s"),
+                ("TWILIO_CONVERSATIONS_SERVICE_SID", "c"),
             ])
             .output()
             .unwrap();
@@ -180,4 +192,51 @@ fn keygen_jwks_and_mint() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stdout).contains("missing required field: phone"));
+}
+
+#[tokio::test]
+async fn demo_logs_in_and_fetches_a_token_as_its_curl_lines_say() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("demo")
+        .env("TOKENGATE_SECRET", "demo-test-secret-0123")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr: std::net::SocketAddr =
+        first.split("tokengate on ").nth(1).and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
+    let mut printed = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push_str(&line);
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(printed.contains(&format!("http://{addr}/api/auth/chat-token")), "{printed}");
+
+    let login = crate::common::client::request(addr, http::Method::POST, "/login?user=alice", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    let cookie = login.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    let r = crate::common::client::request(
+        addr,
+        http::Method::POST,
+        "/api/auth/chat-token",
+        &[("cookie", &cookie)],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let claims = crate::seeds::verify_hs256(r.json()["token"].as_str().unwrap(), b"demo-test-secret-0123");
+    assert_eq!(claims.subject.as_deref(), Some("user-alice"));
+    let anonymous =
+        crate::common::client::request(addr, http::Method::POST, "/api/auth/chat-token", &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+    assert_eq!(anonymous.status, 401);
 }

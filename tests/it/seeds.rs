@@ -174,3 +174,71 @@ async fn telesign_app_verify() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
 }
+
+#[tokio::test]
+async fn stream_user_token() {
+    let b = backend::spawn().await;
+    let envs = [("STREAM_API_KEY", "stream-public-key"), ("STREAM_API_SECRET", "stream-api-secret-0123")];
+    let bin = Binary::start_file("seed-stream", "config/stream.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/stream/token", &[("cookie", "session=eve")], "").await.json();
+    assert_eq!(j["apiKey"], "stream-public-key");
+    let claims = verify_hs256(j["token"].as_str().unwrap(), b"stream-api-secret-0123");
+    assert_eq!(claims.custom["user_id"], "eve");
+}
+
+#[tokio::test]
+async fn centrifugo_connection_tokens_hs256_and_es256_through_the_jwk_set() {
+    let b = backend::spawn().await;
+    let envs = [("CENTRIFUGO_TOKEN_HMAC_SECRET_KEY", "centrifugo-secret-0123")];
+    let bin = Binary::start_file("seed-centrifugo", "config/centrifugo.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/centrifugo/token", &[("cookie", "session=fred")], "").await.json();
+    let claims = verify_hs256(j["token"].as_str().unwrap(), b"centrifugo-secret-0123");
+    assert_eq!(claims.subject.as_deref(), Some("fred"));
+    assert_eq!(claims.custom["channels"], serde_json::json!(["personal:#fred"]));
+    assert_eq!(claims.custom["info"]["name"], "Name fred");
+
+    let dir = crate::common::temp_dir("seed-centrifugo-es");
+    let key = dir.join("es256.pem");
+    std::fs::write(
+        &key,
+        tokengate::keys::generate_pem(serde_json::from_value(serde_json::json!("ES256")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let envs = [("CENTRIFUGO_PRIVATE_KEY_FILE", key.to_str().unwrap())];
+    let bin = Binary::start_file("seed-centrifugo-es256", "config/centrifugo-es256.yaml", &b.url(), &envs).await;
+    let token = post(bin.addr, "/api/centrifugo/token", &[("cookie", "session=gus")], "").await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What Centrifugo does: fetch the JWK set, pick the key by kid, verify.
+    let jwks = client::get(bin.addr, "/.well-known/jwks.json", &[]).await.unwrap().json();
+    let (header, _) = parts(&token);
+    assert_eq!(header["kid"], "centrifugo-es256-1");
+    let jwk = &jwks["keys"][0];
+    let coord = |f: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk[f].as_str().unwrap()).unwrap();
+    let point = [vec![4u8], coord("x"), coord("y")].concat();
+    let claims = ES256PublicKey::from_bytes(&point).unwrap().verify_token::<Value>(&token, None).unwrap();
+    assert_eq!(claims.subject.as_deref(), Some("gus"));
+}
+
+#[tokio::test]
+async fn twilio_access_token() {
+    let b = backend::spawn().await;
+    let envs = [
+        ("TWILIO_ACCOUNT_SID", "AC0123"),
+        ("TWILIO_API_KEY_SID", "SK4567"),
+        ("TWILIO_API_KEY_SECRET", "twilio-api-key-secret"),
+        ("TWILIO_CONVERSATIONS_SERVICE_SID", "IS89"),
+    ];
+    let bin = Binary::start_file("seed-twilio", "config/twilio.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/twilio/token", &[("cookie", "session=hal")], "").await.json();
+    let token = j["token"].as_str().unwrap();
+    let claims = verify_hs256(token, b"twilio-api-key-secret");
+    let (header, payload) = parts(token);
+    assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT", "cty": "twilio-fpa;v=1"}));
+    assert_eq!(claims.issuer.as_deref(), Some("SK4567"));
+    assert_eq!(claims.subject.as_deref(), Some("AC0123"));
+    assert_eq!(payload["jti"], format!("SK4567-{}", payload["iat"]));
+    assert_eq!(payload["grants"]["identity"], "hal");
+    assert_eq!(payload["grants"]["chat"]["service_sid"], "IS89");
+}
