@@ -8,6 +8,7 @@
 
 mod cache;
 mod identity;
+mod jwks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,8 +52,15 @@ pub struct AuthRequest<'a> {
 enum Kind {
     Http { uri: Uri, method: Method, forward: Vec<HeaderName>, timeout: Duration, pool: Pool },
     ApiKey { header: HeaderName, keys: Vec<Secret> },
-    Jwt { key: jsonwebtoken::DecodingKey, validation: jsonwebtoken::Validation },
+    // Boxed: jsonwebtoken's Validation is large, and hooks are built once.
+    Jwt { keys: Box<JwtKeys>, validation: Box<jsonwebtoken::Validation> },
     None,
+}
+
+/// Where a `jwt` hook's verification keys come from.
+enum JwtKeys {
+    Static(jsonwebtoken::DecodingKey),
+    Jwks(jwks::JwksKeys),
 }
 
 /// One configured auth hook.
@@ -114,8 +122,8 @@ impl Hook {
             },
             AuthHookType::Jwt => {
                 let algs: Vec<jsonwebtoken::Algorithm> = cfg.algorithms.iter().map(|a| a.to_jsonwebtoken()).collect();
-                let key = match (&cfg.secret, &cfg.public_key_file) {
-                    (Some(s), _) => jsonwebtoken::DecodingKey::from_secret(s.expose().as_bytes()),
+                let keys = match (&cfg.secret, &cfg.public_key_file) {
+                    (Some(s), _) => JwtKeys::Static(jsonwebtoken::DecodingKey::from_secret(s.expose().as_bytes())),
                     (None, Some(file)) => {
                         let pem =
                             std::fs::read(file).map_err(|e| at("public_key_file", format!("cannot read: {e}")))?;
@@ -126,13 +134,26 @@ impl Hook {
                             Some(F::Ed) => jsonwebtoken::DecodingKey::from_ed_pem(&pem),
                             _ => jsonwebtoken::DecodingKey::from_rsa_pem(&pem),
                         }
+                        .map(JwtKeys::Static)
                         .map_err(|e| at("public_key_file", format!("not a PEM public key: {e}")))?
                     }
-                    _ => {
-                        return Err(at(
-                            "jwks_url",
-                            "jwks_url is not supported yet: use public_key_file or secret".into(),
-                        ))
+                    (None, None) => {
+                        let uri: Uri = cfg
+                            .jwks_url
+                            .as_deref()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(|e| at("jwks_url", format!("{e}")))?;
+                        if uri.scheme_str() != Some("http") {
+                            return Err(at(
+                                "jwks_url",
+                                "only http:// JWKS URLs are supported (no TLS client yet)".into(),
+                            ));
+                        }
+                        let pool =
+                            Pool::new(crate::proxy::authority_addr(&uri), connect_timeout, Duration::from_secs(90));
+                        let timeout = cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2));
+                        JwtKeys::Jwks(jwks::JwksKeys::new(uri, pool, timeout))
                     }
                 };
                 let mut validation =
@@ -147,7 +168,7 @@ impl Hook {
                     Some(aud) => validation.set_audience(&[aud]),
                     None => validation.validate_aud = false,
                 }
-                Kind::Jwt { key, validation }
+                Kind::Jwt { keys: Box::new(keys), validation: Box::new(validation) }
             }
             AuthHookType::None => Kind::None,
         };
@@ -180,13 +201,28 @@ impl Hook {
                     Err(AuthError::Denied)
                 }
             }
-            Kind::Jwt { key, validation } => {
-                let token = req
+            Kind::Jwt { keys, validation } => {
+                let bearer = req
                     .headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or(AuthError::Denied)?;
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                let Some(token) = bearer else { return self.count(Err(AuthError::Denied), metrics) };
+                let fetched;
+                let key = match keys.as_ref() {
+                    JwtKeys::Static(k) => k,
+                    JwtKeys::Jwks(set) => {
+                        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
+                            return self.count(Err(AuthError::Denied), metrics);
+                        };
+                        fetched = match set.key(&kid).await {
+                            Ok(Some(k)) => k,
+                            Ok(None) => return self.count(Err(AuthError::Denied), metrics),
+                            Err(cause) => return self.count(Err(AuthError::Unavailable(cause)), metrics),
+                        };
+                        &*fetched
+                    }
+                };
                 match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, validation) {
                     Ok(data) => {
                         identity::extract(&self.identity, Some(&Value::Object(data.claims)), req.body, req.headers)
@@ -200,6 +236,11 @@ impl Hook {
             }
             Kind::None => identity::extract(&self.identity, None, req.body, req.headers).map(Arc::new),
         };
+        self.count(result, metrics)
+    }
+
+    /// Counts the decision in `tokengate_auth_hook_total` and passes it on.
+    fn count(&self, result: Result<Arc<Identity>, AuthError>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
         let outcome = match &result {
             Ok(_) => "allow",
             Err(AuthError::Denied) => "deny",

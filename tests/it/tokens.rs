@@ -329,3 +329,39 @@ async fn jwt_hook_checks_signature_issuer_audience_and_expiry() {
     }
     assert_eq!(post(app.addr, "/t", &[], "").await.status, 401, "no bearer");
 }
+
+#[tokio::test]
+async fn jwt_hook_fetches_the_idps_jwk_set() {
+    let b = backend::spawn().await;
+    // The IdP: another tokengate with an ES256 key, minting for whoever it is told.
+    let dir = temp_dir("tokens-jwks-idp");
+    std::fs::write(dir.join("idp.pem"), tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap())
+        .unwrap();
+    let idp_yaml = format!(
+        "keys: [{{ id: idp-1, algorithm: ES256, private_key_file: {} }}]\nauth_hooks: {{ a: {{ type: none, identity: {{ id: header:x-sub }} }} }}\nroutes: [{{ name: login, path: /login, auth: a, tokens: {{ t: {{ key: idp-1, ttl: 5m, claims: {{ sub: '{{{{ user.id }}}}', iss: 'https://idp.example/', aud: my-app }} }} }}, response: {{ body: '{{{{ tokens.t }}}}', content_type: text/plain }} }}]\n",
+        dir.join("idp.pem").display()
+    );
+    let idp = spawn_app(&b.url(), &idp_yaml).await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n  idp: {{ type: jwt, jwks_url: 'http://{}/.well-known/jwks.json', issuer: 'https://idp.example/', audience: my-app, algorithms: [ES256], identity: {{ id: claim:sub }} }}\n  gone: {{ type: jwt, jwks_url: 'http://{}/jwks', algorithms: [ES256], identity: {{ id: claim:sub }} }}\nroutes:\n  - {{ name: r, path: /t, auth: idp, tokens: {{ t: {{ key: k, ttl: 1m, claims: {{ sub: '{{{{ user.id }}}}' }} }} }}, response: {{ body: '{{{{ user.id }}}}', content_type: text/plain }} }}\n  - {{ name: g, path: /g, auth: gone, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}\n",
+        idp.admin,
+        crate::common::closed_port()
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let idp_token = post(idp.addr, "/login", &[("x-sub", "idp-user-7")], "").await.text();
+    for _ in 0..2 {
+        let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {idp_token}"))], "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "idp-user-7");
+    }
+    // A token naming a kid the IdP does not publish: refused, not an outage.
+    let (header, payload) = parts(&idp_token);
+    let mut forged_header = header.clone();
+    forged_header["kid"] = json!("unknown-kid");
+    let enc = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let sig = idp_token.rsplit('.').next().unwrap();
+    let forged = format!("{}.{}.{sig}", enc(&forged_header), enc(&payload));
+    assert_eq!(post(app.addr, "/t", &[("authorization", &format!("Bearer {forged}"))], "").await.status, 401);
+    // An unreachable JWKS endpoint fails closed with 503.
+    assert_eq!(post(app.addr, "/g", &[("authorization", &format!("Bearer {idp_token}"))], "").await.status, 503);
+}
