@@ -24,7 +24,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 TICK = os.sysconf("SC_CLK_TCK")
 
-BACKEND_PORT, NGINX_PORT, TG_PORT, TG_ADMIN = 3901, 3902, 3903, 3904
+BACKEND_PORT, NGINX_PORT, TG_PORT, TG_ADMIN, FLASK_PORT = 3901, 3902, 3903, 3904, 3905
+BENCHES = os.path.dirname(os.path.abspath(__file__))
+
+# A ContactsManager-style token route behind the backend's session endpoint.
+TOKEN_ROUTE = """keys: [{{ id: cm, algorithm: HS256, secret: cm-secret-for-the-benchmark }}]
+auth_hooks:
+  session:
+    type: http
+    url: http://127.0.0.1:%d/api/me
+    forward_headers: [cookie]
+    identity: {{ id: body:/id, name: body:/name }}
+    cache: {{ ttl: 5m, negative_ttl: 2s, max_entries: 1000000 }}
+routes:
+  - name: cm
+    path: /generate-token
+    methods: [GET, POST]
+    auth: session
+    cache_tokens: {cache}
+    tokens:
+      token:
+        key: cm
+        ttl: 24h
+        claims: {{ org_id: org-1, api_key: cm-key, user_id: "{{{{ user.id }}}}", device_info: "{{{{ body.deviceInfo | {{}} }}}}" }}
+    response:
+      body: {{ token: "{{{{ tokens.token }}}}", expiresAt: "{{{{ expires_at }}}}", message: "Token generated for user {{{{ user.id }}}}", success: true }}
+""" % BACKEND_PORT
 
 
 def cpu_seconds(pids):
@@ -50,8 +75,10 @@ def wait_port(port, path="/", timeout=10):
     sys.exit(f"nothing answered on port {port}")
 
 
-def wrk(port, path, seconds, connections, headers=()):
+def wrk(port, path, seconds, connections, headers=(), script=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", os.path.join(BENCHES, script)]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
@@ -65,9 +92,9 @@ def wrk(port, path, seconds, connections, headers=()):
     return requests, rps, p99_ms
 
 
-def measure(port, pids, path, seconds, connections, headers=()):
+def measure(port, pids, path, seconds, connections, headers=(), script=None):
     before = cpu_seconds(pids)
-    requests, rps, p99 = wrk(port, path, seconds, connections, headers)
+    requests, rps, p99 = wrk(port, path, seconds, connections, headers, script)
     cpu_us = (cpu_seconds(pids) - before) / requests * 1e6 if pids else float("nan")
     return {"rps": rps, "p99": p99, "cpu_us": cpu_us}
 
@@ -114,6 +141,55 @@ def start_tokengate(workdir, workers, extra_yaml="", log_level="warn"):
     return proc, [proc.pid]
 
 
+def start_flask(workdir):
+    venv = os.path.join(BENCHES, ".venv")
+    if not os.path.exists(os.path.join(venv, "bin", "gunicorn")):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "flask", "pyjwt", "gunicorn"], check=True)
+    proc = subprocess.Popen([os.path.join(venv, "bin", "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{FLASK_PORT}",
+                             "--chdir", BENCHES, "--log-level", "warning", "flask_contactsmanager:app"],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{FLASK_PORT}/generate-token", data=b'{"userId":"u"}', method="POST")
+            urllib.request.urlopen(req, timeout=1).read()
+            break
+        except Exception:
+            time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return proc, [proc.pid] + [int(c) for c in children]
+
+
+def token_scenarios(args, workdir):
+    """Token routes vs forwarding (same tokengate build), and the Flask baseline."""
+    workers = 2
+    results = {"forward": [], "token warm": [], "token cached": [], "token cold": [], "flask": []}
+    for _ in range(args.rounds):
+        for name, cache, path, script in [("forward", "false", "/", None), ("token warm", "false", "/generate-token", "post.lua"),
+                                          ("token cached", "true", "/generate-token", "post.lua"),
+                                          ("token cold", "false", "/generate-token", "cold_cookie.lua")]:
+            proc, pids = start_tokengate(workdir, workers, TOKEN_ROUTE.format(cache=cache))
+            try:
+                if name != "token cold":
+                    wrk(TG_PORT, path, 1, args.connections, (), script)  # warm the auth cache
+                results[name].append(measure(TG_PORT, pids, path, args.seconds, args.connections, (), script))
+            finally:
+                stop(proc)
+        proc, pids = start_flask(workdir)
+        try:
+            results["flask"].append(measure(FLASK_PORT, pids, "/generate-token", args.seconds, args.connections, (), "post.lua"))
+        finally:
+            stop(proc)
+    print(f"\n== token route (ContactsManager claims, HS256), {workers} workers; flask: gunicorn -w 2")
+    print(f"{'scenario':<14}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {args.rounds} rounds)")
+    for name, rows in results.items():
+        print(f"{name:<14}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+    fwd, warm, flask = results["forward"], results["token warm"], results["flask"]
+    print(f"token warm (cache_tokens off) / forward, CPU per request: {median(warm, 'cpu_us') / median(fwd, 'cpu_us'):.2f}")
+    print(f"token warm / flask, requests/s: {median(warm, 'rps') / median(flask, 'rps'):.1f}x")
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -142,6 +218,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--scenarios", default="forward,token", help="forward, token, or both")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="tokengate-load-")
@@ -151,7 +228,9 @@ def main():
         print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} interleaved rounds; "
               f"nginx {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
               f"both proxies log nothing per request")
-        for workers in [int(w) for w in args.workers.split(",")]:
+        if "token" in args.scenarios:
+            token_scenarios(args, workdir)
+        for workers in ([int(w) for w in args.workers.split(",")] if "forward" in args.scenarios else []):
             results = {"direct": [], "nginx": [], "tokengate": []}
             for _ in range(args.rounds):
                 results["direct"].append(measure(BACKEND_PORT, [], "/", args.seconds, args.connections))

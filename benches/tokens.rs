@@ -1,0 +1,85 @@
+//! The token route's hot pieces: minting per algorithm (keys parsed once), template rendering,
+//! and the auth-cache hit path.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+use tokengate::auth::{AuthCache, Identity};
+use tokengate::config::{Algorithm, KeyConfig, Secret, TokenConfig};
+use tokengate::keys::{generate_pem, KeyRing};
+use tokengate::template::{Lookup, Scope, Source, Template};
+use tokengate::token::mint::TokenSpec;
+
+/// A caller as a chat-token route sees it.
+struct Ctx(Value);
+
+impl Lookup for Ctx {
+    fn lookup(&self, source: &Source) -> Option<Value> {
+        match source {
+            Source::User(f) => self.0["user"].get(f).cloned(),
+            Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).cloned(),
+            Source::Literal(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn key(alg: Algorithm) -> KeyConfig {
+    let (secret, private_key) = if alg.is_hmac() {
+        (Some(Secret::new("a-long-enough-hmac-secret-for-benchmarks")), None)
+    } else {
+        (None, Some(Secret::new(generate_pem(alg).unwrap())))
+    };
+    KeyConfig { id: alg.name().into(), algorithm: alg, secret, secret_base64: None, private_key, retired: false }
+}
+
+fn bench(c: &mut Criterion) {
+    let ctx = Ctx(json!({
+        "user": {"id": "user-123", "name": "Alice Johnson", "image": "https://i.example/a.png", "custom": {"dept": "eng"}},
+        "body": {"deviceInfo": {"device_name": "iPhone 15", "os_version": "iOS 17.5"}}
+    }));
+    let claims = json!({"sub": "{{ user.id }}", "name": "{{ user.name }}", "channel": "user:{{ user.id }}", "custom": "{{ user.custom | {} }}"});
+    let algs =
+        [Algorithm::HS256, Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256, Algorithm::ES384];
+    let ring = KeyRing::load(&algs.iter().map(|a| key(*a)).collect::<Vec<_>>()).unwrap();
+    let mut group = c.benchmark_group("mint");
+    for alg in algs {
+        let cfg: TokenConfig =
+            serde_json::from_value(json!({"key": alg.name(), "ttl": "24h", "claims": claims})).unwrap();
+        let spec = TokenSpec::build("token", &cfg, &ring, "bench").unwrap();
+        group.bench_function(alg.name(), |b| b.iter(|| spec.mint(black_box(&ctx), 1_795_000_000).unwrap()));
+    }
+    group.finish();
+
+    let response = Template::compile(
+        &json!({"token": "{{ user.id }}", "user": {"id": "{{ user.id }}", "name": "{{ user.name }}", "image": "{{ user.image }}"}, "device": "{{ body.deviceInfo }}"}),
+        Scope::Response,
+        "bench",
+    )
+    .unwrap();
+    c.bench_function("template_render", |b| b.iter(|| response.render(black_box(&ctx)).unwrap()));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000);
+    let names = [HeaderName::from_static("cookie"), HeaderName::from_static("authorization")];
+    let mut headers = HeaderMap::new();
+    headers.insert("cookie", HeaderValue::from_static("session=0123456789abcdef0123456789abcdef; theme=dark"));
+    let identity = Arc::new(Identity(json!({"id": "user-123", "name": "Alice"}).as_object().unwrap().clone()));
+    let key = cache.key(&names, &headers);
+    runtime.block_on(cache.get_or_call(key, || async { Ok(Some(identity.clone())) })).0.unwrap();
+    c.bench_function("auth_cache_hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let key = cache.key(&names, black_box(&headers));
+            let (found, called) = cache.get_or_call(key, || async { Err("the hit path never calls".to_owned()) }).await;
+            assert!(!called);
+            found.unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
