@@ -118,3 +118,52 @@ impl TokenSpec {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Algorithm, KeyConfig, Secret};
+
+    struct Ctx;
+    impl Lookup for Ctx {
+        fn lookup(&self, source: &Source) -> Option<Value> {
+            match source {
+                Source::User(f) if f == "id" => Some(Value::String("u1".into())),
+                _ => None,
+            }
+        }
+    }
+
+    fn spec(secret: &str, claims: Value) -> TokenSpec {
+        let key = KeyConfig {
+            id: "k".into(),
+            algorithm: Algorithm::HS256,
+            secret: Some(Secret::new(secret)),
+            secret_base64: None,
+            private_key: None,
+            retired: false,
+        };
+        let ring = KeyRing::load(&[key]).unwrap();
+        let cfg: TokenConfig =
+            serde_json::from_value(serde_json::json!({"key": "k", "ttl": "1h", "claims": claims})).unwrap();
+        TokenSpec::build("t", &cfg, &ring, "test").unwrap()
+    }
+
+    #[test]
+    fn a_rotated_key_never_matches_a_cached_token() {
+        let claims = serde_json::json!({"sub": "{{ user.id }}"});
+        let old = spec("old-secret", claims.clone()).cache_key("r", "u1", &Ctx).unwrap();
+        let new = spec("new-secret", claims).cache_key("r", "u1", &Ctx).unwrap();
+        assert_ne!(old, new, "same key id, new material");
+        assert!(!old.contains("old-secret"), "the key holds a fingerprint, never the secret");
+    }
+
+    #[test]
+    fn nonces_are_never_cached_and_inputs_are_in_the_key() {
+        assert!(spec("s", serde_json::json!({"jti": "{{ uuid }}"})).cache_key("r", "u1", &Ctx).is_none());
+        assert!(spec("s", serde_json::json!({"t": "{{ now }}"})).cache_key("r", "u1", &Ctx).is_none());
+        let k1 = spec("s", serde_json::json!({"sub": "{{ user.id }}"})).cache_key("r", "u1", &Ctx).unwrap();
+        let k2 = spec("s", serde_json::json!({"sub": "{{ user.id }}"})).cache_key("r", "u2", &Ctx).unwrap();
+        assert_ne!(k1, k2);
+    }
+}

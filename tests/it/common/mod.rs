@@ -74,22 +74,13 @@ impl Binary {
     pub async fn start(name: &str, upstream: &str, extra: &str, args: &[&str]) -> Binary {
         let dir = temp_dir(name);
         let (addr, admin) = (closed_port(), closed_port());
-        let yaml = format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {upstream}\n{extra}\n");
         let config = dir.join("tokengate.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let stderr = dir.join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn tokengate");
-        let bin = Binary { child, addr, admin, stderr };
-        bin.wait_ready().await;
-        bin
+        std::fs::write(
+            &config,
+            format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {upstream}\n{extra}\n"),
+        )
+        .unwrap();
+        Self::spawn(&dir, &config, addr, admin, args, &[]).await
     }
 
     /// Starts `tokengate run` with a shipped config file; listen/admin/upstream come from the
@@ -97,15 +88,31 @@ impl Binary {
     pub async fn start_file(name: &str, file: &str, backend: &str, envs: &[(&str, &str)]) -> Binary {
         let dir = temp_dir(name);
         let (addr, admin) = (closed_port(), closed_port());
-        let stderr = dir.join("stderr.log");
+        let (listen, admin_listen, session) = (addr.to_string(), admin.to_string(), format!("{backend}/api/me"));
+        let mut all = vec![
+            ("TOKENGATE_LISTEN", listen.as_str()),
+            ("TOKENGATE_ADMIN_LISTEN", admin_listen.as_str()),
+            ("TOKENGATE_UPSTREAM", backend),
+            ("TOKENGATE_SESSION_URL", session.as_str()),
+        ];
+        all.extend_from_slice(envs);
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        Self::spawn(&dir, &config, addr, admin, &[], &all).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        config: &Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Binary {
+        let stderr = dir.join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
             .args(["run", "--config"])
-            .arg(&config)
-            .env("TOKENGATE_LISTEN", addr.to_string())
-            .env("TOKENGATE_ADMIN_LISTEN", admin.to_string())
-            .env("TOKENGATE_UPSTREAM", backend)
-            .env("TOKENGATE_SESSION_URL", format!("{backend}/api/me"))
+            .arg(config)
+            .args(args)
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
