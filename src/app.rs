@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigErrors, FieldError, Loaded};
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::ratelimit::RateLimit;
 use crate::server::{self, ServeOptions};
 use crate::token::Routes;
 use crate::{admin, stack, tls};
@@ -30,6 +31,8 @@ pub struct Gateway {
     pub keys: KeyRing,
     pub hooks: HashMap<String, Arc<Hook>>,
     pub routes: Routes,
+    /// Limits applied to forwarded traffic (`proxy_rate_limits`), in order.
+    pub proxy_limits: Vec<Arc<RateLimit>>,
     /// The JWK set, serialized once.
     pub jwks: bytes::Bytes,
 }
@@ -53,12 +56,22 @@ impl Gateway {
                 Err(e) => errors.push(e),
             }
         }
+        let mut limits = HashMap::new();
+        for (name, cfg) in &config.rate_limits {
+            match RateLimit::build(name, cfg) {
+                Ok(limit) => {
+                    limits.insert(name.clone(), Arc::new(limit));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
-        let routes = Routes::build(&config, &keys, &hooks)?;
+        let routes = Routes::build(&config, &keys, &hooks, &limits)?;
+        let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
         let jwks = bytes::Bytes::from(keys.jwks().to_string());
-        Ok(Self { config, proxy, keys, hooks, routes, jwks })
+        Ok(Self { config, proxy, keys, hooks, routes, proxy_limits, jwks })
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Error {
     InvalidRequest(String),
     #[error(transparent)]
     Sign(#[from] crate::keys::SignError),
+    #[error("rate limit {limit} exceeded")]
+    RateLimited { limit: String, burst: u32, decision: crate::ratelimit::Decision },
 }
 
 impl Error {
@@ -56,6 +58,7 @@ impl Error {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -70,6 +73,7 @@ impl Error {
             Self::Unauthorized => "unauthorized",
             Self::AuthUnavailable { .. } => "auth_unavailable",
             Self::Sign(_) => "internal_error",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -85,6 +89,7 @@ impl Error {
             Self::Unauthorized => "authentication required",
             Self::AuthUnavailable { .. } => "authentication is temporarily unavailable",
             Self::Sign(_) => "cannot sign the token",
+            Self::RateLimited { .. } => "too many requests, retry later",
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
         })
     }
@@ -126,8 +131,20 @@ pub fn rescue(err: &Error) -> Response<Body> {
 
 /// Headers an error response must carry whatever its body shape (`Allow` on 405).
 pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
-    if let Error::MethodNotAllowed { allow } = err {
-        resp.headers_mut().insert(header::ALLOW, allow.clone());
+    match err {
+        Error::MethodNotAllowed { allow } => {
+            resp.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        // RFC 9110 §10.2.3 and the IETF RateLimit header fields draft; seconds, rounded up.
+        Error::RateLimited { burst, decision, .. } => {
+            let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs(decision.retry_after).max(1)));
+            h.insert("ratelimit-limit", HeaderValue::from(*burst));
+            h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+            h.insert("ratelimit-reset", HeaderValue::from(secs(decision.reset)));
+        }
+        _ => {}
     }
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod stack;
 pub mod template;

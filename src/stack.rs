@@ -7,10 +7,13 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::app::State;
+use crate::app::{Gateway, State};
 use crate::body::Body;
 use crate::error::rescue;
+use crate::error::Error;
 use crate::proxy::{headers, ConnInfo};
+use crate::ratelimit::LimitInput;
+use crate::token::{check_limits, Outcome};
 
 /// The `route` label for forwarded traffic.
 const PROXY_ROUTE: &str = "proxy";
@@ -42,15 +45,18 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
     } else if gateway.config.jwks_path.as_deref() == Some(path) {
         (JWKS_ROUTE, jwks_response(&gateway.jwks))
     } else {
-        let resp = match gateway.proxy.forward(req, conn, &state.tunnels).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                if let Some(kind) = err.upstream_kind() {
-                    state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
+        let resp = match proxy_limits(&gateway, &req, &conn, &state) {
+            Some(refused) => refused,
+            None => match gateway.proxy.forward(req, conn, &state.tunnels).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    if let Some(kind) = err.upstream_kind() {
+                        state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
+                    }
+                    tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
+                    rescue(&err)
                 }
-                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
-                rescue(&err)
-            }
+            },
         };
         (PROXY_ROUTE, resp)
     };
@@ -64,6 +70,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
         state.metrics.requests_total.with_label_values(&[route, status.as_str()]).inc();
         state.metrics.request_duration_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
+    let outcome = resp.extensions().get::<Outcome>();
     tracing::info!(
         target: "tokengate::access",
         method = method.as_str(),
@@ -71,7 +78,24 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
         status = status.as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
         request_id = request_id.to_str().unwrap_or("-"),
+        auth = outcome.and_then(|o| o.auth).unwrap_or("-"),
+        limited = outcome.and_then(|o| o.limited.as_deref()).unwrap_or("-"),
         "request"
     );
     resp
+}
+
+/// `proxy_rate_limits`: the refusal (429) for forwarded traffic over a limit, if any.
+fn proxy_limits(gateway: &Gateway, req: &Request<Incoming>, conn: &ConnInfo, state: &State) -> Option<Response<Body>> {
+    if gateway.proxy_limits.is_empty() {
+        return None;
+    }
+    let client_ip = gateway.proxy.rules.client_ip(conn.peer.ip(), req.headers());
+    let input = LimitInput { client_ip, user: None, route: PROXY_ROUTE, headers: req.headers() };
+    let err = check_limits(&gateway.proxy_limits, &input, &state.metrics).err()?;
+    let mut resp = rescue(&err);
+    if let Error::RateLimited { limit, .. } = &err {
+        resp.extensions_mut().insert(Outcome { auth: None, limited: Some(limit.clone()) });
+    }
+    Some(resp)
 }

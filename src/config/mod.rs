@@ -310,6 +310,9 @@ pub struct RateLimitConfig {
     pub per: Duration,
     #[serde(default)]
     pub burst: Option<u32>,
+    /// Keys tracked at most (default 100000); beyond it the least recently used are forgotten.
+    #[serde(default)]
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, JsonSchema)]

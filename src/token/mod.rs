@@ -22,6 +22,7 @@ use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ForwardRules};
+use crate::ratelimit::{LimitInput, RateLimit};
 use crate::template::{Scope, Template};
 use mint::{Minted, TokenSpec};
 use request::{PathPattern, Values};
@@ -48,6 +49,16 @@ pub struct Route {
     response: Rendered,
     error_response: Option<Rendered>,
     body_limit: u64,
+    /// Limits checked before the auth hook (not keyed by user), then after it.
+    pre_auth_limits: Vec<Arc<RateLimit>>,
+    user_limits: Vec<Arc<RateLimit>>,
+}
+
+/// What a token route decided, for the access log (a response extension).
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub auth: Option<&'static str>,
+    pub limited: Option<String>,
 }
 
 impl std::fmt::Debug for Route {
@@ -79,6 +90,7 @@ impl Route {
         config: &Config,
         keys: &KeyRing,
         hooks: &HashMap<String, Arc<Hook>>,
+        limits: &HashMap<String, Arc<RateLimit>>,
     ) -> Result<Self, FieldError> {
         let at = |key: &str| format!("routes[{i}].{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
@@ -128,7 +140,17 @@ impl Route {
                 .time_to_live(std::time::Duration::from_secs(longest / 2 + 1))
                 .build()
         });
+        let mut named = Vec::new();
+        for (j, name) in cfg.rate_limits.iter().enumerate() {
+            let at_limit = at(&format!("rate_limits[{j}]"));
+            let limit =
+                limits.get(name).ok_or_else(|| FieldError::new(at_limit, format!("no rate limit named {name:?}")))?;
+            named.push(limit.clone());
+        }
+        let (user_limits, pre_auth_limits) = named.into_iter().partition(|l| l.is_user_keyed());
         Ok(Self {
+            pre_auth_limits,
+            user_limits,
             name: cfg.name.clone(),
             pattern,
             methods,
@@ -172,6 +194,10 @@ impl Route {
             Err(e) => return self.error(&e, &values),
         };
         values.body = &body;
+        let limit_input = |user| LimitInput { client_ip, user, route: &self.name, headers: &parts.headers };
+        if let Err(e) = check_limits(&self.pre_auth_limits, &limit_input(None), metrics) {
+            return self.outcome(self.error(&e, &values), None, &e);
+        }
         let identity =
             match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
                 Ok(identity) => identity,
@@ -184,10 +210,26 @@ impl Route {
                         }
                         AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
                     };
-                    return self.error(&err, &values);
+                    let outcome = if matches!(err, Error::Unauthorized) { "deny" } else { "error" };
+                    return self.outcome(self.error(&err, &values), Some(outcome), &err);
                 }
             };
-        self.answer(&values, &identity, metrics)
+        if let Err(e) = check_limits(&self.user_limits, &limit_input(identity.id()), metrics) {
+            return self.outcome(self.error(&e, &values), Some("allow"), &e);
+        }
+        let mut resp = self.answer(&values, &identity, metrics);
+        resp.extensions_mut().insert(Outcome { auth: Some("allow"), limited: None });
+        resp
+    }
+
+    /// Records what was decided on an error response, for the access log.
+    fn outcome(&self, mut resp: Response<Body>, auth: Option<&'static str>, err: &Error) -> Response<Body> {
+        let limited = match err {
+            Error::RateLimited { limit, .. } => Some(limit.clone()),
+            _ => None,
+        };
+        resp.extensions_mut().insert(Outcome { auth, limited });
+        resp
     }
 
     /// Mints the route's tokens for `identity` and renders its response (or its error shape).
@@ -281,6 +323,18 @@ impl Route {
     }
 }
 
+/// Counts the request against each limit in order; the first refusal wins.
+pub fn check_limits(limits: &[Arc<RateLimit>], input: &LimitInput<'_>, metrics: &Metrics) -> Result<(), Error> {
+    for limit in limits {
+        let decision = limit.check(input);
+        if !decision.allowed {
+            metrics.rate_limited_total.with_label_values(&[&limit.name]).inc();
+            return Err(Error::RateLimited { limit: limit.name.clone(), burst: limit.quota.burst, decision });
+        }
+    }
+    Ok(())
+}
+
 fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<Body> {
     let is_json = shape.content_type.as_bytes().starts_with(b"application/json");
     let bytes = match rendered {
@@ -357,11 +411,16 @@ pub async fn preview(
 
 impl Routes {
     /// Builds every route; errors carry their key paths.
-    pub fn build(config: &Config, keys: &KeyRing, hooks: &HashMap<String, Arc<Hook>>) -> Result<Self, Vec<FieldError>> {
+    pub fn build(
+        config: &Config,
+        keys: &KeyRing,
+        hooks: &HashMap<String, Arc<Hook>>,
+        limits: &HashMap<String, Arc<RateLimit>>,
+    ) -> Result<Self, Vec<FieldError>> {
         let mut routes = Routes::default();
         let mut errors = Vec::new();
         for (i, cfg) in config.routes.iter().enumerate() {
-            match Route::build(i, cfg, config, keys, hooks) {
+            match Route::build(i, cfg, config, keys, hooks, limits) {
                 Ok(route) => {
                     let index = routes.routes.len();
                     if route.pattern.is_exact() {

@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod forward;
 mod logs;
+mod ratelimit;
 mod seeds;
 mod shutdown;
 mod streaming;
