@@ -164,12 +164,16 @@ def start_flask(workdir):
 def token_scenarios(args, workdir):
     """Token routes vs forwarding (same tokengate build), and the Flask baseline."""
     workers = 2
-    results = {"forward": [], "token warm": [], "token cached": [], "token cold": [], "flask": []}
+    results = {"forward": [], "token warm": [], "token limited": [], "token cached": [], "token cold": [], "flask": []}
+    # Limits that never refuse during the run, so only their cost shows.
+    with_limits = TOKEN_ROUTE.replace("routes:", "rate_limits:\n  per_ip: {{ key: client_ip, rate: 100000000, per: 1s }}\n  per_user: {{ key: user, rate: 100000000, per: 1s }}\nroutes:").replace("    auth: session\n", "    auth: session\n    rate_limits: [per_ip, per_user]\n")
     for _ in range(args.rounds):
         for name, cache, path, script in [("forward", "false", "/", None), ("token warm", "false", "/generate-token", "post.lua"),
+                                          ("token limited", "false", "/generate-token", "post.lua"),
                                           ("token cached", "true", "/generate-token", "post.lua"),
                                           ("token cold", "false", "/generate-token", "cold_cookie.lua")]:
-            proc, pids = start_tokengate(workdir, workers, TOKEN_ROUTE.format(cache=cache))
+            route = with_limits if name == "token limited" else TOKEN_ROUTE
+            proc, pids = start_tokengate(workdir, workers, route.format(cache=cache))
             try:
                 if name != "token cold":
                     wrk(TG_PORT, path, 1, args.connections, (), script)  # warm the auth cache
@@ -188,6 +192,9 @@ def token_scenarios(args, workdir):
     fwd, warm, flask = results["forward"], results["token warm"], results["flask"]
     print(f"token warm (cache_tokens off) / forward, CPU per request: {median(warm, 'cpu_us') / median(fwd, 'cpu_us'):.2f}")
     print(f"token warm / flask, requests/s: {median(warm, 'rps') / median(flask, 'rps'):.1f}x")
+    limited = results["token limited"]
+    print(f"token with limits / without: requests/s {median(limited, 'rps') / median(warm, 'rps'):.3f}, "
+          f"CPU per request {median(limited, 'cpu_us') / median(warm, 'cpu_us'):.3f}")
 
 
 def stop(proc):

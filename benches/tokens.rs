@@ -71,6 +71,20 @@ fn bench(c: &mut Criterion) {
     let identity = Arc::new(Identity(json!({"id": "user-123", "name": "Alice"}).as_object().unwrap().clone()));
     let key = cache.key(&names, &headers);
     runtime.block_on(cache.get_or_call(key, || async { Ok(Some(identity.clone())) })).0.unwrap();
+    let limit = tokengate::ratelimit::RateLimit::build(
+        "bench",
+        &serde_json::from_value(json!({"key": "client_ip", "rate": 1_000_000_000u32, "per": "1s"})).unwrap(),
+    )
+    .unwrap();
+    c.bench_function("ratelimit_check_hot_key", |b| b.iter(|| limit.check_key(black_box("203.0.113.7").into())));
+    let mut n = 0u32;
+    c.bench_function("ratelimit_check_new_keys", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            limit.check_key(std::net::Ipv4Addr::from(n).to_string().into())
+        })
+    });
+
     c.bench_function("auth_cache_hit", |b| {
         b.to_async(&runtime).iter(|| async {
             let key = cache.key(&names, black_box(&headers));

@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod forward;
 mod logs;
+mod metrics;
 mod ratelimit;
 mod seeds;
 mod shutdown;

@@ -112,6 +112,14 @@ async fn chatsdk_server_to_server_and_user_facing() {
     assert_eq!(verify_hs256(j["token"].as_str().unwrap(), b"chat-signing-secret").subject.as_deref(), Some("bob"));
     let r = post(bin.addr, "/api/auth/chat-token", &[], "").await;
     assert_eq!(r.status, 401);
+    // 10 per 15 minutes per user: bob has used 1.
+    for _ in 0..9 {
+        assert_eq!(post(bin.addr, "/api/auth/chat-token", &[("cookie", "session=bob")], "").await.status, 200);
+    }
+    let r = post(bin.addr, "/api/auth/chat-token", &[("cookie", "session=bob")], "").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("ratelimit-limit"), Some("10"));
+    assert_eq!(post(bin.addr, "/api/auth/chat-token", &[("cookie", "session=carl")], "").await.status, 200);
 }
 
 #[tokio::test]
@@ -165,6 +173,11 @@ async fn telesign_app_verify() {
     assert_eq!(exp, iat + 90);
     assert!((now() - 10).abs_diff(iat) <= 3, "iat is now - 10 s");
 
+    // 1 request per second per client, as the tutorial's limiter.
+    let r = client::get(bin.addr, "/v1/token/15555551234", &[("cookie", "session=dan")]).await.unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let r = client::get(bin.addr, "/v1/token/15555551234", &[("cookie", "session=dan")]).await.unwrap();
     let (_, payload) = parts(&r.text());
     assert!(uuid::Uuid::parse_str(payload["xid"].as_str().unwrap()).is_ok(), "a fresh xid when absent");
