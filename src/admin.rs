@@ -20,7 +20,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -
         if let Some(denied) = deny_unauthorized(&state, &req, &conn) {
             return denied;
         }
-        return json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
+        return match (req.method(), path) {
+            (&Method::POST, "/admin/revoke") => revoke(&state, req).await,
+            _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
@@ -52,6 +55,31 @@ fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: &ConnInfo) ->
         None if conn.peer.ip().is_loopback() => None,
         None => Some(json_error(StatusCode::FORBIDDEN, "forbidden", "admin endpoints answer loopback peers only")),
     }
+}
+
+/// `POST /admin/revoke {"user": "user-123"}`: forget that user's cached identities and tokens
+/// at once, so the next request asks the auth hook again (call it on logout).
+async fn revoke(state: &State, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "body over 4 KiB"),
+    };
+    let user =
+        serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["user"].as_str().map(str::to_owned));
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return json_error(StatusCode::BAD_REQUEST, "invalid_request", "expected {\"user\": \"<id>\"}");
+    };
+    let gateway = state.gateway.load();
+    for hook in gateway.hooks.values() {
+        hook.forget_user(&user);
+    }
+    gateway.routes.forget_user(&user);
+    tracing::info!(user = %user, "revoked cached identities and tokens");
+    let mut resp =
+        text(StatusCode::OK, "application/json", serde_json::json!({ "revoked": user }).to_string().into_bytes());
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {

@@ -239,6 +239,13 @@ impl Hook {
         self.count(result, metrics)
     }
 
+    /// Forgets every cached identity of `user_id` (logout, `/admin/revoke`).
+    pub fn forget_user(&self, user_id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget_user(user_id);
+        }
+    }
+
     /// Counts the decision in `tokengate_auth_hook_total` and passes it on.
     fn count(&self, result: Result<Arc<Identity>, AuthError>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
         let outcome = match &result {

@@ -61,3 +61,45 @@ async fn admin_paths_need_the_admin_token_when_one_is_set() {
     // Metrics stay open for Prometheus.
     assert_eq!(client::get(app.admin, "/metrics", &[]).await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn revoke_forgets_a_users_cached_identity_and_tokens() {
+    use std::sync::atomic::Ordering;
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n  session: {{ type: http, url: '{}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\nroutes: [{{ name: chat, path: /t, auth: session, cache_tokens: true, tokens: {{ t: {{ key: k, ttl: 1h, claims: {{ sub: '{{{{ user.id }}}}' }} }} }}, response: {{ body: '{{{{ tokens.t }}}}', content_type: text/plain }} }}]\n",
+        b.url()
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let mint = |cookie: &'static str| {
+        let addr = app.addr;
+        async move { client::request(addr, Method::POST, "/t", &[("cookie", cookie)], Bytes::new()).await.unwrap().text() }
+    };
+    let first = mint("session=ann").await;
+    assert_eq!(mint("session=ann").await, first, "cached");
+    let ben = mint("session=ben").await;
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 2);
+
+    let r = client::request(app.admin, Method::POST, "/admin/revoke", &[], Bytes::from_static(br#"{"user": "ann"}"#))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["revoked"], "ann");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let misses = || async {
+        let m = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("tokengate_token_cache_total{result=\"miss\",route=\"chat\"} "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(misses().await, "2");
+    mint("session=ann").await;
+    assert_eq!(misses().await, "3", "ann's token is minted afresh after revoke");
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 3, "the hook is asked again for ann");
+    assert_eq!(mint("session=ben").await, ben, "other users keep their cache");
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 3);
+    let bad = client::request(app.admin, Method::POST, "/admin/revoke", &[], Bytes::from_static(b"{}")).await.unwrap();
+    assert_eq!(bad.status, 400);
+}
