@@ -57,10 +57,7 @@ impl JwksKeys {
     }
 
     async fn fetch(&self) -> Result<Keys, String> {
-        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let host = self.uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
-        let req: Request<UpstreamBody> = Request::get(target)
-            .header(http::header::HOST, host)
+        let req: Request<UpstreamBody> = crate::proxy::pool::origin_request(http::Method::GET, &self.uri)
             .body(http_body_util::Either::Right(Default::default()))
             .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(self.timeout, self.pool.send(req))

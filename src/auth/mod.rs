@@ -262,10 +262,7 @@ impl Hook {
         let Kind::Http { uri, method, forward, timeout, pool } = &self.kind else {
             unreachable!("only http hooks call out")
         };
-        // Origin-form target and Host, as RFC 9112 §3.2 asks of a client.
-        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let host = uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
-        let mut req = Request::builder().method(method.clone()).uri(target).header(http::header::HOST, host);
+        let mut req = crate::proxy::pool::origin_request(method.clone(), uri);
         for name in forward {
             for value in headers.get_all(name) {
                 req = req.header(name, value);

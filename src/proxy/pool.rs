@@ -107,6 +107,14 @@ impl Pool {
     }
 }
 
+/// A request builder for `uri` on a pooled connection: origin-form target and `Host`, as
+/// RFC 9112 §3.2 asks of a client talking to the origin.
+pub fn origin_request(method: http::Method, uri: &http::Uri) -> http::request::Builder {
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let host = uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
+    Request::builder().method(method).uri(target).header(http::header::HOST, host)
+}
+
 /// The error of a connection that closed before its first request.
 async fn hyper_closed(sender: &mut SendRequest<UpstreamBody>) -> hyper::Error {
     match sender.ready().await {
