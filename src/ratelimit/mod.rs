@@ -5,9 +5,10 @@
 
 pub mod gcra;
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName};
@@ -17,6 +18,9 @@ pub use gcra::{Decision, Quota};
 
 /// Keys tracked per limit when `max_keys` is not set.
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+
+/// Independent locks, so concurrent checks rarely wait on each other.
+const SHARDS: usize = 64;
 
 #[derive(Clone, Debug)]
 enum KeyKind {
@@ -35,12 +39,15 @@ pub struct LimitInput<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// One named limit and its state.
+/// One named limit and its state: per key, only the GCRA timestamp, under a keyed 64-bit hash
+/// of the key (a per-limit random key, so nobody can aim collisions; ~20 bytes per key).
 pub struct RateLimit {
     pub name: String,
     kind: KeyKind,
     pub quota: Quota,
-    cells: moka::sync::Cache<Box<str>, Arc<AtomicU64>>,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+    per_shard: usize,
     epoch: Instant,
 }
 
@@ -63,12 +70,16 @@ impl RateLimit {
                 )?,
             ),
         };
-        let quota = Quota::new(cfg.rate, cfg.per.0, cfg.burst);
-        let cells = moka::sync::Cache::builder()
-            .max_capacity(cfg.max_keys.unwrap_or(DEFAULT_MAX_KEYS))
-            .time_to_idle(quota.horizon().max(std::time::Duration::from_millis(1)))
-            .build();
-        Ok(Self { name: name.to_owned(), kind, quota, cells, epoch: Instant::now() })
+        let max_keys = usize::try_from(cfg.max_keys.unwrap_or(DEFAULT_MAX_KEYS)).unwrap_or(usize::MAX).max(SHARDS);
+        Ok(Self {
+            name: name.to_owned(),
+            kind,
+            quota: Quota::new(cfg.rate, cfg.per.0, cfg.burst),
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: max_keys / SHARDS,
+            epoch: Instant::now(),
+        })
     }
 
     /// Keyed by the caller's identity: checked after the auth hook.
@@ -78,40 +89,86 @@ impl RateLimit {
 
     /// Counts one request against this limit.
     pub fn check(&self, input: &LimitInput<'_>) -> Decision {
-        let key: Box<str> = match &self.kind {
-            KeyKind::ClientIp => input.client_ip.to_string().into(),
-            KeyKind::User => input.user.unwrap_or_default().into(),
-            KeyKind::Route => input.route.into(),
-            KeyKind::Global => "".into(),
+        match &self.kind {
+            KeyKind::ClientIp => match input.client_ip {
+                IpAddr::V4(ip) => self.check_key(&ip.octets()),
+                IpAddr::V6(ip) => self.check_key(&ip.octets()),
+            },
+            KeyKind::User => self.check_key(input.user.unwrap_or_default().as_bytes()),
+            KeyKind::Route => self.check_key(input.route.as_bytes()),
+            KeyKind::Global => self.check_key(b""),
             // A missing header shares one bucket: leaving it out must not escape the limit.
-            KeyKind::Header(h) => {
-                input.headers.get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into()).unwrap_or_default()
-            }
-        };
-        self.check_key(key)
-    }
-
-    /// Counts one request for `key`.
-    pub fn check_key(&self, key: Box<str>) -> Decision {
-        let cell = self.cells.get_with(key, || Arc::new(AtomicU64::new(0)));
-        // +1: a stored 0 means "fresh", so `now` is never 0.
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
-        let mut tat = cell.load(Ordering::Acquire);
-        loop {
-            let (decision, next) = self.quota.check(tat, now);
-            if !decision.allowed {
-                return decision;
-            }
-            match cell.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return decision,
-                Err(current) => tat = current,
-            }
+            KeyKind::Header(h) => self.check_key(input.headers.get(h).map(|v| v.as_bytes()).unwrap_or_default()),
         }
     }
 
-    /// Keys currently tracked (after pending evictions run).
+    /// Counts one request for `key`.
+    pub fn check_key(&self, key: &[u8]) -> Decision {
+        let hash = self.hasher.hash_one(key);
+        // The top bits pick the shard; the map hashes the whole value again.
+        let shard = &self.shards[(hash >> 58) as usize % SHARDS];
+        // +1: a stored 0 means "fresh", so `now` is never 0.
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let tat = map.get(&hash).copied().unwrap_or(0);
+        let (decision, next) = self.quota.check(tat, now);
+        if decision.allowed {
+            if map.len() >= self.per_shard && !map.contains_key(&hash) {
+                make_room(&mut map, now, self.per_shard);
+            }
+            map.insert(hash, next);
+        }
+        decision
+    }
+
+    /// Keys currently tracked.
     pub fn tracked_keys(&self) -> u64 {
-        self.cells.run_pending_tasks();
-        self.cells.entry_count()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64).sum()
+    }
+}
+
+/// Frees room in a shard holding `limit` keys. Keys whose TAT has passed are as good as new,
+/// so they go first; if the shard is still full, the eighth of it closest to refilled goes
+/// (they lose the least). Evicting a batch keeps a flood of new keys from rescanning the shard
+/// on every insert.
+fn make_room(map: &mut HashMap<u64, u64>, now: u64, limit: usize) {
+    map.retain(|_, tat| *tat > now);
+    if map.len() >= limit {
+        let mut tats: Vec<u64> = map.values().copied().collect();
+        // At least the smallest goes (cut 0); `len >= limit >= 1` here.
+        let cut = (limit / 8).min(tats.len() - 1);
+        let threshold = *tats.select_nth_unstable(cut).1;
+        map.retain(|_, tat| *tat > threshold);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(max_keys: u64) -> RateLimit {
+        let cfg: RateLimitConfig = serde_json::from_value(
+            serde_json::json!({"key": "client_ip", "rate": 1, "per": "1h", "max_keys": max_keys}),
+        )
+        .unwrap();
+        RateLimit::build("t", &cfg).unwrap()
+    }
+
+    #[test]
+    fn the_smallest_shards_stay_bounded_and_keep_limiting() {
+        let l = limit(1); // one key per shard
+        for i in 0u32..10_000 {
+            assert!(l.check_key(&i.to_be_bytes()).allowed);
+        }
+        assert!(l.tracked_keys() <= SHARDS as u64);
+        assert!(l.check_key(b"again").allowed);
+        assert!(!l.check_key(b"again").allowed, "a tracked key is still limited");
+    }
+
+    #[test]
+    fn stale_keys_make_room_first() {
+        let mut map: HashMap<u64, u64> = (0..10).map(|k| (k, if k < 5 { 100 } else { 1_000 })).collect();
+        make_room(&mut map, 500, 10);
+        assert_eq!(map.len(), 5, "the five whose TAT passed went; the active ones stay");
     }
 }
