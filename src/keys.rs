@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
 use aws_lc_rs::{digest, hmac};
 use base64::Engine;
 use rustls_pki_types::pem::PemObject;
@@ -155,16 +155,6 @@ impl SigningKey {
                 k.sign(*encoding, &SystemRandom::new(), message, &mut out).map_err(fail)?;
                 Ok(out)
             }
-        }
-    }
-
-    /// The raw public key bytes for asymmetric keys (for tests and `jwks`).
-    pub fn public_key_der(&self) -> Option<Vec<u8>> {
-        match &self.signer {
-            Signer::Hmac(_) => None,
-            Signer::Ecdsa(k) => Some(k.public_key().as_ref().to_vec()),
-            Signer::Ed(k) => Some(k.public_key().as_ref().to_vec()),
-            Signer::Rsa(k, _) => Some(k.public_key().as_ref().to_vec()),
         }
     }
 }

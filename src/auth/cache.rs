@@ -106,13 +106,4 @@ impl AuthCache {
             .entries
             .invalidate_entries_if(move |_, d| matches!(d, Decision::Allow(i) if i.id() == Some(user.as_str())));
     }
-
-    /// Entries currently held (approximate; for tests and metrics).
-    pub fn len(&self) -> u64 {
-        self.entries.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

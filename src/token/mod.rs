@@ -451,10 +451,6 @@ impl Routes {
         self.patterns.iter().find_map(|&i| self.routes[i].pattern.matches(path).map(|c| (&self.routes[i], c)))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
-    }
-
     pub fn by_name(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }

@@ -58,13 +58,6 @@ impl PathPattern {
         }
         parts.next().is_none().then_some(captures)
     }
-
-    pub fn captures(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().filter_map(|s| match s {
-            Segment::Capture(n) => Some(n.as_str()),
-            Segment::Literal(_) => None,
-        })
-    }
 }
 
 /// Decodes `%XX` (and `+` as space in queries when `plus` is set); None on invalid UTF-8.
