@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-pub use crate::proxy::pool::PooledBody;
+pub use crate::proxy::pooled_body::PooledBody;
 
 /// A response: an upstream body streamed through, or one made by tokengate.
 pub type Body = Either<PooledBody, Full<Bytes>>;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::ConnInfo;
@@ -76,42 +76,49 @@ impl ForwardRules {
                 }
             }
             XForwardedMode::Append => {
-                let xff = match join_values(headers, &X_FORWARDED_FOR) {
-                    Some(prior) => {
-                        let mut v = prior;
+                match headers.entry(&X_FORWARDED_FOR) {
+                    Entry::Occupied(mut prior) => {
+                        let mut v = join_values(prior.iter());
                         v.extend_from_slice(b", ");
                         v.extend_from_slice(conn.peer_ip.as_bytes());
-                        HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_ip.clone())
+                        prior.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_ip.clone()));
                     }
-                    None => conn.peer_ip.clone(),
-                };
-                headers.insert(X_FORWARDED_FOR.clone(), xff);
-                // Only a trusted proxy may tell us the original scheme and host.
-                let trusted = self.is_trusted(conn.peer.ip());
-                if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-                    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+                    Entry::Vacant(slot) => {
+                        slot.insert(conn.peer_ip.clone());
+                    }
                 }
+                // Only a trusted proxy may tell us the original scheme and host.
+                let trusted = !self.trusted.is_empty() && self.is_trusted(conn.peer.ip());
+                set(headers, &X_FORWARDED_PROTO, proto, !trusted);
                 if let Some(h) = host {
-                    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-                        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-                    }
+                    set(headers, &X_FORWARDED_HOST, h.clone(), !trusted);
                 }
             }
         }
     }
 }
 
-/// All values of a repeated header joined with ", " (RFC 9110 §5.3), or None.
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for v in headers.get_all(name) {
-        match &mut out {
-            None => out = Some(v.as_bytes().to_vec()),
-            Some(buf) => {
-                buf.extend_from_slice(b", ");
-                buf.extend_from_slice(v.as_bytes());
-            }
+/// Sets `name` to `value`, or only when absent unless `overwrite`; one lookup either way.
+fn set(headers: &mut HeaderMap, name: &'static HeaderName, value: HeaderValue, overwrite: bool) {
+    match headers.entry(name) {
+        Entry::Occupied(mut e) if overwrite => {
+            e.insert(value);
         }
+        Entry::Occupied(_) => {}
+        Entry::Vacant(e) => {
+            e.insert(value);
+        }
+    }
+}
+
+/// Values of a repeated header joined with ", " (RFC 9110 §5.3).
+fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v.as_bytes());
     }
     out
 }
@@ -153,6 +160,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// In requests, `TE: trailers` survives: it is how a client says it accepts trailers, and
 /// the upstream only sends them when asked (RFC 9110 §10.1.4).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
+    // Most messages carry none of them: one pass over the names instead of six lookups.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> =
             connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
@@ -177,6 +188,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The fields `strip_hop_by_hop` removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Returns the request id, generating and inserting a UUID v4 when absent.

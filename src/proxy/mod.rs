@@ -1,8 +1,10 @@
 //! Forwarded traffic: everything that is not a token route goes to the upstream untouched,
 //! except for the header rules of SPEC §3.
 
+mod h1;
 pub mod headers;
 pub mod pool;
+pub mod pooled_body;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -71,29 +73,29 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
-        // An HTTP/2 client names the host in :authority; HTTP/1.1 upstreams need `Host`.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
         if parts.version == Version::HTTP_2 {
             join_cookies(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade, true);
-        let host = parts.headers.get(header::HOST).cloned();
+        // An HTTP/2 client names the host in :authority; HTTP/1.1 upstreams need `Host`, and
+        // get the upstream's own when the client (HTTP/1.0) named none.
+        let host = match parts.headers.get(header::HOST) {
+            Some(host) => Some(host.clone()),
+            None => {
+                let named = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                parts.headers.insert(header::HOST, named.clone().unwrap_or_else(|| self.host.clone()));
+                named
+            }
+        };
         self.rules.apply_x_forwarded(&mut parts.headers, &conn, host.as_ref());
 
         // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query =
-            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-        parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, self.host.clone());
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query =
+                Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+            parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
         }
 
         let upstream_req: Request<UpstreamBody> = Request::from_parts(parts, Either::Left(body));
@@ -106,7 +108,10 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
             Some(client_side) if switching => {
-                let upstream_side = hyper::upgrade::on(&mut resp);
+                let upstream_side = match resp.body_mut().take_upgraded() {
+                    Some(conn) => upgrade::Upstream::Own(conn),
+                    None => upgrade::Upstream::Hyper(hyper::upgrade::on(&mut resp)),
+                };
                 tunnels.spawn(upgrade::tunnel(client_side, upstream_side));
                 headers::strip_hop_by_hop(resp.headers_mut(), true, false);
             }

@@ -1,30 +1,33 @@
 //! Upstream connection pool: HTTP/1.1 keep-alive connections to one authority.
 //!
-//! Built on `hyper::client::conn::http1` rather than `hyper_util`'s legacy client, whose
-//! pool-wide mutex, hashed pool key and one spawned task per request to re-pool the connection
-//! cost more CPU than the forwarding itself. Here each thread keeps its own idle list (no lock
-//! on the hot path), and a connection goes back to the list when its response body has ended.
-//! A request is retried on another connection only when hyper hands it back unsent.
+//! Most requests carry no body (or one tokengate made): they go out on tokengate's own client
+//! connection (`h1`), driven inside the downstream connection's task. A request whose body is
+//! still streaming in from the client goes through `hyper::client::conn::http1`, which sends
+//! the body while the response arrives. Each thread keeps its own idle lists (no lock on the
+//! hot path, and a socket stays with the runtime it is registered with); a connection goes
+//! back to its list once its response body has ended.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body::Body as HttpBody;
+use http_body_util::Either;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
+use super::h1::{Conn, ExchangeError};
+use super::pooled_body::PooledBody;
 use crate::body::UpstreamBody;
 
-/// Idle connections kept per thread; the oldest go first.
+/// Idle connections kept per thread and kind; the oldest go first.
 const MAX_IDLE_PER_THREAD: usize = 512;
 
 /// Why a request could not be sent or answered.
@@ -38,6 +41,8 @@ pub enum PoolError {
     Handshake(#[source] hyper::Error),
     #[error("request failed")]
     Request(#[source] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 impl PoolError {
@@ -47,17 +52,47 @@ impl PoolError {
     }
 }
 
-struct Idle {
-    sender: SendRequest<UpstreamBody>,
-    since: Instant,
+/// One thread's idle connections of one kind, most recently used last.
+struct IdleList<T>(RefCell<VecDeque<(T, Instant)>>);
+
+impl<T> Default for IdleList<T> {
+    fn default() -> Self {
+        Self(RefCell::default())
+    }
 }
 
-struct Inner {
+impl<T> IdleList<T> {
+    /// The most recently used connection that `usable` accepts and that has not idled too long.
+    fn take(&self, idle_timeout: Duration, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
+        let mut list = self.0.borrow_mut();
+        while let Some((mut conn, since)) = list.pop_back() {
+            if since.elapsed() < idle_timeout && usable(&mut conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: T, idle_timeout: Duration) {
+        let now = Instant::now();
+        let mut list = self.0.borrow_mut();
+        while list.front().is_some_and(|(_, since)| now.duration_since(*since) >= idle_timeout) {
+            list.pop_front();
+        }
+        if list.len() >= MAX_IDLE_PER_THREAD {
+            list.pop_front();
+        }
+        list.push_back((conn, now));
+    }
+}
+
+pub(super) struct Inner {
     /// `host:port`, resolved on each new connection.
     addr: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: ThreadLocal<RefCell<VecDeque<Idle>>>,
+    conns: ThreadLocal<IdleList<Conn>>,
+    senders: ThreadLocal<IdleList<SendRequest<UpstreamBody>>>,
 }
 
 /// A pool of connections to one upstream authority. Cheap to clone.
@@ -75,15 +110,48 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// `addr` is `host:port`.
     pub fn new(addr: String, connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { inner: Arc::new(Inner { addr, connect_timeout, idle_timeout, idle: ThreadLocal::new() }) }
+        let (conns, senders) = (ThreadLocal::new(), ThreadLocal::new());
+        Self { inner: Arc::new(Inner { addr, connect_timeout, idle_timeout, conns, senders }) }
     }
 
     /// Sends `req` on an idle connection, or a new one.
-    pub async fn send(&self, mut req: Request<UpstreamBody>) -> Result<Response<PooledBody>, PoolError> {
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, PoolError> {
+        let (parts, body) = req.into_parts();
+        match buffered(body) {
+            Ok(bytes) => self.send_buffered(Request::from_parts(parts, ()), bytes).await,
+            // Boxed: hyper's client futures are large, and every request's future carries the
+            // size of its largest branch.
+            Err(body) => Box::pin(self.send_streamed(Request::from_parts(parts, body))).await,
+        }
+    }
+
+    /// A request whose whole body is `body`, on tokengate's own client connection. A reused
+    /// connection that closes before any answer is retried on another when the method is
+    /// idempotent (RFC 9110 §9.2.2).
+    async fn send_buffered(&self, req: Request<()>, body: Bytes) -> Result<Response<PooledBody>, PoolError> {
         loop {
-            let (mut sender, reused) = match self.inner.take_idle() {
-                Some(sender) => (sender, true),
-                None => (self.inner.connect().await?, false),
+            let idle = self.inner.conns.get_or(IdleList::default).take(self.inner.idle_timeout, Conn::is_reusable);
+            let reused = idle.is_some();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => Conn::new(self.inner.connect().await?),
+            };
+            match conn.exchange(&req, &body).await {
+                Ok(head) => return Ok(PooledBody::own(conn, head, self.inner.clone())),
+                Err(f) if reused && !f.answered && req.method().is_idempotent() => continue,
+                Err(f) => return Err(f.error.into()),
+            }
+        }
+    }
+
+    /// A request whose body is still streaming in, through hyper's client connection.
+    async fn send_streamed(&self, mut req: Request<UpstreamBody>) -> Result<Response<PooledBody>, PoolError> {
+        loop {
+            let idle = self.inner.senders.get_or(IdleList::default).take(self.inner.idle_timeout, |s| !s.is_closed());
+            let reused = idle.is_some();
+            let mut sender = match idle {
+                Some(sender) => sender,
+                None => self.inner.handshake().await?,
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -95,13 +163,28 @@ impl Pool {
                 Ok(resp) => {
                     // After 101 the connection belongs to the tunnel, never to the pool.
                     let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (sender, self.inner.clone()));
-                    return Ok(resp.map(|inner| PooledBody { inner, back }));
+                    return Ok(resp.map(|inner| PooledBody::hyper(inner, back)));
                 }
                 Err(mut e) => match e.take_message() {
                     // The upstream closed an idle connection under us: the request never left.
                     Some(unsent) if reused => req = unsent,
                     _ => return Err(PoolError::Request(e.into_error())),
                 },
+            }
+        }
+    }
+}
+
+/// The body's bytes when they are all in hand: none left to read, or a body tokengate made.
+fn buffered(body: UpstreamBody) -> Result<Bytes, UpstreamBody> {
+    match body {
+        Either::Left(incoming) if incoming.is_end_stream() => Ok(Bytes::new()),
+        Either::Left(incoming) => Err(Either::Left(incoming)),
+        Either::Right(mut full) => {
+            // `Full` is ready at once: its only frame, then the end.
+            match Pin::new(&mut full).poll_frame(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Some(Ok(frame))) => Ok(frame.into_data().unwrap_or_default()),
+                _ => Ok(Bytes::new()),
             }
         }
     }
@@ -124,38 +207,28 @@ async fn hyper_closed(sender: &mut SendRequest<UpstreamBody>) -> hyper::Error {
 }
 
 impl Inner {
-    fn take_idle(&self) -> Option<SendRequest<UpstreamBody>> {
-        let mut list = self.idle.get_or(RefCell::default).borrow_mut();
-        while let Some(idle) = list.pop_back() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                return Some(idle.sender);
-            }
-        }
-        None
+    pub(super) fn put_conn(&self, conn: Conn) {
+        self.conns.get_or(IdleList::default).put(conn, self.idle_timeout);
     }
 
-    fn put_back(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
+    pub(super) fn put_sender(&self, sender: SendRequest<UpstreamBody>) {
+        if !sender.is_closed() {
+            self.senders.get_or(IdleList::default).put(sender, self.idle_timeout);
         }
-        let now = Instant::now();
-        let mut list = self.idle.get_or(RefCell::default).borrow_mut();
-        while list.front().is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout || i.sender.is_closed()) {
-            list.pop_front();
-        }
-        if list.len() >= MAX_IDLE_PER_THREAD {
-            list.pop_front();
-        }
-        list.push_back(Idle { sender, since: now });
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    async fn connect(&self) -> Result<TcpStream, PoolError> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(PoolError::Connect { addr: self.addr.clone(), source }),
             Err(_) => return Err(PoolError::ConnectTimeout(self.addr.clone())),
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn handshake(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let stream = self.connect().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(PoolError::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -163,55 +236,5 @@ impl Inner {
             }
         });
         Ok(sender)
-    }
-}
-
-/// An upstream response body; its connection returns to the pool once the body has ended.
-pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PooledBody")
-    }
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.put_back(sender);
-        }
-    }
-}
-
-impl HttpBody for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if frame.is_none() {
-            self.give_back();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Only a fully read body leaves the connection reusable; otherwise hyper closes it.
-        if self.inner.is_end_stream() {
-            self.give_back();
-        }
     }
 }

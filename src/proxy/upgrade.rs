@@ -3,19 +3,44 @@
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::h1::Conn;
+
+/// The upstream side of a tunnel.
+pub enum Upstream {
+    /// tokengate's own connection, with whatever arrived after the 101 head.
+    Own(Conn),
+    /// hyper's client connection (the request had a streamed body).
+    Hyper(OnUpgrade),
+}
 
 /// Joins the client's and the upstream's upgraded connections.
-pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::warn!(error = %e, "upgrade failed");
-            return;
-        }
+pub async fn tunnel(client: OnUpgrade, upstream: Upstream) {
+    let client = match client.await {
+        Ok(io) => TokioIo::new(io),
+        Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    match upstream {
+        Upstream::Own(conn) => copy(client, conn.io, &conn.read).await,
+        Upstream::Hyper(on) => match on.await {
+            Ok(io) => copy(client, TokioIo::new(io), &[]).await,
+            Err(e) => tracing::warn!(error = %e, "upgrade failed"),
+        },
+    }
+}
+
+/// Sends `early` (upstream bytes already read) to the client, then copies both ways.
+async fn copy<C, U>(mut client: C, mut upstream: U, early: &[u8])
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let copied = match client.write_all(early).await {
+        Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut upstream).await,
+        Err(e) => Err(e),
+    };
+    match copied {
         Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
         Err(e) => tracing::debug!(error = %e, "tunnel closed with error"),
     }

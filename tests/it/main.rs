@@ -15,4 +15,5 @@ mod shutdown;
 mod streaming;
 mod tls;
 mod tokens;
+mod upstream_wire;
 mod websocket;

@@ -1,0 +1,103 @@
+//! tokengate's own HTTP/1.1 client connection, for requests whose body is already in hand
+//! (none, or one tokengate made). It runs inside the task that serves the downstream
+//! connection: the request is written, the response head read and the body streamed back from
+//! the same socket by whoever polls it, with no connection task, channel or wake-up in between.
+//! Requests with a streamed body go through hyper's client instead (see `pool`), which can
+//! send a body while the response is already arriving.
+
+pub mod decode;
+pub mod head;
+
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use head::{encode_request, Head, HeadError};
+
+/// Read buffer growth: enough for a typical head and a small body in one read.
+pub const READ_CHUNK: usize = 8 * 1024;
+
+/// One upstream connection and what has been read from it but not consumed.
+#[derive(Debug)]
+pub struct Conn {
+    pub io: TcpStream,
+    pub read: BytesMut,
+    write: BytesMut,
+}
+
+/// A failed exchange, and whether any byte of an answer had arrived (if not, and the connection
+/// was a reused one, the upstream most likely closed it just before the request went out).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ExchangeError,
+    pub answered: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("upstream connection failed")]
+    Io(#[source] std::io::Error),
+    #[error("invalid response from upstream")]
+    Head(#[source] HeadError),
+    #[error("upstream closed the connection without answering")]
+    Closed,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Self { io, read: BytesMut::with_capacity(READ_CHUNK), write: BytesMut::with_capacity(512) }
+    }
+
+    /// True when an idle connection can carry another request: nothing has arrived since its
+    /// last response, neither stray bytes nor the upstream's FIN.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        match self.io.poll_read_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness may be stale (the last read did not drain the socket to EAGAIN): look.
+            Poll::Ready(Ok(())) => {
+                matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes `req` with `body` and reads the final response head.
+    pub async fn exchange<B>(&mut self, req: &http::Request<B>, body: &[u8]) -> Result<Head, Failed> {
+        let failed = |error, answered| Failed { error, answered };
+        self.write.clear();
+        encode_request(req, body, &mut self.write);
+        self.io.write_all(&self.write).await.map_err(|e| failed(ExchangeError::Io(e), false))?;
+        let method: &Method = req.method();
+        let mut answered = false;
+        loop {
+            while !self.read.is_empty() {
+                let before = self.read.len();
+                match head::parse_response(&mut self.read, method) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) if self.read.len() < before => continue, // an interim 1xx went by
+                    Ok(None) => break,
+                    Err(e) => return Err(failed(ExchangeError::Head(e), true)),
+                }
+            }
+            self.reserve();
+            match self.io.read_buf(&mut self.read).await {
+                Ok(0) => return Err(failed(ExchangeError::Closed, answered)),
+                Ok(_) => answered = true,
+                Err(e) => return Err(failed(ExchangeError::Io(e), answered)),
+            }
+        }
+    }
+
+    /// Makes room for the next read.
+    pub fn reserve(&mut self) {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+    }
+}

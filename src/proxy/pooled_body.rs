@@ -1,0 +1,152 @@
+//! The body of an upstream response, streamed to the client as it arrives. Its connection goes
+//! back to the pool once the body has ended, and is closed if it never does.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use super::h1::decode::{DecodeError, Decoded, Decoder};
+use super::h1::{Conn, Head};
+use super::pool::Inner;
+use crate::body::UpstreamBody;
+
+/// Why an upstream body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("reading the upstream body")]
+    Io(#[from] std::io::Error),
+    #[error("invalid upstream body")]
+    Decode(#[from] DecodeError),
+}
+
+/// An upstream response body.
+pub struct PooledBody(Kind);
+
+enum Kind {
+    /// Read from tokengate's own connection by whoever polls the body.
+    Own { conn: Option<Conn>, decoder: Decoder, keep_alive: bool, upgrade: bool, pool: Arc<Inner> },
+    /// From hyper's client connection; the sender returns to the pool at the end.
+    Hyper { inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)> },
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PooledBody")
+    }
+}
+
+impl PooledBody {
+    /// The response to `head`, read on `conn`. A 101 keeps the connection for the tunnel.
+    pub(super) fn own(conn: Conn, head: Head, pool: Arc<Inner>) -> Response<Self> {
+        let upgrade = head.response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let kind = Kind::Own { conn: Some(conn), decoder: head.decoder, keep_alive: head.keep_alive, upgrade, pool };
+        let mut body = Self(kind);
+        if !upgrade {
+            body.finish_if_done();
+        }
+        head.response.map(|()| body)
+    }
+
+    pub(super) fn hyper(inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)>) -> Self {
+        Self(Kind::Hyper { inner, back })
+    }
+
+    /// After a 101 from tokengate's own connection: the socket and any bytes that came after the
+    /// response head, for the tunnel. None for hyper's connections (use `hyper::upgrade::on`).
+    pub fn take_upgraded(&mut self) -> Option<Conn> {
+        match &mut self.0 {
+            Kind::Own { conn, upgrade: true, .. } => conn.take(),
+            _ => None,
+        }
+    }
+
+    /// Returns the connection to the pool once the body has ended (closes it if it cannot be
+    /// reused).
+    fn finish_if_done(&mut self) {
+        match &mut self.0 {
+            Kind::Own { conn, decoder, keep_alive, upgrade: false, pool } if decoder.is_done() => {
+                if let Some(conn) = conn.take().filter(|c| *keep_alive && c.read.is_empty()) {
+                    pool.put_conn(conn);
+                }
+            }
+            Kind::Hyper { inner, back } if inner.is_end_stream() => {
+                if let Some((sender, pool)) = back.take() {
+                    pool.put_sender(sender);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One step of reading an own connection's body.
+fn poll_own(
+    conn: &mut Conn,
+    decoder: &mut Decoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    loop {
+        match decoder.decode(&mut conn.read)? {
+            Decoded::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+            Decoded::End => return Poll::Ready(None),
+            Decoded::NeedMore => {}
+        }
+        conn.reserve();
+        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read))? == 0 {
+            decoder.eof()?;
+            return Poll::Ready(None);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = match &mut self.0 {
+            Kind::Own { conn: Some(conn), decoder, upgrade: false, .. } => ready!(poll_own(conn, decoder, cx)),
+            Kind::Own { .. } => None,
+            Kind::Hyper { inner, .. } => ready!(Pin::new(inner).poll_frame(cx)).map(|r| r.map_err(BodyError::from)),
+        };
+        match &polled {
+            // A broken connection is never reused.
+            Some(Err(_)) => {
+                if let Kind::Own { conn, .. } = &mut self.0 {
+                    *conn = None;
+                }
+            }
+            _ => self.finish_if_done(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Own { conn, decoder, .. } => conn.is_none() || decoder.is_done(),
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Own { decoder, .. } => decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Only a fully read body leaves the connection reusable; otherwise it closes here.
+        self.finish_if_done();
+    }
+}

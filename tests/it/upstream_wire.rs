@@ -1,0 +1,164 @@
+//! What upstreams actually send on the wire, scripted byte by byte: interim responses, every
+//! body framing, trailers, closed keep-alive connections, broken and invalid answers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::common::client;
+use crate::common::spawn_app;
+
+/// What the scripted upstream does with one request.
+#[derive(Clone)]
+struct Answer {
+    wire: &'static [u8],
+    /// Close the connection this long after answering (None: keep it open).
+    close_after: Option<Duration>,
+}
+
+fn keep(wire: &'static [u8]) -> Answer {
+    Answer { wire, close_after: None }
+}
+
+fn close(wire: &'static [u8], after_ms: u64) -> Answer {
+    Answer { wire, close_after: Some(Duration::from_millis(after_ms)) }
+}
+
+/// An upstream that answers each request head with the next scripted answer, and counts the
+/// connections it accepted.
+struct Scripted {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn scripted(answers: Vec<Answer>) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(Mutex::new(answers.into_iter()));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let Some(answer) = queue.lock().unwrap().next() else { return };
+                    if stream.write_all(answer.wire).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = answer.close_after {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted { url, accepted }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn interim_responses_chunked_trailers_and_close_delimited_bodies() {
+    let up = scripted(vec![
+        keep(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n"),
+        keep(b"HTTP/1.1 203 Fine Indeed\r\nContent-Length: 4\r\n\r\nfine"),
+        close(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", 0),
+        keep(OK),
+    ])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+
+    let r = client::get(app.addr, "/chunked", &[("te", "trailers")]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello world"));
+    assert_eq!(r.trailers.expect("trailers")["x-sum"], "42");
+
+    let raw = client::raw(app.addr, b"GET /reason HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 203 Fine Indeed\r\n"), "{raw}");
+
+    let r = client::get(app.addr, "/close-delimited", &[]).await.unwrap();
+    assert_eq!(r.text(), "until the end");
+    // The chunked and sized answers left their connection reusable; the HTTP/1.0 one did not.
+    assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_while_idle_are_not_reused() {
+    let up = scripted(vec![close(OK, 50), close(OK, 50), keep(OK), keep(OK)]).await;
+    let app = spawn_app(&up.url, "").await;
+    for _ in 0..2 {
+        let r = client::get(app.addr, "/", &[]).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A POST without a body is not retried, so it must not land on the closed connection.
+    let r = client::request(app.addr, Method::POST, "/", &[], Bytes::new()).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn connection_close_answers_are_not_pooled() {
+    let up = scripted(vec![
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+    ])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+    for _ in 0..2 {
+        assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn invalid_answers_are_502_and_the_proxy_keeps_serving() {
+    let up = scripted(vec![
+        keep(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"),
+        keep(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        keep(OK),
+    ])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+    for _ in 0..3 {
+        let r = client::get(app.addr, "/", &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), 502);
+        assert_eq!(r.json()["error"], "bad_gateway");
+    }
+    assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_aborts_the_client_response() {
+    let up = scripted(vec![
+        close(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 0),
+        close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", 0),
+        keep(OK),
+    ])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+    for _ in 0..2 {
+        assert!(client::get(app.addr, "/", &[]).await.is_err(), "a truncated body must not look complete");
+    }
+    assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
