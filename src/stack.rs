@@ -47,7 +47,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
     } else {
         let resp = match proxy_limits(&gateway, &req, &conn, &state) {
             Some(refused) => refused,
-            None => match gateway.proxy.forward(req, conn, &state.tunnels).await {
+            None => match gateway.proxy.forward(req, &conn, &state.tunnels).await {
                 Ok(resp) => resp,
                 Err(err) => {
                     if let Some(kind) = err.upstream_kind() {

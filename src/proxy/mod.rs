@@ -7,6 +7,7 @@ pub mod pool;
 pub mod pooled_body;
 mod upgrade;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -63,14 +64,45 @@ impl Proxy {
     }
 
     /// Forwards `req` and returns the upstream's response (or a 101 with a tunnel behind it).
-    pub async fn forward(
-        &self,
+    ///
+    /// The request is rewritten before the returned future exists, so that the future holds
+    /// only the exchange and what the answer needs: hyper moves every request's future around
+    /// at its full size, and an `async fn` would also keep the request and its rewriting.
+    pub fn forward<'a>(
+        &'a self,
         mut req: Request<Incoming>,
-        conn: ConnInfo,
-        tunnels: &TaskTracker,
-    ) -> Result<Response<Body>, Error> {
+        conn: &ConnInfo,
+        tunnels: &'a TaskTracker,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
         let upgrade = headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let sent =
+            tokio::time::timeout(self.response_timeout, self.pool.send(self.upstream_request(req, conn, upgrade)));
+        async move {
+            let mut resp = match sent.await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => return Err(Error::upstream(e)),
+                Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
+            };
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match client_upgrade {
+                Some(client_side) if switching => {
+                    let upstream_side = match resp.body_mut().take_upgraded() {
+                        Some(conn) => upgrade::Upstream::Own(conn),
+                        None => upgrade::Upstream::Hyper(hyper::upgrade::on(&mut resp)),
+                    };
+                    tunnels.spawn(upgrade::tunnel(client_side, upstream_side));
+                    headers::strip_hop_by_hop(resp.headers_mut(), true, false);
+                }
+                _ => headers::strip_hop_by_hop(resp.headers_mut(), false, false),
+            }
+            Ok(resp.map(Either::Left))
+        }
+    }
+
+    /// The request as it goes upstream: HTTP/1.1, hop-by-hop fields gone, `Host` and
+    /// `X-Forwarded-*` set, an origin-form target.
+    fn upstream_request(&self, req: Request<Incoming>, conn: &ConnInfo, upgrade: bool) -> Request<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
 
         if parts.version == Version::HTTP_2 {
@@ -88,7 +120,7 @@ impl Proxy {
                 named
             }
         };
-        self.rules.apply_x_forwarded(&mut parts.headers, &conn, host.as_ref());
+        self.rules.apply_x_forwarded(&mut parts.headers, conn, host.as_ref());
 
         // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -98,26 +130,7 @@ impl Proxy {
             parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
         }
 
-        let upstream_req: Request<UpstreamBody> = Request::from_parts(parts, Either::Left(body));
-        let mut resp = match tokio::time::timeout(self.response_timeout, self.pool.send(upstream_req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(Error::upstream(e)),
-            Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
-        };
-
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match client_upgrade {
-            Some(client_side) if switching => {
-                let upstream_side = match resp.body_mut().take_upgraded() {
-                    Some(conn) => upgrade::Upstream::Own(conn),
-                    None => upgrade::Upstream::Hyper(hyper::upgrade::on(&mut resp)),
-                };
-                tunnels.spawn(upgrade::tunnel(client_side, upstream_side));
-                headers::strip_hop_by_hop(resp.headers_mut(), true, false);
-            }
-            _ => headers::strip_hop_by_hop(resp.headers_mut(), false, false),
-        }
-        Ok(resp.map(Either::Left))
+        Request::from_parts(parts, Either::Left(body))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -17,11 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
-use http_body_util::Either;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::h1::{Conn, ExchangeError};
 use super::pooled_body::PooledBody;
@@ -115,13 +116,18 @@ impl Pool {
     }
 
     /// Sends `req` on an idle connection, or a new one.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, PoolError> {
+    ///
+    /// Not an `async fn`: each layer of async state machine would store the request again, and
+    /// every forwarded request's future is moved around at the size of its largest branch. The
+    /// streamed branch is boxed for the same reason (hyper's client futures are large).
+    pub fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> + Send + '_ {
         let (parts, body) = req.into_parts();
         match buffered(body) {
-            Ok(bytes) => self.send_buffered(Request::from_parts(parts, ()), bytes).await,
-            // Boxed: hyper's client futures are large, and every request's future carries the
-            // size of its largest branch.
-            Err(body) => Box::pin(self.send_streamed(Request::from_parts(parts, body))).await,
+            Ok(bytes) => Either::Left(self.send_buffered(Request::from_parts(parts, ()), bytes)),
+            Err(body) => Either::Right(Box::pin(self.send_streamed(Request::from_parts(parts, body)))),
         }
     }
 
@@ -134,7 +140,8 @@ impl Pool {
             let reused = idle.is_some();
             let mut conn = match idle {
                 Some(conn) => conn,
-                None => Conn::new(self.inner.connect().await?),
+                // Boxed: rare, and its future (name resolution, timer) would enlarge every request's.
+                None => Conn::new(Box::pin(self.inner.connect()).await?),
             };
             match conn.exchange(&req, &body).await {
                 Ok(head) => return Ok(PooledBody::own(conn, head, self.inner.clone())),
@@ -178,9 +185,9 @@ impl Pool {
 /// The body's bytes when they are all in hand: none left to read, or a body tokengate made.
 fn buffered(body: UpstreamBody) -> Result<Bytes, UpstreamBody> {
     match body {
-        Either::Left(incoming) if incoming.is_end_stream() => Ok(Bytes::new()),
-        Either::Left(incoming) => Err(Either::Left(incoming)),
-        Either::Right(mut full) => {
+        http_body_util::Either::Left(incoming) if incoming.is_end_stream() => Ok(Bytes::new()),
+        http_body_util::Either::Left(incoming) => Err(http_body_util::Either::Left(incoming)),
+        http_body_util::Either::Right(mut full) => {
             // `Full` is ready at once: its only frame, then the end.
             match Pin::new(&mut full).poll_frame(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(Some(Ok(frame))) => Ok(frame.into_data().unwrap_or_default()),
