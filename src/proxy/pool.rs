@@ -7,7 +7,7 @@
 //! hot path, and a socket stays with the runtime it is registered with); a connection goes
 //! back to its list once its response body has ended.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -53,19 +53,32 @@ impl PoolError {
     }
 }
 
+/// How often each thread's idle connections are checked for ones the upstream has closed, so
+/// that they do not linger in CLOSE_WAIT until the next request.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// One thread's idle connections of one kind, most recently used last.
-struct IdleList<T>(RefCell<VecDeque<(T, Instant)>>);
+struct IdleList<T> {
+    list: RefCell<VecDeque<(T, Instant)>>,
+    /// Whether this thread's sweeper task runs.
+    swept: Cell<bool>,
+}
 
 impl<T> Default for IdleList<T> {
     fn default() -> Self {
-        Self(RefCell::default())
+        Self { list: RefCell::default(), swept: Cell::new(false) }
     }
 }
 
 impl<T> IdleList<T> {
+    /// Drops the connections that idled too long or that `usable` refuses.
+    fn sweep(&self, idle_timeout: Duration, mut usable: impl FnMut(&mut T) -> bool) {
+        self.list.borrow_mut().retain_mut(|(conn, since)| since.elapsed() < idle_timeout && usable(conn));
+    }
+
     /// The most recently used connection that `usable` accepts and that has not idled too long.
     fn take(&self, idle_timeout: Duration, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
-        let mut list = self.0.borrow_mut();
+        let mut list = self.list.borrow_mut();
         while let Some((mut conn, since)) = list.pop_back() {
             if since.elapsed() < idle_timeout && usable(&mut conn) {
                 return Some(conn);
@@ -76,7 +89,7 @@ impl<T> IdleList<T> {
 
     fn put(&self, conn: T, idle_timeout: Duration) {
         let now = Instant::now();
-        let mut list = self.0.borrow_mut();
+        let mut list = self.list.borrow_mut();
         while list.front().is_some_and(|(_, since)| now.duration_since(*since) >= idle_timeout) {
             list.pop_front();
         }
@@ -214,14 +227,37 @@ async fn hyper_closed(sender: &mut SendRequest<UpstreamBody>) -> hyper::Error {
 }
 
 impl Inner {
-    pub(super) fn put_conn(&self, conn: Conn) {
-        self.conns.get_or(IdleList::default).put(conn, self.idle_timeout);
+    pub(super) fn put_conn(self: &Arc<Self>, conn: Conn) {
+        let idle = self.conns.get_or(IdleList::default);
+        idle.put(conn, self.idle_timeout);
+        if !idle.swept.replace(true) {
+            self.spawn_sweeper();
+        }
     }
 
     pub(super) fn put_sender(&self, sender: SendRequest<UpstreamBody>) {
+        // hyper's connection task closes its socket itself when the upstream does.
         if !sender.is_closed() {
             self.senders.get_or(IdleList::default).put(sender, self.idle_timeout);
         }
+    }
+
+    /// Sweeps this thread's idle connections every `SWEEP_EVERY` for as long as the pool lives.
+    /// Worker runtimes are current-thread, so the task runs on the thread that owns the list.
+    fn spawn_sweeper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(inner) = pool.upgrade() else { return };
+                if let Some(idle) = inner.conns.get() {
+                    idle.sweep(inner.idle_timeout, Conn::is_reusable);
+                }
+            }
+        });
     }
 
     async fn connect(&self) -> Result<TcpStream, PoolError> {

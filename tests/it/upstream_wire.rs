@@ -19,33 +19,41 @@ struct Answer {
     wire: &'static [u8],
     /// Close the connection this long after answering (None: keep it open).
     close_after: Option<Duration>,
+    /// Send FIN after answering, then wait for the proxy to close its side.
+    half_close: bool,
 }
 
 fn keep(wire: &'static [u8]) -> Answer {
-    Answer { wire, close_after: None }
+    Answer { wire, close_after: None, half_close: false }
 }
 
 fn close(wire: &'static [u8], after_ms: u64) -> Answer {
-    Answer { wire, close_after: Some(Duration::from_millis(after_ms)) }
+    Answer { wire, close_after: Some(Duration::from_millis(after_ms)), half_close: false }
+}
+
+fn half_close(wire: &'static [u8]) -> Answer {
+    Answer { wire, close_after: None, half_close: true }
 }
 
 /// An upstream that answers each request head with the next scripted answer, and counts the
-/// connections it accepted.
+/// connections it accepted and those the proxy closed after a half-close.
 struct Scripted {
     url: String,
     accepted: Arc<AtomicUsize>,
+    peer_closed: Arc<AtomicUsize>,
 }
 
 async fn scripted(answers: Vec<Answer>) -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
+    let peer_closed = Arc::new(AtomicUsize::new(0));
     let queue = Arc::new(Mutex::new(answers.into_iter()));
-    let count = accepted.clone();
+    let (count, closed) = (accepted.clone(), peer_closed.clone());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let queue = queue.clone();
+            let (queue, closed) = (queue.clone(), closed.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -66,11 +74,18 @@ async fn scripted(answers: Vec<Answer>) -> Scripted {
                         tokio::time::sleep(after).await;
                         return;
                     }
+                    if answer.half_close {
+                        let _ = stream.shutdown().await;
+                        if matches!(stream.read(&mut [0u8; 64]).await, Ok(0) | Err(_)) {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
                 }
             });
         }
     });
-    Scripted { url, accepted }
+    Scripted { url, accepted, peer_closed }
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -161,4 +176,17 @@ async fn a_body_cut_short_aborts_the_client_response() {
     }
     assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
     assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn idle_connections_the_upstream_closes_are_closed_promptly() {
+    let up = scripted(vec![half_close(OK)]).await;
+    let app = spawn_app(&up.url, "").await;
+    assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+    // No further request comes: the idle sweep, not the next request, must notice the FIN.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.peer_closed.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy kept a connection in CLOSE_WAIT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
