@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Instructions per forwarded request, tokengate vs nginx, under callgrind.
+
+CPU time on a shared 2-core VM moves ±10 % between runs; instruction counts do not. Each proxy
+(one worker) runs under `valgrind --tool=callgrind --instr-atstart=no` in front of the same
+backend; after a warm-up, instrumentation is switched on for a fixed wrk run and off again, so
+start-up and shutdown are not counted. Counts are user-space instructions only (the kernel's
+share, ~16–18 µs/req for both on loopback, is not in them). Prints instructions per request for
+each and the tokengate/nginx ratio, interleaved ROUNDS times, medians.
+
+Usage (after `bash benches/load.sh` has installed nginx/wrk and built the release binaries):
+    python3 benches/instructions.py [--rounds 3] [--seconds 5]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402  (shared helpers: ports, wrk, nginx config, backend)
+
+
+def under_callgrind(cmd, log):
+    return subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null", f"--log-file={log}"]
+        + cmd
+    )
+
+
+def count(proc, log, port, seconds, stop_signal):
+    """Instructions and requests of one instrumented wrk run against `proc`."""
+    load.wrk(port, "/", 2, 8)  # warm-up: connections, pools, code paths
+    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+    requests, _, _ = load.wrk(port, "/", seconds, 8)
+    subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
+    proc.send_signal(stop_signal)  # a clean exit, so that valgrind prints its totals
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    with open(log) as f:
+        total = int(re.search(r"Collected : (\d+)", f.read()).group(1))
+    return total / requests
+
+
+def nginx_conf(workdir):
+    conf = os.path.join(workdir, "nginx-callgrind.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+master_process off;
+daemon off;
+pid {workdir}/nginx-callgrind.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ server 127.0.0.1:{load.BACKEND_PORT}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{load.NGINX_PORT} reuseport;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "nginx", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: run `bash benches/load.sh` first (valgrind: apt-get install valgrind)")
+
+    workdir = tempfile.mkdtemp(prefix="tokengate-instr-")
+    tg_conf = os.path.join(workdir, "tokengate.yaml")
+    with open(tg_conf, "w") as f:
+        f.write(f"listen: 127.0.0.1:{load.TG_PORT}\nadmin_listen: 127.0.0.1:{load.TG_ADMIN}\n"
+                f"upstream:\n  url: http://127.0.0.1:{load.BACKEND_PORT}\n")
+    backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
+                                f"127.0.0.1:{load.BACKEND_PORT}"])
+    results = {"nginx": [], "tokengate": []}
+    try:
+        load.wait_port(load.BACKEND_PORT)
+        for _ in range(args.rounds):
+            log = os.path.join(workdir, "nginx.vg")
+            proc = under_callgrind(["nginx", "-c", nginx_conf(workdir), "-p", workdir], log)
+            load.wait_port(load.NGINX_PORT, timeout=30)
+            results["nginx"].append(count(proc, log, load.NGINX_PORT, args.seconds, signal.SIGQUIT))
+            log = os.path.join(workdir, "tokengate.vg")
+            proc = under_callgrind([os.path.join(load.RELEASE, "tokengate"), "run", "--config", tg_conf,
+                                    "--workers", "1", "--log-level", "warn"], log)
+            load.wait_port(load.TG_PORT, timeout=30)
+            results["tokengate"].append(count(proc, log, load.TG_PORT, args.seconds, signal.SIGINT))
+            time.sleep(0.5)
+    finally:
+        load.stop(backend)
+    print(f"user-space instructions per forwarded request (callgrind, 1 worker, wrk -c8, "
+          f"{args.rounds} rounds of {args.seconds}s)")
+    for name, values in results.items():
+        print(f"{name:<10} {statistics.median(values):>9.0f}   rounds: {', '.join(f'{v:.0f}' for v in values)}")
+    print(f"ratio tokengate/nginx: {statistics.median(results['tokengate']) / statistics.median(results['nginx']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
