@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::State;
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::json_error;
 use crate::proxy::ConnInfo;
 
 /// Serves one request on the admin listener.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
     let path = req.uri().path();
     if path.starts_with("/admin/") {
         if let Some(denied) = deny_unauthorized(&state, &req, &conn) {
@@ -40,7 +39,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, conn: ConnInfo) -
 
 /// `Authorization: Bearer <admin_token>` compared in constant time; without a token configured,
 /// only loopback peers get in. Returns the refusal, if any.
-fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Response<Body>> {
+fn deny_unauthorized(state: &State, req: &Request<RequestBody>, conn: &ConnInfo) -> Option<Response<Body>> {
     let gateway = state.gateway.load();
     match gateway.config.admin_token.as_ref().filter(|t| !t.is_empty()) {
         Some(token) => {
@@ -59,7 +58,7 @@ fn deny_unauthorized(state: &State, req: &Request<Incoming>, conn: &ConnInfo) ->
 
 /// `POST /admin/revoke {"user": "user-123"}`: forget that user's cached identities and tokens
 /// at once, so the next request asks the auth hook again (call it on logout).
-async fn revoke(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn revoke(state: &State, req: Request<RequestBody>) -> Response<Body> {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
         Ok(b) => b.to_bytes(),

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +95,7 @@ fn free_or_any(preferred: &str) -> SocketAddr {
     }
 }
 
-async fn sample_backend(sessions: Sessions, req: Request<Incoming>) -> Response<Body> {
+async fn sample_backend(sessions: Sessions, req: Request<crate::body::RequestBody>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => reply(
             StatusCode::OK,

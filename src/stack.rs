@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::app::{Gateway, State};
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::error::rescue;
 use crate::error::Error;
 use crate::proxy::{headers, ConnInfo};
@@ -30,7 +29,7 @@ pub fn jwks_response(jwks: &bytes::Bytes) -> Response<Body> {
 }
 
 /// Serves one request on the public listener.
-pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
     let start = Instant::now();
     // Requests in flight finish on the config they started with.
     let gateway = state.gateway.load_full();
@@ -86,7 +85,12 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, conn: ConnInf
 }
 
 /// `proxy_rate_limits`: the refusal (429) for forwarded traffic over a limit, if any.
-fn proxy_limits(gateway: &Gateway, req: &Request<Incoming>, conn: &ConnInfo, state: &State) -> Option<Response<Body>> {
+fn proxy_limits(
+    gateway: &Gateway,
+    req: &Request<RequestBody>,
+    conn: &ConnInfo,
+    state: &State,
+) -> Option<Response<Body>> {
     if gateway.proxy_limits.is_empty() {
         return None;
     }

@@ -1,7 +1,7 @@
 //! Forwarded traffic: everything that is not a token route goes to the upstream untouched,
 //! except for the header rules of SPEC §3.
 
-mod h1;
+pub(crate) mod h1;
 pub mod headers;
 pub mod pool;
 pub mod pooled_body;
@@ -15,10 +15,9 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{Body, UpstreamBody};
+use crate::body::{Body, RequestBody, UpstreamBody};
 use crate::config::Config;
 use crate::error::Error;
 pub use headers::ForwardRules;
@@ -70,7 +69,7 @@ impl Proxy {
     /// at its full size, and an `async fn` would also keep the request and its rewriting.
     pub fn forward<'a>(
         &'a self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: &ConnInfo,
         tunnels: &'a TaskTracker,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
@@ -102,7 +101,7 @@ impl Proxy {
 
     /// The request as it goes upstream: HTTP/1.1, hop-by-hop fields gone, `Host` and
     /// `X-Forwarded-*` set, an origin-form target.
-    fn upstream_request(&self, req: Request<Incoming>, conn: &ConnInfo, upgrade: bool) -> Request<UpstreamBody> {
+    fn upstream_request(&self, req: Request<RequestBody>, conn: &ConnInfo, upgrade: bool) -> Request<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
 
         if parts.version == Version::HTTP_2 {
@@ -130,7 +129,11 @@ impl Proxy {
             parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
         }
 
-        Request::from_parts(parts, Either::Left(body))
+        let body = match body {
+            Either::Left(streamed) => Either::Left(streamed),
+            Either::Right(_none) => Either::Right(Default::default()),
+        };
+        Request::from_parts(parts, body)
     }
 }
 

@@ -12,11 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::auth::{AuthError, AuthRequest, Hook, Identity};
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::config::{Config, FieldError, RouteConfig};
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
@@ -167,7 +166,7 @@ impl Route {
     /// Serves one request on this route; every failure becomes the route's error shape.
     pub async fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         captures: Vec<(String, String)>,
         conn: &ConnInfo,
         rules: &ForwardRules,
@@ -249,7 +248,7 @@ impl Route {
     }
 
     /// Method (405), then body size (413), then JSON.
-    async fn read_body(&self, method: &Method, headers: &http::HeaderMap, body: Incoming) -> Result<Value, Error> {
+    async fn read_body(&self, method: &Method, headers: &http::HeaderMap, body: RequestBody) -> Result<Value, Error> {
         if !self.methods.contains(method) {
             return Err(Error::MethodNotAllowed { allow: self.allow.clone() });
         }

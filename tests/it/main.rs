@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod cli;
+mod downstream_wire;
 mod errors;
 mod forward;
 mod logs;

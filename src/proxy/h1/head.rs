@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use super::decode::Decoder;
 
 /// Most header fields accepted in a response head (hyper's default too).
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// Largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -63,9 +63,7 @@ pub struct Head {
 /// Parses one response head from the front of `buf`, consuming it. `Ok(None)`: incomplete, or
 /// an interim (1xx other than 101) response that was skipped; call again when more arrives.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadError> {
-    // Each field's name, and its value's position, so that the values can be sliced out of the
-    // frozen head without copying.
-    let mut fields: SmallVec<[(HeaderName, usize, usize); 32]> = SmallVec::new();
+    let mut fields = FieldSpans::new();
     let (len, status, version, reason) = {
         let mut parsed = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -76,12 +74,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(e)),
         };
-        let base = buf.as_ptr() as usize;
-        for f in res.headers.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| HeadError::Field)?;
-            let start = f.value.as_ptr() as usize - base;
-            fields.push((name, start, start + f.value.len()));
-        }
+        record_fields(buf, res.headers, &mut fields).map_err(|()| HeadError::Field)?;
         let status = StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| HeadError::Field)?;
         let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let reason = res
@@ -95,11 +88,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         return Ok(None);
     }
 
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, start, end) in fields.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| HeadError::Field)?;
-        headers.append(name, value);
-    }
+    let mut headers = header_map(&head, fields).map_err(|()| HeadError::Field)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -108,8 +97,40 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
     }
     let keep_alive = keep_alive(version, &headers);
     let decoder = framing(status, version, method, &headers)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The chunked framing wins; a Content-Length beside it must not be forwarded (RFC 9112 §6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
     *response.headers_mut() = headers;
     Ok(Some(Head { keep_alive: keep_alive && decoder != Decoder::Close && status != 101, response, decoder }))
+}
+
+/// Each field's name, and its value's position in the head, so that the values can be sliced
+/// out of the frozen head without copying.
+pub type FieldSpans = SmallVec<[(HeaderName, usize, usize); 32]>;
+
+/// Records `fields`, parsed by httparse out of `buf`, as `FieldSpans`.
+pub fn record_fields(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut FieldSpans) -> Result<(), ()> {
+    let base = buf.as_ptr() as usize;
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
+        let start = f.value.as_ptr() as usize - base;
+        out.push((name, start, start + f.value.len()));
+    }
+    Ok(())
+}
+
+/// Room left in a parsed header map for the fields tokengate adds (`X-Forwarded-*`, the
+/// request id), so that adding them does not grow and rehash the map.
+const ADDED_FIELDS: usize = 6;
+
+/// The header map of a frozen `head`, its values sharing the head's bytes.
+pub fn header_map(head: &bytes::Bytes, mut fields: FieldSpans) -> Result<HeaderMap, ()> {
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
+    for (name, start, end) in fields.drain(..) {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| ())?);
+    }
+    Ok(headers)
 }
 
 /// RFC 9112 §6.3: how long the body is.
@@ -190,7 +211,10 @@ mod tests {
         assert!(head.response.extensions().get::<hyper::ext::ReasonPhrase>().is_none());
 
         let head =
-            parse("HTTP/1.1 200 Fine\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Method::GET).unwrap().unwrap();
+            parse("HTTP/1.1 200 Fine\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n", Method::GET)
+                .unwrap()
+                .unwrap();
+        assert!(head.response.headers().get("content-length").is_none(), "chunked wins over Content-Length");
         assert_eq!(head.decoder, Decoder::chunked());
         assert_eq!(head.response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes(), b"Fine");
 

@@ -1,12 +1,18 @@
 //! Accept loop: connection cap, optional TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge or
-//! ALPN), upgrades, and graceful shutdown.
+//! ALPN), upgrades, and graceful shutdown. Body-less HTTP/1.1 requests are served by `h1`;
+//! hyper takes over a connection for everything else.
+
+mod h1;
+mod prefixed;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,8 +24,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::proxy::ConnInfo;
+use prefixed::Prefixed;
 
 /// How one listener treats its connections.
 pub struct ServeOptions {
@@ -37,7 +44,7 @@ pub struct ServeOptions {
 /// their in-flight requests. Returns once every connection has closed.
 pub async fn serve<H, F>(listener: TcpListener, opts: ServeOptions, handler: H, stop: CancellationToken)
 where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -77,13 +84,17 @@ where
         let open = opts.open_connections.clone().map(OpenConnection::new);
         let (builder, handler, watcher, tls) = (builder.clone(), handler.clone(), graceful.watcher(), opts.tls.clone());
         let handshake_timeout = opts.header_read_timeout;
+        let limits = Limits { max_header_bytes: opts.max_header_bytes, header_read_timeout: opts.header_read_timeout };
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = (permit, open);
+            let conn = Conn { builder: &builder, handler, watcher, limits, stop };
             match tls {
-                None => serve_io(&builder, stream, ConnInfo::new(peer, false), handler, watcher).await,
+                None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        serve_io(&builder, tls_stream, ConnInfo::new(peer, true), handler, watcher).await
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        conn.serve(tls_stream, ConnInfo::new(peer, true), h2).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -95,19 +106,51 @@ where
     graceful.shutdown().await;
 }
 
-async fn serve_io<I, H, F>(builder: &auto::Builder<TokioExecutor>, io: I, conn: ConnInfo, handler: H, watcher: Watcher)
+/// Limits that apply to each connection.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+}
+
+/// What serving one connection needs.
+struct Conn<'a, H> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    handler: H,
+    watcher: Watcher,
+    limits: Limits,
+    stop: CancellationToken,
+}
+
+impl<H, F> Conn<'_, H>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
-        let response = handler(req, conn.clone());
-        async move { Ok::<_, Infallible>(response.await) }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection closed with error");
+    /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
+    /// hyper from the start.
+    async fn serve<I>(self, io: I, info: ConnInfo, h2: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = if h2 {
+            Prefixed::new(Bytes::new(), io)
+        } else {
+            let (max, timeout) = (self.limits.max_header_bytes, self.limits.header_read_timeout);
+            match h1::serve(io, &info, &self.handler, max, timeout, &self.stop).await {
+                h1::Outcome::Closed => return,
+                h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
+            }
+        };
+        let handler = self.handler;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = handler(req.map(Either::Left), info.clone());
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!(error = %e, "connection closed with error");
+        }
     }
 }
 
