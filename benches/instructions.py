@@ -3,8 +3,8 @@
 
 CPU time on a shared 2-core VM moves ±10 % between runs; instruction counts do not. Each proxy
 (one worker) runs under `valgrind --tool=callgrind --instr-atstart=no` in front of the same
-backend; after a warm-up, instrumentation is switched on for a fixed wrk run and off again, so
-start-up and shutdown are not counted. Counts are user-space instructions only (the kernel's
+backend; after a warm-up, instrumentation is switched on for a fixed wrk run and off again and
+the counters are dumped, so start-up and shutdown are not counted. Counts are user-space instructions only (the kernel's
 share, ~16–18 µs/req for both on loopback, is not in them). Prints instructions per request for
 each and the tokengate/nginx ratio, interleaved ROUNDS times, medians.
 
@@ -13,10 +13,10 @@ Usage (after `bash benches/load.sh` has installed nginx/wrk and built the releas
 """
 
 import argparse
+import glob
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,27 +27,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (shared helpers: ports, wrk, nginx config, backend)
 
 
-def under_callgrind(cmd, log):
+def under_callgrind(cmd, out):
     return subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null", f"--log-file={log}"]
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "--log-file=/dev/null"]
         + cmd
     )
 
 
-def count(proc, log, port, seconds, stop_signal):
-    """Instructions and requests of one instrumented wrk run against `proc`."""
+def count(proc, out, port, seconds):
+    """Instructions per request of one instrumented wrk run against `proc`, read from a
+    callgrind dump taken right after it (the process is then killed)."""
     load.wrk(port, "/", 2, 8)  # warm-up: connections, pools, code paths
-    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+    control = ["callgrind_control", str(proc.pid)]
+    subprocess.run(control[:1] + ["-i", "on"] + control[1:], check=True, capture_output=True)
     requests, _, _ = load.wrk(port, "/", seconds, 8)
-    subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-    proc.send_signal(stop_signal)  # a clean exit, so that valgrind prints its totals
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    with open(log) as f:
-        total = int(re.search(r"Collected : (\d+)", f.read()).group(1))
+    subprocess.run(control[:1] + ["-i", "off"] + control[1:], check=True, capture_output=True)
+    subprocess.run(control[:1] + ["--dump"] + control[1:], check=True, capture_output=True)
+    proc.kill()
+    proc.wait()
+    dumps = sorted(glob.glob(out + "*"), key=os.path.getmtime)
+    with open(dumps[-1]) as f:
+        total = int(re.search(r"^totals: (\d+)", f.read(), re.M).group(1))
+    for d in dumps:
+        os.remove(d)
     return total / requests
 
 
@@ -100,15 +102,15 @@ def main():
     try:
         load.wait_port(load.BACKEND_PORT)
         for _ in range(args.rounds):
-            log = os.path.join(workdir, "nginx.vg")
-            proc = under_callgrind(["nginx", "-c", nginx_conf(workdir), "-p", workdir], log)
+            out = os.path.join(workdir, "nginx.cg")
+            proc = under_callgrind(["nginx", "-c", nginx_conf(workdir), "-p", workdir], out)
             load.wait_port(load.NGINX_PORT, timeout=30)
-            results["nginx"].append(count(proc, log, load.NGINX_PORT, args.seconds, signal.SIGQUIT))
-            log = os.path.join(workdir, "tokengate.vg")
+            results["nginx"].append(count(proc, out, load.NGINX_PORT, args.seconds))
+            out = os.path.join(workdir, "tokengate.cg")
             proc = under_callgrind([os.path.join(load.RELEASE, "tokengate"), "run", "--config", tg_conf,
-                                    "--workers", "1", "--log-level", "warn"], log)
+                                    "--workers", "1", "--log-level", "warn"], out)
             load.wait_port(load.TG_PORT, timeout=30)
-            results["tokengate"].append(count(proc, log, load.TG_PORT, args.seconds, signal.SIGINT))
+            results["tokengate"].append(count(proc, out, load.TG_PORT, args.seconds))
             time.sleep(0.5)
     finally:
         load.stop(backend)
