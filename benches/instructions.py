@@ -53,35 +53,6 @@ def count(proc, out, port, seconds):
     return total / requests
 
 
-def nginx_conf(workdir):
-    conf = os.path.join(workdir, "nginx-callgrind.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 1;
-master_process off;
-daemon off;
-pid {workdir}/nginx-callgrind.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream app {{ server 127.0.0.1:{load.BACKEND_PORT}; keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{load.NGINX_PORT} reuseport;
-    location / {{
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_buffering off;
-    }}
-  }}
-}}
-""")
-    return conf
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -103,7 +74,7 @@ def main():
         load.wait_port(load.BACKEND_PORT)
         for _ in range(args.rounds):
             out = os.path.join(workdir, "nginx.cg")
-            proc = under_callgrind(["nginx", "-c", nginx_conf(workdir), "-p", workdir], out)
+            proc = under_callgrind(["nginx", "-c", load.nginx_conf(workdir, 1, master=False), "-p", workdir], out)
             load.wait_port(load.NGINX_PORT, timeout=30)
             results["nginx"].append(count(proc, out, load.NGINX_PORT, args.seconds))
             out = os.path.join(workdir, "tokengate.cg")

@@ -99,11 +99,14 @@ def measure(port, pids, path, seconds, connections, headers=(), script=None):
     return {"rps": rps, "p99": p99, "cpu_us": cpu_us}
 
 
-def start_nginx(workdir, workers):
-    conf = os.path.join(workdir, f"nginx-{workers}.conf")
+def nginx_conf(workdir, workers, master=True):
+    """nginx as the baseline: upstream keepalive, HTTP/1.1 to the backend, no access log.
+    `master=False` runs the one worker in the foreground process (for callgrind)."""
+    conf = os.path.join(workdir, f"nginx-{workers}{'' if master else '-single'}.conf")
     with open(conf, "w") as f:
         f.write(f"""
 worker_processes {workers};
+{'' if master else 'master_process off;'}
 daemon off;
 pid {workdir}/nginx-{workers}.pid;
 error_log {workdir}/nginx-error.log warn;
@@ -124,6 +127,11 @@ http {{
   }}
 }}
 """)
+    return conf
+
+
+def start_nginx(workdir, workers):
+    conf = nginx_conf(workdir, workers)
     proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
     wait_port(NGINX_PORT)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()

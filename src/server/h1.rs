@@ -6,6 +6,7 @@
 //! cases keep hyper's handling (100-continue, upgrades, 400 and 431 answers).
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
@@ -125,8 +126,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         }
         info.http10 = req.version == Some(0);
         info.keep_alive = !info.http10;
-        for f in req.headers.iter() {
-            if !fast_path_field(f, &mut info) {
+        for ((name, _, _), f) in fields.iter().zip(req.headers.iter()) {
+            if !fast_path_field(name, f.value, &mut info) {
                 return Parsed::Hyper;
             }
         }
@@ -134,13 +135,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let start = path.as_ptr() as usize - buf.as_ptr() as usize;
         (len, method, start..start + path.len())
     };
-    // Validate the target before consuming anything, so hyper can still be handed the request.
-    if Uri::try_from(&buf[target.clone()]).is_err() {
-        return Parsed::Hyper;
-    }
     let head = buf.split_to(len).freeze();
     let (Ok(uri), Ok(headers)) = (Uri::from_maybe_shared(head.slice(target)), header_map(&head, fields)) else {
-        unreachable!("the target and the fields were checked above")
+        // Put the head back in front of what follows it: hyper answers it.
+        let mut all = BytesMut::with_capacity(head.len() + buf.len());
+        all.put_slice(&head);
+        all.put_slice(buf);
+        *buf = all;
+        return Parsed::Hyper;
     };
     info.head = method == Method::HEAD;
     let mut req = Request::new(Either::Right(Empty::new()));
@@ -153,19 +155,15 @@ fn parse(buf: &mut BytesMut) -> Parsed {
 
 /// False for fields that mean a body, an interim answer or a protocol switch; notes
 /// `Connection` and `TE` in `info`.
-fn fast_path_field(f: &httparse::Header<'_>, info: &mut RequestInfo) -> bool {
-    let name = f.name;
-    if name.eq_ignore_ascii_case("content-length") {
-        return f.value == b"0";
+fn fast_path_field(name: &HeaderName, value: &[u8], info: &mut RequestInfo) -> bool {
+    if name == header::CONTENT_LENGTH {
+        return value == b"0";
     }
-    if name.eq_ignore_ascii_case("transfer-encoding")
-        || name.eq_ignore_ascii_case("upgrade")
-        || name.eq_ignore_ascii_case("expect")
-    {
+    if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
         return false;
     }
-    let tokens = || std::str::from_utf8(f.value).unwrap_or("").split(',').map(str::trim);
-    if name.eq_ignore_ascii_case("connection") {
+    let tokens = || std::str::from_utf8(value).unwrap_or("").split(',').map(str::trim);
+    if name == header::CONNECTION {
         for token in tokens() {
             if token.eq_ignore_ascii_case("close") {
                 info.keep_alive = false;
@@ -173,7 +171,7 @@ fn fast_path_field(f: &httparse::Header<'_>, info: &mut RequestInfo) -> bool {
                 info.keep_alive = true;
             }
         }
-    } else if name.eq_ignore_ascii_case("te") {
+    } else if name == header::TE {
         info.trailers = tokens().any(|t| t.eq_ignore_ascii_case("trailers"));
     }
     true
@@ -290,7 +288,7 @@ async fn put_data<I: AsyncWrite + Unpin>(
             *remaining = remaining.checked_sub(data.len() as u64).ok_or(std::io::ErrorKind::InvalidData)?;
         }
         Framing::Chunked => {
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(out, "{:x}\r\n", data.len());
         }
         Framing::Close | Framing::None => {}
     }

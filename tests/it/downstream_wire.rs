@@ -106,3 +106,13 @@ async fn date_and_framing_on_tokengate_s_own_answers() {
     let body = out.split("\r\n\r\n").nth(1).unwrap();
     assert!(body.contains("bad_gateway"), "{body}");
 }
+
+#[tokio::test]
+async fn a_target_only_hyper_can_judge_is_handed_over_whole() {
+    let b = backend::spawn().await;
+    let app = spawn_app(&b.url(), "").await;
+    // httparse takes this target, `http::Uri` does not: hyper gets the head back and answers 400.
+    let out = client::raw(app.addr, b"GET http://[::1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(responses(&out), 1, "{out}");
+}
