@@ -204,7 +204,7 @@ impl App {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listener from bind_public");
                     let tunnels = s.tunnels.clone();
-                    server::serve(listener, opts, move |req, conn| stack::handle(s.clone(), req, conn), stop).await;
+                    server::serve(listener, opts, stack::Public(s), stop).await;
                     let _ = done.send(());
                     // Tunnels spawned on this runtime live until they end or the process exits.
                     tunnels.wait().await;
@@ -218,12 +218,7 @@ impl App {
         let admin_opts = options(None, None);
 
         let s = state.clone();
-        let public_task = tokio::spawn(server::serve(
-            public,
-            public_opts,
-            move |req, conn| stack::handle(s.clone(), req, conn),
-            shutdown.clone(),
-        ));
+        let public_task = tokio::spawn(server::serve(public, public_opts, stack::Public(s), shutdown.clone()));
         let admin_stop = CancellationToken::new();
         let s = state.clone();
         let admin_task = tokio::spawn(server::serve(

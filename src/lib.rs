@@ -20,5 +20,6 @@ pub mod stack;
 pub mod template;
 pub mod tls;
 pub mod token;
+pub mod wire;
 
 pub use app::App;

@@ -1,18 +1,23 @@
 //! The public listener's request path, top-down: request id → route → token route or proxy →
 //! rescue → metrics and the access log line. Every failure is a response by the time it leaves.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::app::{Gateway, State};
 use crate::body::{Body, RequestBody};
 use crate::error::rescue;
 use crate::error::Error;
+use crate::proxy::relay::RequestId;
 use crate::proxy::{headers, ConnInfo};
 use crate::ratelimit::LimitInput;
+use crate::server::{Reply, Service};
 use crate::token::{check_limits, Outcome};
+use crate::wire::fields::Known;
+use crate::wire::request::RequestHead;
 
 /// The `route` label for forwarded traffic.
 const PROXY_ROUTE: &str = "proxy";
@@ -26,6 +31,60 @@ pub fn jwks_response(jwks: &bytes::Bytes) -> Response<Body> {
     h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/jwk-set+json"));
     h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=300"));
     resp
+}
+
+/// The public listener's service.
+#[derive(Clone)]
+pub struct Public(pub Arc<State>);
+
+impl Service for Public {
+    fn call(&self, req: Request<RequestBody>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send + use<> {
+        handle(self.0.clone(), req, conn)
+    }
+
+    /// Forwarded traffic without proxy limits is relayed from the head; token routes, the JWK
+    /// set and limited traffic take `call`.
+    fn relay<'a>(
+        &'a self,
+        head: &'a RequestHead,
+        conn: &'a ConnInfo,
+    ) -> Option<impl Future<Output = Reply> + Send + 'a> {
+        let gateway = self.0.gateway.load_full();
+        let path = head.path();
+        let forwarded = gateway.proxy_limits.is_empty()
+            && head.is_origin_form()
+            && gateway.routes.find(path).is_none()
+            && gateway.config.jwks_path.as_deref() != Some(path);
+        forwarded.then(|| relay(&self.0, gateway, head, conn))
+    }
+}
+
+/// Relays one forwarded request (see `Public::relay`).
+async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &ConnInfo) -> Reply {
+    let start = Instant::now();
+    let id = request_id(head, &gateway.proxy.rules.request_id);
+    let (status, reply) = match gateway.proxy.relay(head, conn, &id).await {
+        Ok(relayed) => (relayed.head.status, Reply::Relayed(relayed)),
+        Err(err) => {
+            let mut resp = upstream_failure(state, &err, &id.value);
+            resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), id.value.clone());
+            (resp.status(), Reply::Response(resp))
+        }
+    };
+    finish(state, PROXY_ROUTE, &head.method, status, start.elapsed(), &id.value, None);
+    reply
+}
+
+/// The request id of a relayed request: the client's when it sent one, else a new one.
+fn request_id(head: &RequestHead, name: &http::HeaderName) -> RequestId {
+    let sent = head
+        .fields
+        .iter()
+        .find(|f| f.known == Known::Other && f.name(&head.bytes).eq_ignore_ascii_case(name.as_str().as_bytes()));
+    match sent.and_then(|f| HeaderValue::from_maybe_shared(head.bytes.slice(f.value_range())).ok()) {
+        Some(value) if !value.is_empty() => RequestId { value, generated: false },
+        _ => RequestId { value: headers::new_request_id(), generated: true },
+    }
 }
 
 /// Serves one request on the public listener.
@@ -48,28 +107,42 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
             Some(refused) => refused,
             None => match gateway.proxy.forward(req, &conn, &state.tunnels).await {
                 Ok(resp) => resp,
-                Err(err) => {
-                    if let Some(kind) = err.upstream_kind() {
-                        state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
-                    }
-                    tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
-                    rescue(&err)
-                }
+                Err(err) => upstream_failure(&state, &err, &request_id),
             },
         };
         (PROXY_ROUTE, resp)
     };
     resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
+    let outcome = resp.extensions().get::<Outcome>();
+    finish(&state, route, &method, resp.status(), start.elapsed(), &request_id, outcome);
+    resp
+}
 
-    let elapsed = start.elapsed();
-    let status = resp.status();
+/// The answer to a failed forward, counted and logged with its cause.
+fn upstream_failure(state: &State, err: &Error, request_id: &HeaderValue) -> Response<Body> {
+    if let Some(kind) = err.upstream_kind() {
+        state.metrics.upstream_errors_total.with_label_values(&[kind]).inc();
+    }
+    tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
+    rescue(err)
+}
+
+/// Metrics and the access log line of an answered request.
+fn finish(
+    state: &State,
+    route: &str,
+    method: &Method,
+    status: StatusCode,
+    elapsed: Duration,
+    request_id: &HeaderValue,
+    outcome: Option<&Outcome>,
+) {
     if route == PROXY_ROUTE {
         state.metrics.proxy.observe(status, elapsed);
     } else {
         state.metrics.requests_total.with_label_values(&[route, status.as_str()]).inc();
         state.metrics.request_duration_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
-    let outcome = resp.extensions().get::<Outcome>();
     tracing::info!(
         target: "tokengate::access",
         method = method.as_str(),
@@ -81,7 +154,6 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
         limited = outcome.and_then(|o| o.limited.as_deref()).unwrap_or("-"),
         "request"
     );
-    resp
 }
 
 /// `proxy_rate_limits`: the refusal (429) for forwarded traffic over a limit, if any.

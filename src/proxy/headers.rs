@@ -207,11 +207,16 @@ pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderVa
             return v.clone();
         }
     }
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    let value = HeaderValue::from_str(id).expect("a UUID is a valid header value");
+    let value = new_request_id();
     headers.insert(name.clone(), value.clone());
     value
+}
+
+/// A new request id: a UUID v4.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]

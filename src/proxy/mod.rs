@@ -5,6 +5,7 @@ pub(crate) mod h1;
 pub mod headers;
 pub mod pool;
 pub mod pooled_body;
+pub mod relay;
 mod upgrade;
 
 use std::future::Future;

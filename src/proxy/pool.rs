@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -24,9 +24,10 @@ use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::h1::{Conn, ExchangeError};
+use super::h1::{encode_request, Conn, ExchangeError};
 use super::pooled_body::PooledBody;
 use crate::body::UpstreamBody;
+use crate::wire::response::ResponseHead;
 
 /// Idle connections kept per thread and kind; the oldest go first.
 const MAX_IDLE_PER_THREAD: usize = 512;
@@ -144,10 +145,23 @@ impl Pool {
         }
     }
 
-    /// A request whose whole body is `body`, on tokengate's own client connection. A reused
-    /// connection that closes before any answer is retried on another when the method is
-    /// idempotent (RFC 9110 §9.2.2).
+    /// A request whose whole body is `body`, on tokengate's own client connection.
     async fn send_buffered(&self, req: Request<()>, body: Bytes) -> Result<Response<PooledBody>, PoolError> {
+        let (head, body) = self.exchange(req.method(), |dst| encode_request(&req, &body, dst)).await?;
+        // One slot for the request id the response gets.
+        let resp = head.to_response(1).map_err(ExchangeError::Head)?;
+        Ok(resp.map(|()| body))
+    }
+
+    /// Sends the request `encode` writes on tokengate's own client connection, an idle one or
+    /// a new one, and reads the response head; the body reads from the connection. A reused
+    /// connection that closes before any answer is retried on another when the method is
+    /// idempotent (RFC 9110 §9.2.2), so `encode` may run twice.
+    pub async fn exchange(
+        &self,
+        method: &Method,
+        encode: impl Fn(&mut BytesMut),
+    ) -> Result<(ResponseHead, PooledBody), PoolError> {
         loop {
             let idle = self.inner.conns.get_or(IdleList::default).take(self.inner.idle_timeout, Conn::is_reusable);
             let reused = idle.is_some();
@@ -156,9 +170,12 @@ impl Pool {
                 // Boxed: rare, and its future (name resolution, timer) would enlarge every request's.
                 None => Conn::new(Box::pin(self.inner.connect()).await?),
             };
-            match conn.exchange(&req, &body).await {
-                Ok(head) => return Ok(PooledBody::own(conn, head, self.inner.clone())),
-                Err(f) if reused && !f.answered && req.method().is_idempotent() => continue,
+            match conn.exchange(method, &encode).await {
+                Ok(head) => {
+                    let body = PooledBody::own(conn, &head, self.inner.clone());
+                    return Ok((head, body));
+                }
+                Err(f) if reused && !f.answered && method.is_idempotent() => continue,
                 Err(f) => return Err(f.error.into()),
             }
         }

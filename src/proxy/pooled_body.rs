@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use super::h1::decode::{DecodeError, Decoded, Decoder};
-use super::h1::{Conn, Head};
+use super::h1::Conn;
 use super::pool::Inner;
 use crate::body::UpstreamBody;
+use crate::wire::response::ResponseHead;
 
 /// Why an upstream body broke off.
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +44,16 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
-    /// The response to `head`, read on `conn`. A 101 keeps the connection for the tunnel.
-    pub(super) fn own(conn: Conn, head: Head, pool: Arc<Inner>) -> Response<Self> {
-        let upgrade = head.response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    /// The body of the response to `head`, read on `conn`. A 101 keeps the connection for the
+    /// tunnel.
+    pub(super) fn own(conn: Conn, head: &ResponseHead, pool: Arc<Inner>) -> Self {
+        let upgrade = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
         let kind = Kind::Own { conn: Some(conn), decoder: head.decoder, keep_alive: head.keep_alive, upgrade, pool };
         let mut body = Self(kind);
         if !upgrade {
             body.finish_if_done();
         }
-        head.response.map(|()| body)
+        body
     }
 
     pub(super) fn hyper(inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)>) -> Self {

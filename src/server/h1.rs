@@ -1,29 +1,31 @@
 //! HTTP/1.1 served without hyper, for what most traffic is: requests without a body. Head
 //! parsed in place, the handler awaited in the connection's own task, the response head and
-//! its first body bytes written in one call. Anything else — a request with a body, `Expect`,
-//! `Upgrade`, `CONNECT`, an HTTP/2 preface, a head that does not parse or is too large — hands
-//! the connection, with every byte read so far, to hyper for the rest of its life, so those
-//! cases keep hyper's handling (100-continue, upgrades, 400 and 431 answers).
+//! its first body bytes written in one call. Forwarded requests are relayed from the head's
+//! bytes (`Service::relay`); the others become an `http::Request`. Anything else — a request
+//! with a body, `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a head that does not parse
+//! or is too large — hands the connection, with every byte read so far, to hyper for the rest
+//! of its life, so those cases keep hyper's handling (100-continue, upgrades, 400 and 431).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, StatusCode, Version};
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, RequestBody};
-use crate::proxy::h1::head::{header_map, record_fields, FieldSpans, MAX_HEADERS};
+use super::{Reply, Service};
+use crate::body::Body;
+use crate::proxy::relay::Relayed;
 use crate::proxy::ConnInfo;
+use crate::wire::fields::{self, Known};
+use crate::wire::request::{Parsed, RequestHead};
 
 /// Response bytes gathered before a write; larger data frames are written as they come.
 const GATHER: usize = 16 * 1024;
@@ -46,18 +48,16 @@ struct RequestInfo {
 
 /// Serves requests on `io` until it closes, `stop` fires between requests, or a request needs
 /// hyper.
-pub async fn serve<I, H, F>(
+pub async fn serve<I, S: Service>(
     mut io: I,
     conn: &ConnInfo,
-    handler: &H,
+    service: &S,
     max_header_bytes: usize,
     header_read_timeout: Duration,
     stop: &CancellationToken,
 ) -> Outcome<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<RequestBody>, ConnInfo) -> F,
-    F: Future<Output = Response<Body>>,
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::with_capacity(8 * 1024);
@@ -65,11 +65,14 @@ where
     let mut timer = pin!(tokio::time::sleep(header_read_timeout));
     loop {
         timer.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
-        let (req, info) = loop {
-            match parse(&mut buf) {
-                Parsed::Request(req, info) => break (*req, info),
+        let (head, info) = loop {
+            match RequestHead::parse(&buf) {
+                Parsed::Head(head) => match fast_path(&head, &buf) {
+                    Some(info) => break (head.take(&mut buf), info),
+                    None => return Outcome::Handoff(io, buf.freeze()),
+                },
                 Parsed::Partial if buf.len() < max_header_bytes => {}
-                Parsed::Partial | Parsed::Hyper => return Outcome::Handoff(io, buf.freeze()),
+                Parsed::Partial | Parsed::Invalid => return Outcome::Handoff(io, buf.freeze()),
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
@@ -89,8 +92,31 @@ where
                 Err(_) => return Outcome::Closed,
             }
         };
-        let resp = handler(req, conn.clone()).await;
-        match write_response(&mut io, &mut out, resp, &info).await {
+        let reply = match service.relay(&head, conn) {
+            Some(relayed) => relayed.await,
+            None => match head.to_request() {
+                Some(req) => Reply::Response(service.call(req, conn.clone()).await),
+                None => {
+                    // Put the head back in front of what follows it: hyper answers it (400).
+                    let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
+                    all.put_slice(&head.bytes);
+                    all.put_slice(&buf);
+                    return Outcome::Handoff(io, all.freeze());
+                }
+            },
+        };
+        let written = match reply {
+            Reply::Response(resp) => {
+                let (parts, body) = resp.into_parts();
+                write_response(&mut io, &mut out, &parts, body, &info).await
+            }
+            Reply::Relayed(relayed) => {
+                let Relayed { head, added, body } = *relayed;
+                let head = RelayedHead { head, added };
+                write_response(&mut io, &mut out, &head, http_body_util::Either::Left(body), &info).await
+            }
+        };
+        match written {
             Ok(true) if !stop.is_cancelled() => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -100,81 +126,33 @@ where
     }
 }
 
-enum Parsed {
-    Partial,
-    /// Not for the fast path: hyper takes over from this request on.
-    Hyper,
-    Request(Box<Request<RequestBody>>, RequestInfo),
-}
-
-/// One request head from the front of `buf`, consumed only if the fast path takes it.
-fn parse(buf: &mut BytesMut) -> Parsed {
-    let mut fields = FieldSpans::new();
-    let mut info = RequestInfo { head: false, keep_alive: true, http10: false, trailers: false };
-    let (len, method, target) = {
-        let mut parsed = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut parsed)
-        {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Hyper,
-        };
-        let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else { return Parsed::Hyper };
-        if method == Method::CONNECT || record_fields(buf, req.headers, &mut fields).is_err() {
-            return Parsed::Hyper;
-        }
-        info.http10 = req.version == Some(0);
-        info.keep_alive = !info.http10;
-        for ((name, _, _), f) in fields.iter().zip(req.headers.iter()) {
-            if !fast_path_field(name, f.value, &mut info) {
-                return Parsed::Hyper;
+/// What the response writer needs to know of a request the fast path takes; None when the
+/// request is for hyper: a body, an interim answer or a protocol switch.
+fn fast_path(head: &RequestHead, buf: &[u8]) -> Option<RequestInfo> {
+    if head.method == Method::CONNECT {
+        return None;
+    }
+    let http10 = head.version == Version::HTTP_10;
+    let mut info = RequestInfo { head: head.method == Method::HEAD, keep_alive: !http10, http10, trailers: false };
+    for f in &head.fields {
+        let value = f.value(buf);
+        match f.known {
+            Known::ContentLength if value != b"0" => return None,
+            Known::TransferEncoding | Known::Upgrade | Known::Expect => return None,
+            Known::Connection => {
+                for token in fields::tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        info.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                        info.keep_alive = true;
+                    }
+                }
             }
+            Known::Te => info.trailers |= fields::tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers")),
+            _ => {}
         }
-        let path = req.path.unwrap_or("/");
-        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
-        (len, method, start..start + path.len())
-    };
-    let head = buf.split_to(len).freeze();
-    let (Ok(uri), Ok(headers)) = (Uri::from_maybe_shared(head.slice(target)), header_map(&head, fields)) else {
-        // Put the head back in front of what follows it: hyper answers it.
-        let mut all = BytesMut::with_capacity(head.len() + buf.len());
-        all.put_slice(&head);
-        all.put_slice(buf);
-        *buf = all;
-        return Parsed::Hyper;
-    };
-    info.head = method == Method::HEAD;
-    let mut req = Request::new(Either::Right(Empty::new()));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = if info.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
-    *req.headers_mut() = headers;
-    Parsed::Request(Box::new(req), info)
-}
-
-/// False for fields that mean a body, an interim answer or a protocol switch; notes
-/// `Connection` and `TE` in `info`.
-fn fast_path_field(name: &HeaderName, value: &[u8], info: &mut RequestInfo) -> bool {
-    if name == header::CONTENT_LENGTH {
-        return value == b"0";
     }
-    if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
-        return false;
-    }
-    let tokens = || std::str::from_utf8(value).unwrap_or("").split(',').map(str::trim);
-    if name == header::CONNECTION {
-        for token in tokens() {
-            if token.eq_ignore_ascii_case("close") {
-                info.keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") && info.http10 {
-                info.keep_alive = true;
-            }
-        }
-    } else if name == header::TE {
-        info.trailers = tokens().any(|t| t.eq_ignore_ascii_case("trailers"));
-    }
-    true
+    Some(info)
 }
 
 /// How the response body is delimited on the wire.
@@ -185,49 +163,139 @@ enum Framing {
     Close,
 }
 
-/// Writes `resp`; Ok(true) when the connection can carry another request.
+/// A response head as the writer sees it: one tokengate made (or converted), or an upstream's
+/// relayed as received.
+trait WireHead {
+    fn status(&self) -> StatusCode;
+    /// A reason phrase other than the canonical one.
+    fn reason(&self) -> Option<&[u8]>;
+    fn put_fields(&self, out: &mut BytesMut);
+    fn content_length(&self) -> Option<u64>;
+    fn has_date(&self) -> bool;
+    /// `Connection: close`.
+    fn closes(&self) -> bool;
+    /// Whether `Trailer` announces the field `name` (RFC 9110 §6.6.2).
+    fn announces(&self, name: &str) -> bool;
+}
+
+impl WireHead for http::response::Parts {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn reason(&self) -> Option<&[u8]> {
+        self.extensions.get::<hyper::ext::ReasonPhrase>().map(|r| r.as_bytes())
+    }
+
+    fn put_fields(&self, out: &mut BytesMut) {
+        for (name, value) in &self.headers {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.headers.get(header::CONTENT_LENGTH).and_then(|v| fields::parse_length(v.as_bytes()))
+    }
+
+    fn has_date(&self) -> bool {
+        self.headers.contains_key(header::DATE)
+    }
+
+    fn closes(&self) -> bool {
+        has_token(&self.headers, header::CONNECTION, "close")
+    }
+
+    fn announces(&self, name: &str) -> bool {
+        has_token(&self.headers, header::TRAILER, name)
+    }
+}
+
+/// An upstream's response head, its fields as received less those the relay dropped, and the
+/// fields tokengate adds.
+struct RelayedHead {
+    head: crate::wire::response::ResponseHead,
+    added: crate::proxy::relay::Added,
+}
+
+impl WireHead for RelayedHead {
+    fn status(&self) -> StatusCode {
+        self.head.status
+    }
+
+    fn reason(&self) -> Option<&[u8]> {
+        self.head.reason()
+    }
+
+    fn put_fields(&self, out: &mut BytesMut) {
+        let bytes = &self.head.bytes;
+        for f in &self.head.fields {
+            put_field(out, f.name(bytes), f.value(bytes));
+        }
+        for (name, value) in &self.added {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        let bytes = &self.head.bytes;
+        let declared = self.head.fields.iter().find(|f| f.known == Known::ContentLength);
+        declared.and_then(|f| fields::parse_length(f.value(bytes)))
+    }
+
+    fn has_date(&self) -> bool {
+        self.head.fields.iter().any(|f| f.known == Known::Date)
+    }
+
+    fn closes(&self) -> bool {
+        // `Connection` is hop-by-hop: the relay has dropped it.
+        false
+    }
+
+    fn announces(&self, name: &str) -> bool {
+        fields::has_token(&self.head.bytes, &self.head.fields, Known::Trailer, name.as_bytes())
+    }
+}
+
+/// Writes a response; Ok(true) when the connection can carry another request.
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut BytesMut,
-    resp: Response<Body>,
+    head: &impl WireHead,
+    mut body: Body,
     info: &RequestInfo,
 ) -> std::io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
-    let status = parts.status;
-    let mut keep = info.keep_alive && !has_token(&parts.headers, header::CONNECTION, "close");
+    let status = head.status();
+    let mut keep = info.keep_alive && !head.closes();
     out.clear();
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
     out.put_u8(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
-        Some(reason) => out.put_slice(reason.as_bytes()),
+    match head.reason() {
+        Some(reason) => out.put_slice(reason),
         None => out.put_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.put_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        put_field(out, name.as_str(), value.as_bytes());
-    }
+    head.put_fields(out);
     let bodiless = info.head || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut framing = if bodiless {
         Framing::None
-    } else if let Some(n) = declared {
+    } else if let Some(n) = head.content_length() {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact().or(body.is_end_stream().then_some(0)) {
-        put_field(out, "content-length", itoa::Buffer::new().format(n).as_bytes());
+        put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         Framing::Length(n)
     } else if info.http10 {
         keep = false;
         Framing::Close
     } else {
-        put_field(out, "transfer-encoding", b"chunked");
+        put_field(out, b"transfer-encoding", b"chunked");
         Framing::Chunked
     };
-    if !parts.headers.contains_key(header::DATE) {
-        DATE.with(|d| put_field(out, "date", d.borrow_mut().now()));
+    if !head.has_date() {
+        DATE.with(|d| put_field(out, b"date", d.borrow_mut().now()));
     }
     if !keep {
-        put_field(out, "connection", b"close");
+        put_field(out, b"connection", b"close");
     }
     out.put_slice(b"\r\n");
     if matches!(framing, Framing::None) {
@@ -263,7 +331,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
         Framing::Chunked => {
             out.put_slice(b"0\r\n");
             if let (Some(fields), true) = (trailers, info.trailers) {
-                put_trailers(out, &parts.headers, &fields);
+                put_trailers(out, head, &fields);
             }
             out.put_slice(b"\r\n");
         }
@@ -306,16 +374,16 @@ async fn put_data<I: AsyncWrite + Unpin>(
 }
 
 /// The trailer fields the response announced in `Trailer` (RFC 9110 §6.6.2), as hyper sends.
-fn put_trailers(out: &mut BytesMut, headers: &HeaderMap, fields: &HeaderMap) {
+fn put_trailers(out: &mut BytesMut, head: &impl WireHead, fields: &HeaderMap) {
     for (name, value) in fields {
-        if has_token(headers, header::TRAILER, name.as_str()) {
-            put_field(out, name.as_str(), value.as_bytes());
+        if head.announces(name.as_str()) {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
 }
 
-fn put_field(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.put_slice(name.as_bytes());
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");

@@ -25,8 +25,54 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, RequestBody};
+use crate::proxy::relay::Relayed;
 use crate::proxy::ConnInfo;
+use crate::wire::request::RequestHead;
 use prefixed::Prefixed;
+
+/// What a listener runs for each request.
+pub trait Service: Clone + Send + Sync + 'static {
+    /// Answers `req`; every failure is a response by then.
+    fn call(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<Self>;
+
+    /// For a body-less HTTP/1.1 request still as bytes: a future that answers it from its head
+    /// (forwarded traffic), or None to have it served by `call`.
+    fn relay<'a>(
+        &'a self,
+        _head: &'a RequestHead,
+        _conn: &'a ConnInfo,
+    ) -> Option<impl Future<Output = Reply> + Send + 'a> {
+        None::<std::future::Ready<Reply>>
+    }
+}
+
+/// Any request handler function is a service that relays nothing.
+impl<H, F> Service for H
+where
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    fn call(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<H, F> {
+        self(req, conn)
+    }
+}
+
+/// An answer to an HTTP/1.1 request on the fast path.
+// The relayed head is boxed where it is made; a `Response` is moved out again at once.
+#[allow(clippy::large_enum_variant)]
+pub enum Reply {
+    Response(Response<Body>),
+    /// An upstream's response relayed from its head's bytes.
+    Relayed(Box<Relayed>),
+}
 
 /// How one listener treats its connections.
 pub struct ServeOptions {
@@ -42,11 +88,7 @@ pub struct ServeOptions {
 
 /// Serves `listener` until `stop` fires, then stops accepting and lets open connections finish
 /// their in-flight requests. Returns once every connection has closed.
-pub async fn serve<H, F>(listener: TcpListener, opts: ServeOptions, handler: H, stop: CancellationToken)
-where
-    H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
+pub async fn serve<S: Service>(listener: TcpListener, opts: ServeOptions, service: S, stop: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -82,13 +124,13 @@ where
         };
         let _ = stream.set_nodelay(true);
         let open = opts.open_connections.clone().map(OpenConnection::new);
-        let (builder, handler, watcher, tls) = (builder.clone(), handler.clone(), graceful.watcher(), opts.tls.clone());
+        let (builder, service, watcher, tls) = (builder.clone(), service.clone(), graceful.watcher(), opts.tls.clone());
         let handshake_timeout = opts.header_read_timeout;
         let limits = Limits { max_header_bytes: opts.max_header_bytes, header_read_timeout: opts.header_read_timeout };
         let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = (permit, open);
-            let conn = Conn { builder: &builder, handler, watcher, limits, stop };
+            let conn = Conn { builder: &builder, service, watcher, limits, stop };
             match tls {
                 None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -114,19 +156,15 @@ struct Limits {
 }
 
 /// What serving one connection needs.
-struct Conn<'a, H> {
+struct Conn<'a, S> {
     builder: &'a auto::Builder<TokioExecutor>,
-    handler: H,
+    service: S,
     watcher: Watcher,
     limits: Limits,
     stop: CancellationToken,
 }
 
-impl<H, F> Conn<'_, H>
-where
-    H: Fn(Request<RequestBody>, ConnInfo) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
+impl<S: Service> Conn<'_, S> {
     /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
     /// hyper from the start.
     async fn serve<I>(self, io: I, info: ConnInfo, h2: bool)
@@ -137,14 +175,14 @@ where
             Prefixed::new(Bytes::new(), io)
         } else {
             let (max, timeout) = (self.limits.max_header_bytes, self.limits.header_read_timeout);
-            match h1::serve(io, &info, &self.handler, max, timeout, &self.stop).await {
+            match h1::serve(io, &info, &self.service, max, timeout, &self.stop).await {
                 h1::Outcome::Closed => return,
                 h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
             }
         };
-        let handler = self.handler;
+        let inner = self.service;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = handler(req.map(Either::Left), info.clone());
+            let response = inner.call(req.map(Either::Left), info.clone());
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();

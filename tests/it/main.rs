@@ -11,6 +11,7 @@ mod forward;
 mod logs;
 mod metrics;
 mod ratelimit;
+mod relay;
 mod seeds;
 mod shutdown;
 mod streaming;

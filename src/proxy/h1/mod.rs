@@ -6,7 +6,7 @@
 //! send a body while the response is already arriving.
 
 pub mod decode;
-pub mod head;
+pub mod encode;
 
 use std::task::{Context, Poll, Waker};
 
@@ -15,7 +15,9 @@ use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use head::{encode_request, Head, HeadError};
+pub use encode::encode_request;
+
+use crate::wire::response::{self, HeadError, ResponseHead};
 
 /// Read buffer growth: enough for a typical head and a small body in one read.
 pub const READ_CHUNK: usize = 8 * 1024;
@@ -67,18 +69,22 @@ impl Conn {
         }
     }
 
-    /// Writes `req` with `body` and reads the final response head.
-    pub async fn exchange<B>(&mut self, req: &http::Request<B>, body: &[u8]) -> Result<Head, Failed> {
+    /// Writes the request `encode` puts in the buffer it is given, and reads the final
+    /// response head (`method`: the request's).
+    pub async fn exchange(
+        &mut self,
+        method: &Method,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ResponseHead, Failed> {
         let failed = |error, answered| Failed { error, answered };
         self.write.clear();
-        encode_request(req, body, &mut self.write);
+        encode(&mut self.write);
         self.io.write_all(&self.write).await.map_err(|e| failed(ExchangeError::Io(e), false))?;
-        let method: &Method = req.method();
         let mut answered = false;
         loop {
             while !self.read.is_empty() {
                 let before = self.read.len();
-                match head::parse_response(&mut self.read, method) {
+                match response::parse(&mut self.read, method) {
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) if self.read.len() < before => continue, // an interim 1xx went by
                     Ok(None) => break,

@@ -1,0 +1,183 @@
+//! Header fields where they sit in a message head's bytes, and the few names tokengate acts on,
+//! recognised once per field when the head is parsed.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
+
+/// The names tokengate treats specially; everything else is `Other` and passes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    Other,
+    Host,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    TransferEncoding,
+    Upgrade,
+    ContentLength,
+    Expect,
+    Trailer,
+    Date,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    /// Any other `X-Forwarded-*`, and the `X_Forwarded_*` spellings some servers treat alike.
+    XForwardedOther,
+}
+
+impl Known {
+    /// Recognises `name` (any letter case).
+    pub fn of(name: &[u8]) -> Self {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            2 if is("te") => Self::Te,
+            4 if is("host") => Self::Host,
+            4 if is("date") => Self::Date,
+            6 if is("expect") => Self::Expect,
+            7 if is("upgrade") => Self::Upgrade,
+            7 if is("trailer") => Self::Trailer,
+            10 if is("connection") => Self::Connection,
+            10 if is("keep-alive") => Self::KeepAlive,
+            14 if is("content-length") => Self::ContentLength,
+            16 if is("proxy-connection") => Self::ProxyConnection,
+            17 if is("transfer-encoding") => Self::TransferEncoding,
+            n if n > 12 && is_x_forwarded(&name[..12]) => {
+                // Only the hyphenated spelling is the field itself; the others are look-alikes.
+                let hyphens = name[1] == b'-' && name[11] == b'-';
+                match &name[12..] {
+                    s if hyphens && s.eq_ignore_ascii_case(b"for") => Self::XForwardedFor,
+                    s if hyphens && s.eq_ignore_ascii_case(b"proto") => Self::XForwardedProto,
+                    s if hyphens && s.eq_ignore_ascii_case(b"host") => Self::XForwardedHost,
+                    _ => Self::XForwardedOther,
+                }
+            }
+            _ => Self::Other,
+        }
+    }
+
+    /// RFC 9110 §7.6.1: fields for one connection only, whatever `Connection` names besides.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Self::Connection
+                | Self::KeepAlive
+                | Self::ProxyConnection
+                | Self::Te
+                | Self::TransferEncoding
+                | Self::Upgrade
+        )
+    }
+}
+
+/// `x-forwarded-` or `x_forwarded_` (either separator), any letter case.
+fn is_x_forwarded(prefix: &[u8]) -> bool {
+    prefix.iter().map(|b| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() }).eq(*b"x-forwarded-")
+}
+
+/// One field of a parsed head: where its name and value sit in the head's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+    pub known: Known,
+}
+
+/// A head's fields, in the order they came.
+pub type Fields = SmallVec<[Field; 24]>;
+
+impl Field {
+    pub fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0 as usize..self.name.1 as usize]
+    }
+
+    pub fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.value_range()]
+    }
+
+    /// Where the value sits in the head, to slice it out of the head's `Bytes` without a copy.
+    pub fn value_range(&self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+/// Records the fields httparse parsed out of `buf` (slices of it). Heads are capped far below
+/// 4 GiB, so offsets fit in `u32`.
+pub fn record(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut Fields) {
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start as u32, (start + s.len()) as u32)
+    };
+    for f in parsed {
+        out.push(Field { name: span(f.name.as_bytes()), value: span(f.value), known: Known::of(f.name.as_bytes()) });
+    }
+}
+
+/// The comma-separated tokens of a field value (RFC 9110 §5.6.1), trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6), no sign, no spaces, no overflow.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// True when a `known` field of `head` lists `token` (any letter case).
+pub fn has_token(head: &[u8], fields: &[Field], known: Known, token: &[u8]) -> bool {
+    fields.iter().filter(|f| f.known == known).any(|f| tokens(f.value(head)).any(|t| t.eq_ignore_ascii_case(token)))
+}
+
+/// The field names `Connection` lists (RFC 9110 §7.6.1): they are for this hop only.
+pub fn connection_named<'a>(head: &'a [u8], fields: &[Field]) -> SmallVec<[&'a [u8]; 4]> {
+    fields.iter().filter(|f| f.known == Known::Connection).flat_map(|f| tokens(f.value(head))).collect()
+}
+
+/// The header map of a frozen `head`, its values sharing the head's bytes; `spare` slots are
+/// left for fields the caller adds, so that adding them does not grow and rehash the map.
+/// None when a name or value is one `http` refuses.
+pub fn header_map(head: &Bytes, fields: &[Field], spare: usize) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(fields.len() + spare);
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name(head)).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value_range())).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_names_in_any_case() {
+        assert_eq!(Known::of(b"Content-Length"), Known::ContentLength);
+        assert_eq!(Known::of(b"TE"), Known::Te);
+        assert_eq!(Known::of(b"x-forwarded-for"), Known::XForwardedFor);
+        assert_eq!(Known::of(b"X-Forwarded-Proto"), Known::XForwardedProto);
+        assert_eq!(Known::of(b"x-forwarded-host"), Known::XForwardedHost);
+        assert_eq!(Known::of(b"X_Forwarded_For"), Known::XForwardedOther);
+        assert_eq!(Known::of(b"x_forwarded_host"), Known::XForwardedOther);
+        assert_eq!(Known::of(b"x-forwarded-port"), Known::XForwardedOther);
+        assert_eq!(Known::of(b"x-forwarded-"), Known::Other);
+        assert_eq!(Known::of(b"x-request-id"), Known::Other);
+        assert_eq!(Known::of(b"hosts"), Known::Other);
+    }
+
+    #[test]
+    fn tokens_are_trimmed_and_matched_in_any_case() {
+        let head = b"Connection: Keep-Alive , x-hop,,close";
+        let fields = [Field { name: (0, 10), value: (12, head.len() as u32), known: Known::Connection }];
+        assert!(has_token(head, &fields, Known::Connection, b"close"));
+        assert!(has_token(head, &fields, Known::Connection, b"X-HOP"));
+        assert!(!has_token(head, &fields, Known::Upgrade, b"close"));
+        let named: Vec<&[u8]> = connection_named(head, &fields).into_vec();
+        assert_eq!(named, [&b"Keep-Alive"[..], b"x-hop", b"close"]);
+    }
+}
