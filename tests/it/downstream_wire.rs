@@ -69,6 +69,11 @@ async fn http10_clients_get_keep_alive_only_when_they_ask() {
     let out = client::raw(app.addr, b"GET /status/200 HTTP/1.0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("connection: close"), "{out}");
+    // No `Host`: the upstream, which speaks HTTP/1.1, gets its own.
+    let out = client::raw(app.addr, b"GET /echo HTTP/1.0\r\n\r\n").await;
+    let echo: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(crate::common::client::echoed(&echo, "host"), [b.url().trim_start_matches("http://")]);
+    assert!(crate::common::client::echoed(&echo, "x-forwarded-host").is_empty());
 
     let mut s = TcpStream::connect(app.addr).await.unwrap();
     s.write_all(b"GET /status/200 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await.unwrap();

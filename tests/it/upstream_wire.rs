@@ -150,16 +150,35 @@ async fn invalid_answers_are_502_and_the_proxy_keeps_serving() {
         keep(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
         keep(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"),
         keep(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        // A switch of protocols nobody asked for: the connection is no longer HTTP.
+        keep(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"),
         keep(OK),
     ])
     .await;
     let app = spawn_app(&up.url, "").await;
-    for _ in 0..3 {
+    for _ in 0..4 {
         let r = client::get(app.addr, "/", &[]).await.unwrap();
         assert_eq!(r.status.as_u16(), 502);
         assert_eq!(r.json()["error"], "bad_gateway");
     }
     assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().text(), "ok");
+}
+
+#[tokio::test]
+async fn the_upstreams_framing_and_request_id_stay_on_its_side() {
+    let up = scripted(vec![keep(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-Request-Id: upstream-id\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+    let raw =
+        client::raw(app.addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: client-id\r\nConnection: close\r\n\r\n")
+            .await;
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("content-length"), "a Content-Length beside chunked framing was forwarded: {head}");
+    assert!(head.contains("\r\nx-request-id: client-id") && !head.contains("upstream-id"), "{head}");
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n");
 }
 
 #[tokio::test]
