@@ -16,7 +16,6 @@ use crate::proxy::{headers, ConnInfo};
 use crate::ratelimit::LimitInput;
 use crate::server::{Reply, Service};
 use crate::token::{check_limits, Outcome};
-use crate::wire::fields::Known;
 use crate::wire::request::RequestHead;
 
 /// The `route` label for forwarded traffic.
@@ -77,10 +76,7 @@ async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &
 
 /// The request id of a relayed request: the client's when it sent one, else a new one.
 fn request_id(head: &RequestHead, name: &http::HeaderName) -> RequestId {
-    let sent = head
-        .fields
-        .iter()
-        .find(|f| f.known == Known::Other && f.name(&head.bytes).eq_ignore_ascii_case(name.as_str().as_bytes()));
+    let sent = head.fields.iter().find(|f| f.is(&head.bytes, name));
     match sent.and_then(|f| HeaderValue::from_maybe_shared(head.bytes.slice(f.value_range())).ok()) {
         Some(value) if !value.is_empty() => RequestId { value, generated: false },
         _ => RequestId { value: headers::new_request_id(), generated: true },

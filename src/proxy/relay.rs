@@ -18,7 +18,7 @@ use super::{ConnInfo, Proxy};
 use crate::body::PooledBody;
 use crate::config::XForwardedMode;
 use crate::error::Error;
-use crate::wire::fields::{self, Field, Known};
+use crate::wire::fields::{self, Known};
 use crate::wire::request::RequestHead;
 use crate::wire::response::{HeadError, ResponseHead};
 
@@ -105,22 +105,22 @@ impl Proxy {
                 (Known::XForwardedProto, XForwardedMode::Append) => kept_proto = true,
                 (Known::XForwardedHost, XForwardedMode::Append) if !trusted => continue,
                 (Known::XForwardedHost, XForwardedMode::Append) => kept_host = true,
-                (Known::Other, _) if id.generated && is_request_id(f, head, &self.rules.request_id) => continue,
+                (Known::Other, _) if id.generated && f.is(head, &self.rules.request_id) => continue,
                 _ => {}
             }
-            put_field(dst, name, value);
+            fields::put(dst, name, value);
         }
         if host.is_none() {
-            put_field(dst, b"host", self.host.as_bytes());
+            fields::put(dst, b"host", self.host.as_bytes());
         }
         let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
         match mode {
             XForwardedMode::Off => {}
             XForwardedMode::Replace => {
-                put_field(dst, b"x-forwarded-for", conn.peer_ip.as_bytes());
-                put_field(dst, b"x-forwarded-proto", proto);
+                fields::put(dst, b"x-forwarded-for", conn.peer_ip.as_bytes());
+                fields::put(dst, b"x-forwarded-proto", proto);
                 if let Some(host) = host {
-                    put_field(dst, b"x-forwarded-host", host);
+                    fields::put(dst, b"x-forwarded-host", host);
                 }
             }
             XForwardedMode::Append => {
@@ -132,15 +132,15 @@ impl Proxy {
                 dst.put_slice(conn.peer_ip.as_bytes());
                 dst.put_slice(b"\r\n");
                 if !kept_proto {
-                    put_field(dst, b"x-forwarded-proto", proto);
+                    fields::put(dst, b"x-forwarded-proto", proto);
                 }
                 if let (Some(host), false) = (host, kept_host) {
-                    put_field(dst, b"x-forwarded-host", host);
+                    fields::put(dst, b"x-forwarded-host", host);
                 }
             }
         }
         if id.generated {
-            put_field(dst, self.rules.request_id.as_str().as_bytes(), id.value.as_bytes());
+            fields::put(dst, self.rules.request_id.as_str().as_bytes(), id.value.as_bytes());
         }
         dst.put_slice(b"\r\n");
     }
@@ -157,22 +157,11 @@ fn drop_hop_fields(head: &mut ResponseHead, request_id: &HeaderName) {
         !(f.known.is_hop_by_hop()
             || (chunked && f.known == Known::ContentLength)
             || is_named(f.name(bytes), &named)
-            || is_request_id(f, bytes, request_id))
+            || f.is(bytes, request_id))
     });
 }
 
 /// True when `name` is one of the fields `Connection` listed.
 fn is_named(name: &[u8], named: &[&[u8]]) -> bool {
     named.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-fn is_request_id(f: &Field, head: &[u8], request_id: &HeaderName) -> bool {
-    f.known == Known::Other && f.name(head).eq_ignore_ascii_case(request_id.as_str().as_bytes())
-}
-
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
 }

@@ -189,7 +189,7 @@ impl WireHead for http::response::Parts {
 
     fn put_fields(&self, out: &mut BytesMut) {
         for (name, value) in &self.headers {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
 
@@ -229,10 +229,10 @@ impl WireHead for RelayedHead {
     fn put_fields(&self, out: &mut BytesMut) {
         let bytes = &self.head.bytes;
         for f in &self.head.fields {
-            put_field(out, f.name(bytes), f.value(bytes));
+            fields::put(out, f.name(bytes), f.value(bytes));
         }
         for (name, value) in &self.added {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
 
@@ -282,20 +282,20 @@ async fn write_response<I: AsyncWrite + Unpin>(
     } else if let Some(n) = head.content_length() {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact().or(body.is_end_stream().then_some(0)) {
-        put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        fields::put(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         Framing::Length(n)
     } else if info.http10 {
         keep = false;
         Framing::Close
     } else {
-        put_field(out, b"transfer-encoding", b"chunked");
+        fields::put(out, b"transfer-encoding", b"chunked");
         Framing::Chunked
     };
     if !head.has_date() {
-        DATE.with(|d| put_field(out, b"date", d.borrow_mut().now()));
+        DATE.with(|d| fields::put(out, b"date", d.borrow_mut().now()));
     }
     if !keep {
-        put_field(out, b"connection", b"close");
+        fields::put(out, b"connection", b"close");
     }
     out.put_slice(b"\r\n");
     if matches!(framing, Framing::None) {
@@ -377,16 +377,9 @@ async fn put_data<I: AsyncWrite + Unpin>(
 fn put_trailers(out: &mut BytesMut, head: &impl WireHead, fields: &HeaderMap) {
     for (name, value) in fields {
         if head.announces(name.as_str()) {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-}
-
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {

@@ -1,7 +1,7 @@
 //! Header fields where they sit in a message head's bytes, and the few names tokengate acts on,
 //! recognised once per field when the head is parsed.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
@@ -96,6 +96,12 @@ impl Field {
         &head[self.value_range()]
     }
 
+    /// True for an `Other` field called `name` (any letter case): a name tokengate was
+    /// configured with, such as the request id header.
+    pub fn is(&self, head: &[u8], name: &HeaderName) -> bool {
+        self.known == Known::Other && self.name(head).eq_ignore_ascii_case(name.as_str().as_bytes())
+    }
+
     /// Where the value sits in the head, to slice it out of the head's `Bytes` without a copy.
     pub fn value_range(&self) -> std::ops::Range<usize> {
         self.value.0 as usize..self.value.1 as usize
@@ -113,6 +119,14 @@ pub fn record(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut Fields) {
     for f in parsed {
         out.push(Field { name: span(f.name.as_bytes()), value: span(f.value), known: Known::of(f.name.as_bytes()) });
     }
+}
+
+/// Appends one `name: value` field line to a head under construction.
+pub fn put(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
 }
 
 /// The comma-separated tokens of a field value (RFC 9110 §5.6.1), trimmed, empty ones skipped.
