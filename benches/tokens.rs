@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("template_render", |b| b.iter(|| response.render(black_box(&ctx)).unwrap()));
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000);
+    let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000).unwrap();
     let names = [HeaderName::from_static("cookie"), HeaderName::from_static("authorization")];
     let mut headers = HeaderMap::new();
     headers.insert("cookie", HeaderValue::from_static("session=0123456789abcdef0123456789abcdef; theme=dark"));
@@ -74,6 +74,7 @@ fn bench(c: &mut Criterion) {
     let limit = tokengate::ratelimit::RateLimit::build(
         "bench",
         &serde_json::from_value(json!({"key": "client_ip", "rate": 1_000_000_000u32, "per": "1s"})).unwrap(),
+        &tokengate::shelf::Shelf::default(),
     )
     .unwrap();
     c.bench_function("ratelimit_check_hot_key", |b| b.iter(|| limit.check_key(black_box(b"203.0.113.7"))));

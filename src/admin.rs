@@ -1,16 +1,15 @@
 //! The admin listener (SPEC §4): `/metrics`, `/healthz`, `/readyz` open; `/admin/*` behind
 //! `admin_token` (or loopback peers only when none is set). Never served on the public port.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::app::State;
 use crate::body::{self, Body, RequestBody};
 use crate::error::json_error;
 use crate::proxy::ConnInfo;
+use crate::state::State;
 
 /// Serves one request on the admin listener.
 pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
@@ -29,9 +28,9 @@ pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo
     }
     match path {
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
-        "/.well-known/jwks.json" => crate::stack::jwks_response(&state.gateway.load().jwks),
+        "/.well-known/jwks.json" => state.gateway.load().jwks_response(),
         "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+        "/readyz" if state.is_ready() => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"shutting down\n".to_vec()),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
@@ -69,11 +68,7 @@ async fn revoke(state: &State, req: Request<RequestBody>) -> Response<Body> {
     let Some(user) = user.filter(|u| !u.is_empty()) else {
         return json_error(StatusCode::BAD_REQUEST, "invalid_request", "expected {\"user\": \"<id>\"}");
     };
-    let gateway = state.gateway.load();
-    for hook in gateway.hooks.values() {
-        hook.forget_user(&user);
-    }
-    gateway.routes.forget_user(&user);
+    state.stores.forget_user(&user);
     tracing::info!(user = %user, "revoked cached identities and tokens");
     let mut resp =
         text(StatusCode::OK, "application/json", serde_json::json!({ "revoked": user }).to_string().into_bytes());

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
 use crate::config;
-use crate::server::{self, ServeOptions};
+use crate::server::{self, ConnSettings};
 
 /// The bundled quickstart config.
 pub const QUICKSTART: &str = include_str!("../config/quickstart.yaml");
@@ -35,28 +35,24 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
     let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
     let sessions: Sessions = Arc::default();
     let backend_stop = CancellationToken::new();
-    let opts = ServeOptions {
-        max_header_bytes: 64 * 1024,
-        header_read_timeout: std::time::Duration::from_secs(10),
-        max_connections: 1024,
-        tls: None,
-        open_connections: None,
-    };
+    let settings = Arc::new(ConnSettings::new(64 * 1024, std::time::Duration::from_secs(10), 1024, None));
     tokio::spawn(server::serve(
         backend,
-        opts,
+        settings,
+        Arc::default(),
         move |req, _| sample_backend(sessions.clone(), req),
         backend_stop.clone(),
     ));
 
     let mut loaded = config::load_str(QUICKSTART, "quickstart.yaml", Path::new(".")).map_err(|e| e.to_string())?;
-    loaded.config.upstream.url = format!("http://{backend_addr}");
+    let url = |path: &str| format!("http://{backend_addr}{path}").parse::<config::HttpUrl>();
+    loaded.config.upstream.url = url("")?;
     if let Some(hook) = loaded.config.auth_hooks.get_mut("session") {
-        hook.url = Some(format!("http://{backend_addr}/api/me"));
+        hook.url = Some(url("/api/me")?);
     }
     loaded.config.listen = free_or_any("127.0.0.1:8080");
     loaded.config.admin_listen = free_or_any("127.0.0.1:9901");
-    let app = crate::App::bind(loaded).await.map_err(|e| e.to_string())?;
+    let app = crate::App::bind(loaded, config::Overrides::default()).await.map_err(|e| e.to_string())?;
     let (public, admin) = (app.public_addr(), app.admin_addr());
     let tries = [
         (
@@ -88,10 +84,10 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
 
 /// The preferred address if it is free, else an ephemeral port on the same host.
 fn free_or_any(preferred: &str) -> SocketAddr {
-    let addr: SocketAddr = preferred.parse().expect("a literal address");
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => addr,
-        Err(_) => SocketAddr::new(addr.ip(), 0),
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    match preferred.parse::<SocketAddr>() {
+        Ok(addr) if std::net::TcpListener::bind(addr).is_ok() => addr,
+        _ => any,
     }
 }
 
@@ -113,7 +109,7 @@ async fn sample_backend(sessions: Sessions, req: Request<crate::body::RequestBod
                 email: format!("{user}@example.com"),
                 avatar_url: format!("https://avatars.example.com/{user}.png"),
             };
-            sessions.lock().expect("sessions lock").insert(session.clone(), profile);
+            sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(session.clone(), profile);
             let mut resp = reply(StatusCode::OK, "application/json", format!("{{\"logged_in\":\"{user}\"}}\n"));
             if let Ok(v) = HeaderValue::from_str(&format!("session={session}; Path=/; HttpOnly; SameSite=Lax")) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -128,7 +124,8 @@ async fn sample_backend(sessions: Sessions, req: Request<crate::body::RequestBod
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(';'))
                 .find_map(|c| c.trim().strip_prefix("session="));
-            let user = session.and_then(|s| sessions.lock().expect("sessions lock").get(s).cloned());
+            let user = session
+                .and_then(|s| sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(s).cloned());
             match user {
                 Some(u) => reply(StatusCode::OK, "application/json", serde_json::to_string(&u).unwrap_or_default()),
                 None => reply(StatusCode::UNAUTHORIZED, "application/json", "{\"error\":\"not logged in\"}".into()),

@@ -247,7 +247,7 @@ pub fn generate_pem(algorithm: Algorithm) -> Result<String, String> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
     for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push_str(&String::from_utf8_lossy(line));
         pem.push('\n');
     }
     pem.push_str("-----END PRIVATE KEY-----\n");

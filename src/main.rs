@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             let Some(path) = &cli.config else {
                 return usage("check needs --config FILE (or TOKENGATE_CONFIG)");
             };
-            match tokengate::app::load(path) {
+            match tokengate::gateway::load(path) {
                 Ok(_) => {
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
@@ -98,17 +98,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            let mut loaded = loaded;
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            loaded.config.workers = Some(cli.workers.or(loaded.config.workers).unwrap_or(cores).max(1));
+            let overrides = config::Overrides { workers: cli.workers, default_workers: cores };
             with_runtime(&cli, async move {
-                let app = tokengate::App::bind(loaded).await.map_err(|e| tokengate::error::chain(&e))?;
-                tracing::info!(listen = %app.public_addr(), admin = %app.admin_addr(), "tokengate listening");
-                let stop = app.shutdown_token();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    stop.cancel();
-                });
+                // Before anything else: SIGHUP's default action would end the process.
+                let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+                let app = tokengate::App::bind(loaded, overrides).await.map_err(|e| tokengate::error::chain(&e))?;
+                tracing::info!(
+                    listen = %app.public_addr(),
+                    admin = %app.admin_addr(),
+                    hash = app.state().gateway.load().hash(),
+                    "tokengate listening"
+                );
+                tokio::spawn(signals.dispatch(app.shutdown_token(), app.reload_handle()));
                 app.run().await;
                 Ok(())
             })
@@ -116,7 +118,7 @@ fn main() -> ExitCode {
         Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
         Command::Jwks => {
             let Some(path) = &cli.config else { return usage("jwks needs --config FILE (or TOKENGATE_CONFIG)") };
-            match tokengate::app::load(path) {
+            match tokengate::gateway::load(path) {
                 Ok(gateway) => {
                     println!("{}", String::from_utf8_lossy(&gateway.jwks));
                     ExitCode::SUCCESS
@@ -129,15 +131,18 @@ fn main() -> ExitCode {
         }
         Command::Mint { route, user_id, sets } => {
             let Some(path) = &cli.config else { return usage("mint needs --config FILE (or TOKENGATE_CONFIG)") };
-            let gateway = match tokengate::app::load(path) {
+            let gateway = match tokengate::gateway::load(path) {
                 Ok(g) => g,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::from(1);
                 }
             };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            match runtime.block_on(tokengate::token::preview(&gateway, route, user_id, sets)) {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return usage(&format!("cannot start the runtime: {e}")),
+            };
+            match runtime.block_on(tokengate::token::preview(&gateway.routes, route, user_id, sets)) {
                 Ok((status, body)) => {
                     println!("{body}");
                     if status.is_success() {
@@ -155,12 +160,9 @@ fn main() -> ExitCode {
                 std::env::set_var("TOKENGATE_SECRET", uuid::Uuid::new_v4().simple().to_string());
             }
             with_runtime(&cli, async {
+                let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let stop = tokio_util::sync::CancellationToken::new();
-                let s = stop.clone();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    s.cancel();
-                });
+                tokio::spawn(signals.dispatch(stop.clone(), None));
                 tokengate::demo::run(stop).await
             })
         }
@@ -225,12 +227,42 @@ fn with_runtime(cli: &Cli, main: impl std::future::Future<Output = Result<(), St
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+/// The signals `run` answers: SIGTERM and SIGINT shut down, SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Cancels `stop` on SIGTERM or SIGINT; asks `reload` for a reload on each SIGHUP.
+    async fn dispatch(
+        mut self,
+        stop: tokio_util::sync::CancellationToken,
+        reload: Option<tokengate::reload::ReloadHandle>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break tracing::info!("SIGTERM received"),
+                _ = self.int.recv() => break tracing::info!("SIGINT received"),
+                _ = self.hup.recv() => match &reload {
+                    Some(r) => {
+                        tracing::info!("SIGHUP received: reloading");
+                        r.request();
+                    }
+                    None => tracing::warn!("SIGHUP received, but there is no config file to reload"),
+                },
+            }
+        }
+        stop.cancel();
     }
 }

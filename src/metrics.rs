@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from loopback mints to slow upstreams.
@@ -26,6 +26,11 @@ pub struct Metrics {
     pub auth_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
+    /// Unix time of the last config put in service (the first load counts).
+    pub config_last_reload_success_timestamp_seconds: Gauge,
+    /// 1 for the config in service, labelled with its hash; nothing else.
+    pub config_info: IntGaugeVec,
+    pub config_reload_duration_seconds: Histogram,
     pub open_connections: IntGauge,
     /// Pre-resolved handles for forwarded traffic (`route="proxy"`), the hot path.
     pub proxy: RouteMetrics,
@@ -93,6 +98,27 @@ impl Metrics {
         );
         let request_duration_seconds =
             histogram(&r, "tokengate_request_duration_seconds", "Time to response headers, by route", &["route"]);
+        let config_last_reload_success_timestamp_seconds = Gauge::new(
+            "tokengate_config_last_reload_success_timestamp_seconds",
+            "Unix time the config in service was loaded",
+        )
+        .expect("valid metric");
+        r.register(Box::new(config_last_reload_success_timestamp_seconds.clone())).expect("unique metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_config_info",
+                "The config in service: 1, labelled with the first 12 hex digits of its SHA-256",
+            ),
+            &["hash"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(config_info.clone())).expect("unique metric");
+        let config_reload_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new("tokengate_config_reload_duration_seconds", "Time to load, check and compile a config")
+                .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(config_reload_duration_seconds.clone())).expect("unique metric");
         let m = Self {
             proxy: RouteMetrics::new("proxy", &requests_total, &request_duration_seconds),
             requests_total,
@@ -125,6 +151,9 @@ impl Metrics {
                 &["limit"],
             ),
             config_reloads_total: counter(&r, "tokengate_config_reloads_total", "Config reloads", &["result"]),
+            config_last_reload_success_timestamp_seconds,
+            config_info,
+            config_reload_duration_seconds,
             open_connections,
             registry: r,
         };
@@ -136,6 +165,14 @@ impl Metrics {
             m.upstream_errors_total.with_label_values(&[kind]);
         }
         m
+    }
+
+    /// Records that the config with `hash` is now in service.
+    pub fn config_in_service(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.config_last_reload_success_timestamp_seconds.set(now.as_secs_f64());
     }
 
     /// The Prometheus text format (0.0.4).

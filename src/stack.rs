@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::app::{Gateway, State};
 use crate::body::{Body, RequestBody};
 use crate::error::rescue;
 use crate::error::Error;
+use crate::gateway::Gateway;
 use crate::proxy::relay::RequestId;
 use crate::proxy::{headers, ConnInfo};
 use crate::ratelimit::LimitInput;
 use crate::server::{Reply, Service};
+use crate::state::State;
 use crate::token::{check_limits, Outcome};
 use crate::wire::request::RequestHead;
 
@@ -22,15 +23,6 @@ use crate::wire::request::RequestHead;
 const PROXY_ROUTE: &str = "proxy";
 /// The `route` label for the public JWK set (`jwks_path`).
 const JWKS_ROUTE: &str = "jwks";
-
-/// The JWK set as served on `jwks_path` and the admin listener.
-pub fn jwks_response(jwks: &bytes::Bytes) -> Response<Body> {
-    let mut resp = Response::new(crate::body::full(jwks.clone()));
-    let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/jwk-set+json"));
-    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=300"));
-    resp
-}
 
 /// The public listener's service.
 #[derive(Clone)]
@@ -97,7 +89,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
         let resp = Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics)).await;
         (route.name.as_str(), resp)
     } else if gateway.config.jwks_path.as_deref() == Some(path) {
-        (JWKS_ROUTE, jwks_response(&gateway.jwks))
+        (JWKS_ROUTE, gateway.jwks_response())
     } else {
         let resp = match proxy_limits(&gateway, &req, &conn, &state) {
             Some(refused) => refused,

@@ -42,17 +42,18 @@ pub struct AuthCache {
 }
 
 impl AuthCache {
-    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: u64) -> Self {
+    /// An empty cache under a fresh random key; fails only if the system RNG does.
+    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: u64) -> Result<Self, String> {
         let mut secret = [0u8; 32];
-        SystemRandom::new().fill(&mut secret).expect("the system RNG works");
-        Self {
+        SystemRandom::new().fill(&mut secret).map_err(|_| "the system random number generator failed".to_owned())?;
+        Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             entries: moka::future::Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(ByDecision { ttl, negative_ttl })
                 .support_invalidation_closures()
                 .build(),
-        }
+        })
     }
 
     /// The cache key of a request: HMAC over the names and values of the forwarded headers.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Uri};
+use http::Request;
 use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::DecodingKey;
 use tokio::sync::Mutex;
 
 use crate::body::UpstreamBody;
+use crate::config::HttpUrl;
 use crate::proxy::pool::Pool;
 
 const REFETCH_EVERY: Duration = Duration::from_secs(5);
@@ -22,8 +23,9 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Keys by `kid`.
 type Keys = HashMap<String, Arc<DecodingKey>>;
 
+/// An IdP's keys, fetched from its JWKS URL.
 pub struct JwksKeys {
-    uri: Uri,
+    url: HttpUrl,
     pool: Pool,
     timeout: Duration,
     keys: ArcSwap<Keys>,
@@ -32,8 +34,8 @@ pub struct JwksKeys {
 }
 
 impl JwksKeys {
-    pub fn new(uri: Uri, pool: Pool, timeout: Duration) -> Self {
-        Self { uri, pool, timeout, keys: ArcSwap::default(), last_fetch: Mutex::new(None) }
+    pub fn new(url: HttpUrl, pool: Pool, timeout: Duration) -> Self {
+        Self { url, pool, timeout, keys: ArcSwap::default(), last_fetch: Mutex::new(None) }
     }
 
     /// The key for `kid`, refetching the set when it is unknown (rate-limited).
@@ -57,7 +59,7 @@ impl JwksKeys {
     }
 
     async fn fetch(&self) -> Result<Keys, String> {
-        let req: Request<UpstreamBody> = crate::proxy::pool::origin_request(http::Method::GET, &self.uri)
+        let req: Request<UpstreamBody> = crate::proxy::pool::origin_request(http::Method::GET, &self.url)
             .body(http_body_util::Either::Right(Default::default()))
             .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(self.timeout, self.pool.send(req))

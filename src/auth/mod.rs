@@ -8,21 +8,22 @@
 
 mod cache;
 mod identity;
-mod jwks;
+pub mod jwks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Uri};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use crate::body::UpstreamBody;
-use crate::config::{AuthHookConfig, AuthHookType, FieldError, Secret};
+use crate::config::{AuthHookConfig, AuthHookType, FieldError, HttpUrl, Secret};
 use crate::metrics::Metrics;
-use crate::proxy::pool::Pool;
+use crate::proxy::pool::{Pool, PoolKey};
+use crate::shelf::Shelf;
 pub use cache::AuthCache;
 pub use identity::{Identity, IdentitySource};
 
@@ -50,17 +51,28 @@ pub struct AuthRequest<'a> {
 }
 
 enum Kind {
-    Http { uri: Uri, method: Method, forward: Vec<HeaderName>, timeout: Duration, pool: Pool },
+    // Boxed: built once, and the other kinds are small.
+    Http(Box<HttpHook>),
     ApiKey { header: HeaderName, keys: Vec<Secret> },
     // Boxed: jsonwebtoken's Validation is large, and hooks are built once.
     Jwt { keys: Box<JwtKeys>, validation: Box<jsonwebtoken::Validation> },
     None,
 }
 
+/// A session-endpoint hook: where to ask, what to pass on, and its cache of answers.
+struct HttpHook {
+    url: HttpUrl,
+    method: Method,
+    forward: Vec<HeaderName>,
+    timeout: Duration,
+    pool: Pool,
+    cache: Arc<AuthCache>,
+}
+
 /// Where a `jwt` hook's verification keys come from.
 enum JwtKeys {
     Static(jsonwebtoken::DecodingKey),
-    Jwks(jwks::JwksKeys),
+    Jwks(Arc<jwks::JwksKeys>),
 }
 
 /// One configured auth hook.
@@ -68,7 +80,6 @@ pub struct Hook {
     pub name: String,
     kind: Kind,
     identity: Vec<(String, IdentitySource)>,
-    cache: Option<AuthCache>,
 }
 
 impl std::fmt::Debug for Hook {
@@ -77,9 +88,47 @@ impl std::fmt::Debug for Hook {
     }
 }
 
+/// What makes an auth cache reusable by a new config: the same hook asking the same endpoint
+/// the same way, mapping the answer to the same identity, with the same cache settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuthShape {
+    hook: String,
+    url: String,
+    method: Method,
+    forward: Vec<HeaderName>,
+    identity: Vec<(String, String)>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: u64,
+}
+
+/// An IdP's JWK set is kept across reloads while the hook and its URL stay the same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct JwksShape {
+    hook: String,
+    url: String,
+    timeout: Duration,
+}
+
+/// The shelves auth hooks keep their long-lived parts on.
+pub struct HookStores<'a> {
+    pub caches: &'a Shelf<AuthShape, Arc<AuthCache>>,
+    pub pools: &'a Shelf<PoolKey, Pool>,
+    pub jwks: &'a Shelf<JwksShape, Arc<jwks::JwksKeys>>,
+}
+
+/// Session endpoints and IdPs are kept alive this long between calls.
+const HOOK_POOL_IDLE: Duration = Duration::from_secs(90);
+
 impl Hook {
-    /// Builds a hook from validated config, with its own connection pool to the session endpoint.
-    pub fn build(name: &str, cfg: &AuthHookConfig, connect_timeout: Duration) -> Result<Self, FieldError> {
+    /// Builds a hook from validated config; its cache, connection pool and JWK set come from
+    /// `stores`.
+    pub fn build(
+        name: &str,
+        cfg: &AuthHookConfig,
+        connect_timeout: Duration,
+        stores: &HookStores<'_>,
+    ) -> Result<Self, FieldError> {
         let at = |key: &str, reason: String| FieldError::new(format!("auth_hooks.{name}.{key}"), reason);
         let identity = cfg
             .identity
@@ -91,40 +140,46 @@ impl Hook {
         if !identity.iter().any(|(f, _)| f == "id") {
             return Err(at("identity", "must say where `id` comes from".into()));
         }
+        let timeout = cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2));
+        let pool_for = |url: &HttpUrl| {
+            let key = PoolKey { addr: url.addr().to_owned(), connect_timeout, idle_timeout: HOOK_POOL_IDLE };
+            Pool::shared(stores.pools, key)
+        };
         let kind = match cfg.kind {
             AuthHookType::Http => {
-                let uri: Uri = cfg.url.as_deref().unwrap_or_default().parse().map_err(|e| at("url", format!("{e}")))?;
-                let pool = Pool::new(crate::proxy::authority_addr(&uri), connect_timeout, Duration::from_secs(90));
-                Kind::Http {
-                    uri,
-                    method: cfg
-                        .method
-                        .as_deref()
-                        .unwrap_or("GET")
-                        .parse()
-                        .map_err(|_| at("method", "invalid method".into()))?,
-                    forward: cfg
-                        .forward_headers
-                        .iter()
-                        .map(|h| {
-                            HeaderName::from_bytes(h.as_bytes())
-                                .map_err(|_| at("forward_headers", format!("invalid header {h:?}")))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    timeout: cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2)),
-                    pool,
-                }
+                let url = cfg.url.clone().ok_or_else(|| at("url", "missing required key for type http".into()))?;
+                let method = cfg.method.as_ref().map_or(Method::GET, |m| m.0.clone());
+                let forward: Vec<HeaderName> = cfg.forward_headers.iter().map(|h| h.0.clone()).collect();
+                let c = cfg.cache.clone().unwrap_or_default();
+                let shape = AuthShape {
+                    hook: name.to_owned(),
+                    url: url.to_string(),
+                    method: method.clone(),
+                    forward: forward.clone(),
+                    identity: cfg.identity.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    ttl: c.ttl.0,
+                    negative_ttl: c.negative_ttl.0,
+                    max_entries: c.max_entries,
+                };
+                let cache = stores
+                    .caches
+                    .try_take(shape, || AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries).map(Arc::new))
+                    .map_err(|e| at("cache", e))?;
+                Kind::Http(Box::new(HttpHook { pool: pool_for(&url), url, method, forward, timeout, cache }))
             }
             AuthHookType::ApiKey => Kind::ApiKey {
-                header: HeaderName::from_bytes(cfg.header.as_deref().unwrap_or_default().as_bytes())
-                    .map_err(|_| at("header", "invalid header name".into()))?,
+                header: cfg
+                    .header
+                    .as_ref()
+                    .map(|h| h.0.clone())
+                    .ok_or_else(|| at("header", "missing required key for type api_key".into()))?,
                 keys: cfg.keys.clone(),
             },
             AuthHookType::Jwt => {
                 let algs: Vec<jsonwebtoken::Algorithm> = cfg.algorithms.iter().map(|a| a.to_jsonwebtoken()).collect();
-                let keys = match (&cfg.secret, &cfg.public_key_file) {
-                    (Some(s), _) => JwtKeys::Static(jsonwebtoken::DecodingKey::from_secret(s.expose().as_bytes())),
-                    (None, Some(file)) => {
+                let keys = match (&cfg.secret, &cfg.public_key_file, &cfg.jwks_url) {
+                    (Some(s), _, _) => JwtKeys::Static(jsonwebtoken::DecodingKey::from_secret(s.expose().as_bytes())),
+                    (None, Some(file), _) => {
                         let pem =
                             std::fs::read(file).map_err(|e| at("public_key_file", format!("cannot read: {e}")))?;
                         let family = algs.first().map(|a| a.family());
@@ -137,23 +192,13 @@ impl Hook {
                         .map(JwtKeys::Static)
                         .map_err(|e| at("public_key_file", format!("not a PEM public key: {e}")))?
                     }
-                    (None, None) => {
-                        let uri: Uri = cfg
-                            .jwks_url
-                            .as_deref()
-                            .unwrap_or_default()
-                            .parse()
-                            .map_err(|e| at("jwks_url", format!("{e}")))?;
-                        if uri.scheme_str() != Some("http") {
-                            return Err(at(
-                                "jwks_url",
-                                "only http:// JWKS URLs are supported (no TLS client yet)".into(),
-                            ));
-                        }
-                        let pool =
-                            Pool::new(crate::proxy::authority_addr(&uri), connect_timeout, Duration::from_secs(90));
-                        let timeout = cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2));
-                        JwtKeys::Jwks(jwks::JwksKeys::new(uri, pool, timeout))
+                    (None, None, Some(url)) => {
+                        let shape = JwksShape { hook: name.to_owned(), url: url.to_string(), timeout };
+                        let make = || Arc::new(jwks::JwksKeys::new(url.clone(), pool_for(url), timeout));
+                        JwtKeys::Jwks(stores.jwks.take(shape, make))
+                    }
+                    (None, None, None) => {
+                        return Err(at("jwks_url", "give exactly one of jwks_url, public_key_file, secret".into()))
                     }
                 };
                 let mut validation =
@@ -172,21 +217,16 @@ impl Hook {
             }
             AuthHookType::None => Kind::None,
         };
-        let cache = match (&kind, &cfg.cache) {
-            (Kind::Http { .. }, Some(c)) => Some(AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries)),
-            (Kind::Http { .. }, None) => Some(AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000)),
-            _ => None,
-        };
-        Ok(Self { name: name.to_owned(), kind, identity, cache })
+        Ok(Self { name: name.to_owned(), kind, identity })
     }
 
     /// Decides who is calling. Never returns an identity without an `id`.
     pub async fn authenticate(&self, req: &AuthRequest<'_>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
         let result = match &self.kind {
-            Kind::Http { forward, .. } => {
-                let cache = self.cache.as_ref().expect("http hooks always have a cache");
-                let key = cache.key(forward, req.headers);
-                let (outcome, called) = cache.get_or_call(key, || self.call_http(req.headers, metrics)).await;
+            Kind::Http(hook) => {
+                let key = hook.cache.key(&hook.forward, req.headers);
+                let call = || hook.call(&self.name, &self.identity, req.headers, metrics);
+                let (outcome, called) = hook.cache.get_or_call(key, call).await;
                 let result_label = if called { "miss" } else { "hit" };
                 metrics.auth_cache_total.with_label_values(&[&self.name, result_label]).inc();
                 outcome
@@ -239,13 +279,6 @@ impl Hook {
         self.count(result, metrics)
     }
 
-    /// Forgets every cached identity of `user_id` (logout, `/admin/revoke`).
-    pub fn forget_user(&self, user_id: &str) {
-        if let Some(cache) = &self.cache {
-            cache.forget_user(user_id);
-        }
-    }
-
     /// Counts the decision in `tokengate_auth_hook_total` and passes it on.
     fn count(&self, result: Result<Arc<Identity>, AuthError>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
         let outcome = match &result {
@@ -256,14 +289,20 @@ impl Hook {
         metrics.auth_hook_total.with_label_values(&[&self.name, outcome]).inc();
         result
     }
+}
 
+impl HttpHook {
     /// One subrequest to the session endpoint: Ok(Some) allow, Ok(None) deny, Err fail.
-    async fn call_http(&self, headers: &HeaderMap, metrics: &Metrics) -> Result<Option<Arc<Identity>>, String> {
-        let Kind::Http { uri, method, forward, timeout, pool } = &self.kind else {
-            unreachable!("only http hooks call out")
-        };
-        let mut req = crate::proxy::pool::origin_request(method.clone(), uri);
-        for name in forward {
+    async fn call(
+        &self,
+        hook: &str,
+        mapping: &[(String, IdentitySource)],
+        headers: &HeaderMap,
+        metrics: &Metrics,
+    ) -> Result<Option<Arc<Identity>>, String> {
+        let (timeout, pool) = (&self.timeout, &self.pool);
+        let mut req = crate::proxy::pool::origin_request(self.method.clone(), &self.url);
+        for name in &self.forward {
             for value in headers.get_all(name) {
                 req = req.header(name, value);
             }
@@ -285,7 +324,7 @@ impl Hook {
             Ok::<_, String>((parts, bytes))
         })
         .await;
-        metrics.auth_hook_duration_seconds.with_label_values(&[&self.name]).observe(start.elapsed().as_secs_f64());
+        metrics.auth_hook_duration_seconds.with_label_values(&[hook]).observe(start.elapsed().as_secs_f64());
         let (parts, bytes) = answer.map_err(|_| format!("no answer within {timeout:?}"))??;
         match parts.status.as_u16() {
             200..=299 => {
@@ -294,7 +333,7 @@ impl Hook {
                 } else {
                     serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))?
                 };
-                let identity = identity::extract_from_answer(&self.identity, &body, &parts.headers)?;
+                let identity = identity::extract_from_answer(mapping, &body, &parts.headers)?;
                 Ok(Some(Arc::new(identity)))
             }
             401 | 403 => Ok(None),

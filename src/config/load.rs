@@ -43,6 +43,15 @@ impl fmt::Display for FieldError {
 pub struct ConfigErrors {
     pub origin: String,
     pub errors: Vec<FieldError>,
+    /// The files the load read or tried to read besides the config file itself, so that a
+    /// reload can watch for the one that was missing.
+    pub files: Vec<PathBuf>,
+}
+
+impl ConfigErrors {
+    pub fn new(origin: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        Self { origin: origin.into(), errors, files: Vec::new() }
+    }
 }
 
 impl fmt::Display for ConfigErrors {
@@ -57,51 +66,87 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// A loaded, validated config and every file it was read from (watched for reload).
+/// A loaded, validated config, where it came from, and every other file it was read from.
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub config: Config,
+    /// The config file, when it came from one (a reload reads it again).
+    pub path: Option<PathBuf>,
+    /// Files besides the config file that went into it (`*_file` secrets, TLS material,
+    /// public keys): a change to any of them is a change of config.
     pub files: Vec<PathBuf>,
+    /// SHA-256 of the config text and of those files' contents, hex: which config this is.
+    pub digest: String,
 }
 
 /// Loads and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        origin: origin.clone(),
-        errors: vec![FieldError::new("", format!("cannot read: {e}"))],
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::new(origin.clone(), vec![FieldError::new("", format!("cannot read: {e}"))]))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut loaded = load_str(&text, &origin, base)?;
-    loaded.files.insert(0, path.to_path_buf());
+    loaded.path = Some(path.to_path_buf());
     Ok(loaded)
 }
 
 /// Loads and validates config text; relative `*_file` paths are resolved against `base`.
 pub fn load_str(text: &str, origin: &str, base: &Path) -> Result<Loaded, ConfigErrors> {
-    let fail = |errors| ConfigErrors { origin: origin.to_owned(), errors };
+    let mut files = Vec::new();
+    let result = parse(text, base, &mut files);
+    match result {
+        Ok(config) => {
+            let digest = digest(text.as_bytes(), &files);
+            Ok(Loaded { config, path: None, files, digest })
+        }
+        Err(errors) => Err(ConfigErrors { origin: origin.to_owned(), errors, files }),
+    }
+}
+
+/// YAML → substitution → `*_file` secrets → typed structs → paths resolved → validation.
+/// `files` receives every file read or tried.
+fn parse(text: &str, base: &Path, files: &mut Vec<PathBuf>) -> Result<Config, Vec<FieldError>> {
     let mut tree: Value =
-        serde_saphyr::from_str(text).map_err(|e| fail(vec![FieldError::new("", format!("invalid YAML: {e}"))]))?;
+        serde_saphyr::from_str(text).map_err(|e| vec![FieldError::new("", format!("invalid YAML: {e}"))])?;
     if tree.is_null() {
         tree = Value::Object(Map::new());
     }
     let mut errors = Vec::new();
     substitute_tree(&mut tree, &mut String::new(), &mut errors);
-    let mut files = Vec::new();
-    read_file_twins(&mut tree, &mut String::new(), base, &mut files, &mut errors);
-    let config = deserialize_collecting(tree, &mut errors);
-    if let Some(config) = &config {
-        if errors.is_empty() {
-            errors.extend(super::validate::validate(config, base));
+    read_file_twins(&mut tree, &mut String::new(), base, files, &mut errors);
+    let Some(mut config) = deserialize_collecting(tree, &mut errors) else {
+        return Err(errors);
+    };
+    super::validate::resolve_paths(&mut config, base);
+    files.extend(super::validate::referenced_files(&config));
+    if errors.is_empty() {
+        errors.extend(super::validate::validate(&config));
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// SHA-256, hex, of `text` and of each file's content in order (a missing file counts as
+/// such): the same inputs give the same digest on every replica.
+pub fn digest(text: &[u8], files: &[PathBuf]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(text);
+    for file in files {
+        ctx.update(&[0]);
+        ctx.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(content) => {
+                ctx.update(&[1]);
+                ctx.update(&(content.len() as u64).to_be_bytes());
+                ctx.update(&content);
+            }
+            Err(_) => ctx.update(&[2]),
         }
     }
-    match config {
-        Some(config) if errors.is_empty() => {
-            files.extend(super::validate::referenced_files(&config, base));
-            Ok(Loaded { config, files })
-        }
-        _ => Err(fail(errors)),
-    }
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -216,6 +261,7 @@ fn read_file_twins(
                     continue;
                 }
                 let full = base.join(&file);
+                files.push(full.clone());
                 match std::fs::read_to_string(&full) {
                     Ok(content) => {
                         let value = if *twin == "keys" {
@@ -229,7 +275,6 @@ fn read_file_twins(
                             Value::String(content.trim_end_matches(['\r', '\n']).to_owned())
                         };
                         map.insert((*twin).to_owned(), value);
-                        files.push(full);
                     }
                     Err(e) => errors.push(FieldError::new(key_path, format!("cannot read {}: {e}", full.display()))),
                 }

@@ -6,6 +6,7 @@
 
 mod load;
 mod secret;
+mod typed;
 pub mod units;
 mod validate;
 
@@ -17,12 +18,13 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use load::{load_file, load_str, schema, ConfigErrors, FieldError, Loaded};
+pub use load::{digest, load_file, load_str, schema, ConfigErrors, FieldError, Loaded};
 pub use secret::Secret;
+pub use typed::{FieldName, HttpUrl, MethodName};
 use units::{ByteSize, Duration, SignedDuration};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The app's public port.
@@ -67,6 +69,28 @@ pub struct Config {
     pub shared_state: Option<SharedStateConfig>,
 }
 
+/// What the command line pins for every load of the file, the first and each reload.
+#[derive(Clone, Copy, Debug)]
+pub struct Overrides {
+    /// `--workers`: wins over `workers:`.
+    pub workers: Option<usize>,
+    /// Worker threads when neither says (all cores for `tokengate run`).
+    pub default_workers: usize,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self { workers: None, default_workers: 1 }
+    }
+}
+
+impl Overrides {
+    /// The worker threads a process started with `config` runs.
+    pub fn workers(&self, config: &Config) -> usize {
+        self.workers.or(config.workers).unwrap_or(self.default_workers).max(1)
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -74,18 +98,18 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The app backend, `http://host:port` (no path).
-    pub url: String,
+    pub url: HttpUrl,
     #[serde(default = "d2s")]
     pub connect_timeout: Duration,
     /// Until response headers; bodies stream without limit.
@@ -123,7 +147,7 @@ pub enum XForwardedMode {
     Off,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingConfig {
     #[serde(default)]
@@ -134,11 +158,11 @@ pub struct ForwardingConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Kept if present, else generated (UUID v4); sent upstream and back.
     #[serde(default = "default_request_id_header")]
-    pub request_id_header: String,
+    pub request_id_header: FieldName,
 }
 
-fn default_request_id_header() -> String {
-    "x-request-id".into()
+fn default_request_id_header() -> FieldName {
+    FieldName(http::HeaderName::from_static("x-request-id"))
 }
 
 impl Default for ForwardingConfig {
@@ -151,7 +175,7 @@ impl Default for ForwardingConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// A larger request header block is answered 431.
@@ -212,7 +236,7 @@ impl Algorithm {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub id: String,
@@ -241,31 +265,31 @@ pub enum AuthHookType {
 }
 
 /// One auth hook. Which keys apply depends on `type`; `validate` checks them.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthHookConfig {
     #[serde(rename = "type")]
     pub kind: AuthHookType,
     /// http: the session endpoint.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<HttpUrl>,
     /// http: method of the subrequest.
     #[serde(default)]
-    pub method: Option<String>,
+    pub method: Option<MethodName>,
     /// http: request headers passed to the hook (and hashed into the cache key).
     #[serde(default)]
-    pub forward_headers: Vec<String>,
+    pub forward_headers: Vec<FieldName>,
     #[serde(default)]
     pub timeout: Option<Duration>,
     /// api_key: header carrying the key.
     #[serde(default)]
-    pub header: Option<String>,
+    pub header: Option<FieldName>,
     /// api_key: accepted keys, compared in constant time.
     #[serde(default)]
     pub keys: Vec<Secret>,
     /// jwt: where the IdP publishes its keys.
     #[serde(default)]
-    pub jwks_url: Option<String>,
+    pub jwks_url: Option<HttpUrl>,
     /// jwt: a static PEM public key.
     #[serde(default)]
     pub public_key_file: Option<PathBuf>,
@@ -285,7 +309,7 @@ pub struct AuthHookConfig {
     pub cache: Option<HookCacheConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HookCacheConfig {
     #[serde(default = "d30s")]
@@ -300,8 +324,14 @@ fn d100000() -> u64 {
     100_000
 }
 
+impl Default for HookCacheConfig {
+    fn default() -> Self {
+        Self { ttl: d30s(), negative_ttl: d2s(), max_entries: d100000() }
+    }
+}
+
 /// A GCRA limit: `rate` per `per`, bursts up to `burst`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `client_ip`, `user`, `route`, `global` or `header:NAME`.
@@ -315,14 +345,14 @@ pub struct RateLimitConfig {
     pub max_keys: Option<u64>,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
     /// Exact path; `{name}` captures one segment.
     pub path: String,
     #[serde(default = "default_methods")]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodName>,
     /// Name of an auth hook.
     pub auth: String,
     #[serde(default)]
@@ -339,11 +369,11 @@ pub struct RouteConfig {
     pub ledger: Option<RouteLedgerConfig>,
 }
 
-fn default_methods() -> Vec<String> {
-    vec!["POST".into()]
+fn default_methods() -> Vec<MethodName> {
+    vec![MethodName(http::Method::POST)]
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub key: String,
@@ -368,7 +398,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseConfig {
     #[serde(default = "d200")]
@@ -400,7 +430,7 @@ impl Default for ResponseConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorResponseConfig {
     #[serde(default = "default_content_type")]
@@ -408,7 +438,7 @@ pub struct ErrorResponseConfig {
     pub body: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteLedgerConfig {
     /// Claim names of the route's first token to record and make searchable.
@@ -423,7 +453,7 @@ pub enum LedgerType {
     Postgres,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
     #[serde(rename = "type")]
@@ -452,7 +482,7 @@ pub enum OnError {
     Deny,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedStateConfig {
     #[serde(rename = "type")]

@@ -28,9 +28,7 @@ impl ForwardRules {
         Self {
             mode: cfg.x_forwarded,
             trusted: cfg.trusted_proxies.clone(),
-            // validate() checked the name.
-            request_id: HeaderName::from_bytes(cfg.request_id_header.as_bytes())
-                .unwrap_or(HeaderName::from_static("x-request-id")),
+            request_id: cfg.request_id_header.0.clone(),
         }
     }
 
@@ -216,7 +214,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderVa
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+    // Hyphenated hex is always a valid field value.
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub(crate) mod h1;
 pub mod headers;
+mod idle;
 pub mod pool;
 pub mod pooled_body;
 pub mod relay;
@@ -13,16 +14,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, RequestBody, UpstreamBody};
-use crate::config::Config;
+use crate::config::{ForwardingConfig, UpstreamConfig};
 use crate::error::Error;
+use crate::shelf::Shelf;
 pub use headers::ForwardRules;
-use pool::Pool;
+use pool::{Pool, PoolKey};
 
 /// The pooled upstream connections and the rules for one config.
 pub struct Proxy {
@@ -44,22 +46,26 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        // An IP address in text is always a valid field value.
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         Self { peer, tls, peer_ip }
     }
 }
 
 impl Proxy {
-    /// Builds the pool once; `validate()` has checked the upstream URL.
-    pub fn new(config: &Config) -> Self {
-        let up = &config.upstream;
-        let uri: Uri = up.url.parse().expect("validated upstream url");
+    /// The forwarding rules of `upstream` and `forwarding`, over the pool for that upstream
+    /// from `pools` (the one in service when the address and timeouts are unchanged).
+    pub fn new(upstream: &UpstreamConfig, forwarding: &ForwardingConfig, pools: &Shelf<PoolKey, Pool>) -> Self {
+        let key = PoolKey {
+            addr: upstream.url.addr().to_owned(),
+            connect_timeout: upstream.connect_timeout.0,
+            idle_timeout: upstream.pool_idle_timeout.0,
+        };
         Self {
-            pool: Pool::new(authority_addr(&uri), up.connect_timeout.0, up.pool_idle_timeout.0),
-            host: HeaderValue::from_str(uri.authority().map(Authority::as_str).unwrap_or("localhost"))
-                .expect("an authority is a valid header value"),
-            response_timeout: up.response_timeout.0,
-            rules: ForwardRules::new(&config.forwarding),
+            pool: Pool::shared(pools, key),
+            host: upstream.url.host().clone(),
+            response_timeout: upstream.response_timeout.0,
+            rules: ForwardRules::new(forwarding),
         }
     }
 
@@ -124,10 +130,8 @@ impl Proxy {
 
         // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            let mut uri = http::uri::Parts::default();
-            uri.path_and_query =
-                Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-            parts.uri = Uri::from_parts(uri).expect("a path is a valid URI");
+            let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(target);
         }
 
         let body = match body {
@@ -136,12 +140,6 @@ impl Proxy {
         };
         Request::from_parts(parts, body)
     }
-}
-
-/// `host:port` of an `http://` URI (port 80 when absent).
-pub fn authority_addr(uri: &Uri) -> String {
-    let host = uri.host().unwrap_or("localhost");
-    format!("{host}:{}", uri.port_u16().unwrap_or(80))
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one.

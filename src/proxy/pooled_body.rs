@@ -12,7 +12,7 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::h1::decode::{DecodeError, Decoded, Decoder};
 use super::h1::Conn;
-use super::pool::Inner;
+use super::idle::Idle;
 use crate::body::UpstreamBody;
 use crate::wire::response::ResponseHead;
 
@@ -32,9 +32,9 @@ pub struct PooledBody(Kind);
 
 enum Kind {
     /// Read from tokengate's own connection by whoever polls the body.
-    Own { conn: Option<Conn>, decoder: Decoder, keep_alive: bool, upgrade: bool, pool: Arc<Inner> },
+    Own { conn: Option<Conn>, decoder: Decoder, keep_alive: bool, upgrade: bool, pool: Arc<Idle> },
     /// From hyper's client connection; the sender returns to the pool at the end.
-    Hyper { inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)> },
+    Hyper { inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Idle>)> },
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for PooledBody {
 impl PooledBody {
     /// The body of the response to `head`, read on `conn`. A 101 keeps the connection for the
     /// tunnel.
-    pub(super) fn own(conn: Conn, head: &ResponseHead, pool: Arc<Inner>) -> Self {
+    pub(super) fn own(conn: Conn, head: &ResponseHead, pool: Arc<Idle>) -> Self {
         let upgrade = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
         let kind = Kind::Own { conn: Some(conn), decoder: head.decoder, keep_alive: head.keep_alive, upgrade, pool };
         let mut body = Self(kind);
@@ -56,7 +56,7 @@ impl PooledBody {
         body
     }
 
-    pub(super) fn hyper(inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Inner>)>) -> Self {
+    pub(super) fn hyper(inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Idle>)>) -> Self {
         Self(Kind::Hyper { inner, back })
     }
 

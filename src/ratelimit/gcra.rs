@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// A limit's shape: `rate` requests per `per`, bursts up to `burst`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Quota {
     /// Time between two requests at the sustained rate (`per / rate`), in nanoseconds.
     pub emission_ns: u64,

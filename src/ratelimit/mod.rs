@@ -1,5 +1,6 @@
 //! Rate limits (SPEC §2 `rate_limits`): GCRA per key, keys `client_ip`, `user`, `route`,
-//! `global` or `header:NAME`. State lives in a bounded cache: a key idle for longer than its
+//! `global` or `header:NAME`. Counters live in a bounded store that outlives the config (a
+//! reload keeps them when the limit's shape is unchanged): a key idle for longer than its
 //! limit's horizon is forgotten (it would be as good as new anyway), and at most `max_keys`
 //! keys are tracked per limit, so a flood of distinct IPs or cookies cannot grow memory.
 
@@ -8,12 +9,13 @@ pub mod gcra;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName};
 
 use crate::config::{FieldError, RateLimitConfig};
+use crate::shelf::Shelf;
 pub use gcra::{Decision, Quota};
 
 /// Keys tracked per limit when `max_keys` is not set.
@@ -39,16 +41,42 @@ pub struct LimitInput<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// One named limit and its state: per key, only the GCRA timestamp, under a keyed 64-bit hash
-/// of the key (a per-limit random key, so nobody can aim collisions; ~20 bytes per key).
+/// One named limit, compiled from the config: what it keys on, its quota, and a handle to its
+/// counters, which live on the process's shelf and outlive the config.
 pub struct RateLimit {
     pub name: String,
     kind: KeyKind,
     pub quota: Quota,
+    /// Keys tracked per shard at most (`max_keys` / shards).
+    per_shard: usize,
+    store: Arc<LimitStore>,
+}
+
+/// What a limit's counters mean: a store is reused by a new config only when its name, key and
+/// quota are the same (`max_keys` may change: it only bounds how many are kept).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LimitShape {
+    name: String,
+    key: String,
+    quota: Quota,
+}
+
+/// A limit's counters: per key, only the GCRA timestamp, under a keyed 64-bit hash of the key
+/// (a per-store random key, so nobody can aim collisions; ~20 bytes per key).
+pub struct LimitStore {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Mutex<HashMap<u64, u64>>]>,
-    per_shard: usize,
     epoch: Instant,
+}
+
+impl Default for LimitStore {
+    fn default() -> Self {
+        Self {
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -58,7 +86,12 @@ impl std::fmt::Debug for RateLimit {
 }
 
 impl RateLimit {
-    pub fn build(name: &str, cfg: &RateLimitConfig) -> Result<Self, FieldError> {
+    /// Compiles one limit; its counters come from `stores` (kept when the shape is unchanged).
+    pub fn build(
+        name: &str,
+        cfg: &RateLimitConfig,
+        stores: &Shelf<LimitShape, Arc<LimitStore>>,
+    ) -> Result<Self, FieldError> {
         let kind = match cfg.key.as_str() {
             "client_ip" => KeyKind::ClientIp,
             "user" => KeyKind::User,
@@ -71,14 +104,14 @@ impl RateLimit {
             ),
         };
         let max_keys = usize::try_from(cfg.max_keys.unwrap_or(DEFAULT_MAX_KEYS)).unwrap_or(usize::MAX).max(SHARDS);
+        let quota = Quota::new(cfg.rate, cfg.per.0, cfg.burst);
+        let shape = LimitShape { name: name.to_owned(), key: cfg.key.clone(), quota };
         Ok(Self {
             name: name.to_owned(),
             kind,
-            quota: Quota::new(cfg.rate, cfg.per.0, cfg.burst),
-            hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            quota,
             per_shard: max_keys / SHARDS,
-            epoch: Instant::now(),
+            store: stores.take(shape, Arc::default),
         })
     }
 
@@ -104,6 +137,18 @@ impl RateLimit {
 
     /// Counts one request for `key`.
     pub fn check_key(&self, key: &[u8]) -> Decision {
+        self.store.check(key, &self.quota, self.per_shard)
+    }
+
+    /// Keys currently tracked.
+    pub fn tracked_keys(&self) -> u64 {
+        self.store.tracked_keys()
+    }
+}
+
+impl LimitStore {
+    /// Counts one request for `key` under `quota`, keeping at most `per_shard` keys a shard.
+    fn check(&self, key: &[u8], quota: &Quota, per_shard: usize) -> Decision {
         let hash = self.hasher.hash_one(key);
         // The top bits pick the shard; the map hashes the whole value again.
         let shard = &self.shards[(hash >> 58) as usize % SHARDS];
@@ -111,18 +156,17 @@ impl RateLimit {
         let now = self.epoch.elapsed().as_nanos() as u64 + 1;
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let tat = map.get(&hash).copied().unwrap_or(0);
-        let (decision, next) = self.quota.check(tat, now);
+        let (decision, next) = quota.check(tat, now);
         if decision.allowed {
-            if map.len() >= self.per_shard && !map.contains_key(&hash) {
-                make_room(&mut map, now, self.per_shard);
+            if map.len() >= per_shard && !map.contains_key(&hash) {
+                make_room(&mut map, now, per_shard);
             }
             map.insert(hash, next);
         }
         decision
     }
 
-    /// Keys currently tracked.
-    pub fn tracked_keys(&self) -> u64 {
+    fn tracked_keys(&self) -> u64 {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64).sum()
     }
 }
@@ -151,7 +195,7 @@ mod tests {
             serde_json::json!({"key": "client_ip", "rate": 1, "per": "1h", "max_keys": max_keys}),
         )
         .unwrap();
-        RateLimit::build("t", &cfg).unwrap()
+        RateLimit::build("t", &cfg, &Shelf::default()).unwrap()
     }
 
     #[test]

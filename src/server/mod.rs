@@ -7,6 +7,7 @@ mod prefixed;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -74,40 +75,129 @@ pub enum Reply {
     Relayed(Box<Relayed>),
 }
 
-/// How one listener treats its connections.
-pub struct ServeOptions {
+/// How a listener treats new connections. Part of the compiled config: a reload swaps it, and
+/// each connection reads it once, when accepted (open connections keep theirs).
+pub struct ConnSettings {
     /// Larger request header blocks get 431 (HTTP/1.1) or a stream reset (HTTP/2).
     pub max_header_bytes: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
-    /// Connections beyond this wait in the kernel's accept queue.
+    /// Open connections, all worker threads together; beyond it new ones wait in the
+    /// kernel's accept queue.
     pub max_connections: usize,
     pub tls: Option<TlsAcceptor>,
-    pub open_connections: Option<IntGauge>,
+    /// hyper's server for the connections `h1` hands over, configured from the above.
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl ConnSettings {
+    pub fn new(
+        max_header_bytes: usize,
+        header_read_timeout: Duration,
+        max_connections: usize,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        Self { max_header_bytes, header_read_timeout, max_connections, tls, builder }
+    }
+}
+
+/// Where a listener reads its current settings from.
+pub trait Settings: Send + Sync + 'static {
+    fn current(&self) -> Arc<ConnSettings>;
+}
+
+/// Settings that never change (the demo's backend).
+impl Settings for Arc<ConnSettings> {
+    fn current(&self) -> Arc<ConnSettings> {
+        self.clone()
+    }
+}
+
+/// The open connections of one listener, counted across its worker threads, so that
+/// `max_connections` is one limit for the process.
+#[derive(Default)]
+pub struct Slots {
+    open: AtomicUsize,
+    freed: Notify,
+    gauge: Option<IntGauge>,
+}
+
+impl Slots {
+    /// Counts connections in `gauge` too (`tokengate_open_connections`).
+    pub fn counted(gauge: IntGauge) -> Self {
+        Self { gauge: Some(gauge), ..Self::default() }
+    }
+
+    /// Waits until fewer than `limit()` connections are open, and takes a slot.
+    async fn acquire(self: &Arc<Self>, limit: impl Fn() -> usize) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed in between still wakes us.
+            freed.as_mut().enable();
+            let open = self.open.load(Ordering::Acquire);
+            if open < limit() {
+                if self.open.compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    if let Some(g) = &self.gauge {
+                        g.inc();
+                    }
+                    return Slot(self.clone());
+                }
+                continue;
+            }
+            freed.await;
+        }
+    }
+
+    /// Wakes every waiting accept loop to look at the limit again (after a reload raised it).
+    pub fn recheck(&self) {
+        self.freed.notify_waiters();
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One open connection's place in `Slots`, given back when it closes.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0.gauge {
+            g.dec();
+        }
+        self.0.freed.notify_one();
+    }
 }
 
 /// Serves `listener` until `stop` fires, then stops accepting and lets open connections finish
 /// their in-flight requests. Returns once every connection has closed.
-pub async fn serve<S: Service>(listener: TcpListener, opts: ServeOptions, service: S, stop: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    settings: impl Settings,
+    slots: Arc<Slots>,
+    service: S,
+    stop: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
-
     loop {
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            slot = slots.acquire(|| settings.current().max_connections) => slot,
         };
         let (stream, peer) = tokio::select! {
             biased;
@@ -123,14 +213,14 @@ pub async fn serve<S: Service>(listener: TcpListener, opts: ServeOptions, servic
             },
         };
         let _ = stream.set_nodelay(true);
-        let open = opts.open_connections.clone().map(OpenConnection::new);
-        let (builder, service, watcher, tls) = (builder.clone(), service.clone(), graceful.watcher(), opts.tls.clone());
-        let handshake_timeout = opts.header_read_timeout;
-        let limits = Limits { max_header_bytes: opts.max_header_bytes, header_read_timeout: opts.header_read_timeout };
-        let stop = stop.clone();
+        // Read once per connection: a reload applies to the connections accepted after it.
+        let settings = settings.current();
+        let (service, watcher, stop) = (service.clone(), graceful.watcher(), stop.clone());
         tokio::spawn(async move {
-            let _slot = (permit, open);
-            let conn = Conn { builder: &builder, service, watcher, limits, stop };
+            let _slot = slot;
+            let tls = settings.tls.clone();
+            let handshake_timeout = settings.header_read_timeout;
+            let conn = Conn { settings, service, watcher, stop };
             match tls {
                 None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -148,23 +238,15 @@ pub async fn serve<S: Service>(listener: TcpListener, opts: ServeOptions, servic
     graceful.shutdown().await;
 }
 
-/// Limits that apply to each connection.
-#[derive(Clone, Copy)]
-struct Limits {
-    max_header_bytes: usize,
-    header_read_timeout: Duration,
-}
-
 /// What serving one connection needs.
-struct Conn<'a, S> {
-    builder: &'a auto::Builder<TokioExecutor>,
+struct Conn<S> {
+    settings: Arc<ConnSettings>,
     service: S,
     watcher: Watcher,
-    limits: Limits,
     stop: CancellationToken,
 }
 
-impl<S: Service> Conn<'_, S> {
+impl<S: Service> Conn<S> {
     /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
     /// hyper from the start.
     async fn serve<I>(self, io: I, info: ConnInfo, h2: bool)
@@ -174,7 +256,7 @@ impl<S: Service> Conn<'_, S> {
         let io = if h2 {
             Prefixed::new(Bytes::new(), io)
         } else {
-            let (max, timeout) = (self.limits.max_header_bytes, self.limits.header_read_timeout);
+            let (max, timeout) = (self.settings.max_header_bytes, self.settings.header_read_timeout);
             match h1::serve(io, &info, &self.service, max, timeout, &self.stop).await {
                 h1::Outcome::Closed => return,
                 h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
@@ -185,25 +267,9 @@ impl<S: Service> Conn<'_, S> {
             let response = inner.call(req.map(Either::Left), info.clone());
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let connection = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         if let Err(e) = self.watcher.watch(connection).await {
             tracing::debug!(error = %e, "connection closed with error");
         }
-    }
-}
-
-/// Counts an open connection in `tokengate_open_connections` for as long as it lives.
-struct OpenConnection(IntGauge);
-
-impl OpenConnection {
-    fn new(gauge: IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

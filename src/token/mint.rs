@@ -35,6 +35,7 @@ pub struct TokenSpec {
     pub sources: Vec<Source>,
     /// The claims read a nonce (`uuid`, `now`): never reuse.
     pub fresh: bool,
+    shape: String,
 }
 
 impl TokenSpec {
@@ -57,8 +58,19 @@ impl TokenSpec {
             }
             header.insert(k.clone(), v.clone());
         }
-        let header_prefix =
-            format!("{}.", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("a JSON map serializes")));
+        let header_json = serde_json::to_vec(&header)
+            .map_err(|e| FieldError::new(format!("{at}.header"), format!("cannot encode the header: {e}")))?;
+        let header_prefix = format!("{}.", URL_SAFE_NO_PAD.encode(header_json));
+        let shape = format!(
+            "{name}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{}\u{0}{}\u{0}{}\u{1}",
+            key.id,
+            key.fingerprint,
+            cfg.ttl.0.as_millis(),
+            cfg.iat_offset,
+            cfg.not_before,
+            header_prefix,
+            Value::Object(cfg.claims.clone()),
+        );
         let mut sources = Vec::new();
         claims.sources(&mut sources);
         let fresh = sources.iter().any(Source::is_fresh);
@@ -72,11 +84,18 @@ impl TokenSpec {
             claims,
             sources,
             fresh,
+            shape,
         })
     }
 
     pub fn ttl(&self) -> u64 {
         self.ttl
+    }
+
+    /// Everything that makes this token what it is (claims, lifetime, header, key material),
+    /// as text: a token cache is reused by a new config only when this is unchanged.
+    pub fn shape(&self) -> &str {
+        &self.shape
     }
 
     /// Renders the claims and signs them.
@@ -92,7 +111,8 @@ impl TokenSpec {
         if self.not_before {
             claims.insert("nbf".into(), Value::from(iat));
         }
-        let payload = serde_json::to_vec(&claims).expect("a JSON map serializes");
+        // A JSON map always serializes.
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
         let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
         token.push_str(&self.header_prefix);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);

@@ -22,12 +22,24 @@ use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ForwardRules};
 use crate::ratelimit::{LimitInput, RateLimit};
+use crate::shelf::Shelf;
 use crate::template::{Scope, Template};
 use mint::{Minted, TokenSpec};
 use request::{PathPattern, Values};
 
 /// Reused tokens held per route.
 const TOKEN_CACHE_ENTRIES: u64 = 100_000;
+
+/// A route's minted tokens, by cache key (see `TokenSpec::cache_key`).
+pub type TokenCache = moka::sync::Cache<String, Minted>;
+
+/// What makes a token cache reusable by a new config: the same route minting the same tokens
+/// (claims, lifetimes, headers, and the signing keys' material).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenShape {
+    route: String,
+    tokens: String,
+}
 
 struct Rendered {
     status: StatusCode,
@@ -44,7 +56,7 @@ pub struct Route {
     allow: HeaderValue,
     hook: Arc<Hook>,
     tokens: Vec<TokenSpec>,
-    cache: Option<moka::sync::Cache<String, Minted>>,
+    cache: Option<TokenCache>,
     response: Rendered,
     error_response: Option<Rendered>,
     body_limit: u64,
@@ -87,13 +99,13 @@ impl Route {
         i: usize,
         cfg: &RouteConfig,
         config: &Config,
-        keys: &KeyRing,
-        hooks: &HashMap<String, Arc<Hook>>,
-        limits: &HashMap<String, Arc<RateLimit>>,
+        compiled: &Compiled<'_>,
+        caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, FieldError> {
+        let Compiled { keys, hooks, limits } = compiled;
         let at = |key: &str| format!("routes[{i}].{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
-        let methods: Vec<Method> = cfg.methods.iter().map(|m| m.parse().unwrap_or(Method::POST)).collect();
+        let methods: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
         let allow_text = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
         let hook = hooks
             .get(&cfg.auth)
@@ -134,10 +146,13 @@ impl Route {
         };
         let cache = cfg.cache_tokens.then(|| {
             let longest = tokens.iter().map(TokenSpec::ttl).max().unwrap_or(0);
-            moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE_ENTRIES)
-                .time_to_live(std::time::Duration::from_secs(longest / 2 + 1))
-                .build()
+            let shape = TokenShape { route: cfg.name.clone(), tokens: tokens.iter().map(TokenSpec::shape).collect() };
+            caches.take(shape, || {
+                moka::sync::Cache::builder()
+                    .max_capacity(TOKEN_CACHE_ENTRIES)
+                    .time_to_live(std::time::Duration::from_secs(longest / 2 + 1))
+                    .build()
+            })
         });
         let mut named = Vec::new();
         for (j, name) in cfg.rate_limits.iter().enumerate() {
@@ -338,7 +353,8 @@ fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<B
     let is_json = shape.content_type.as_bytes().starts_with(b"application/json");
     let bytes = match rendered {
         Value::String(s) if !is_json => s.clone().into_bytes(),
-        other => serde_json::to_vec(other).expect("a JSON value serializes"),
+        // A JSON value always serializes.
+        other => serde_json::to_vec(other).unwrap_or_default(),
     };
     let mut resp = Response::new(body::full(bytes));
     *resp.status_mut() = status;
@@ -359,12 +375,12 @@ pub fn unix_now() -> u64 {
 /// `tokengate mint`: what `route` answers for a caller with id `user_id` and the given
 /// `SOURCE=VALUE` inputs. Returns the status and the body text.
 pub async fn preview(
-    gateway: &crate::app::Gateway,
+    routes: &Routes,
     route: &str,
     user_id: &str,
     sets: &[String],
 ) -> Result<(StatusCode, String), String> {
-    let route = gateway.routes.by_name(route).ok_or_else(|| format!("no route named {route:?}"))?;
+    let route = routes.by_name(route).ok_or_else(|| format!("no route named {route:?}"))?;
     let mut identity = serde_json::Map::new();
     identity.insert("id".into(), Value::String(user_id.to_owned()));
     let (mut body, mut query, mut captures, mut headers) =
@@ -408,18 +424,24 @@ pub async fn preview(
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
+/// What routes are built from, besides their own config.
+pub struct Compiled<'a> {
+    pub keys: &'a KeyRing,
+    pub hooks: &'a HashMap<String, Arc<Hook>>,
+    pub limits: &'a HashMap<String, Arc<RateLimit>>,
+}
+
 impl Routes {
-    /// Builds every route; errors carry their key paths.
+    /// Builds every route; errors carry their key paths. Token caches come from `caches`.
     pub fn build(
         config: &Config,
-        keys: &KeyRing,
-        hooks: &HashMap<String, Arc<Hook>>,
-        limits: &HashMap<String, Arc<RateLimit>>,
+        compiled: &Compiled<'_>,
+        caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, Vec<FieldError>> {
         let mut routes = Routes::default();
         let mut errors = Vec::new();
         for (i, cfg) in config.routes.iter().enumerate() {
-            match Route::build(i, cfg, config, keys, hooks, limits) {
+            match Route::build(i, cfg, config, compiled, caches) {
                 Ok(route) => {
                     let index = routes.routes.len();
                     if route.pattern.is_exact() {
@@ -453,18 +475,13 @@ impl Routes {
     pub fn by_name(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
 
-    /// Forgets every cached token of `user_id` (`/admin/revoke`).
-    pub fn forget_user(&self, user_id: &str) {
-        let marker = format!("\u{0}{user_id}\u{0}");
-        for route in &self.routes {
-            if let Some(cache) = &route.cache {
-                let doomed: Vec<Arc<String>> =
-                    cache.iter().filter(|(k, _)| k.contains(&marker)).map(|(k, _)| k).collect();
-                for k in doomed {
-                    cache.invalidate(k.as_str());
-                }
-            }
-        }
+/// Forgets every token of `user_id` in `cache` (`/admin/revoke`).
+pub fn forget_user(cache: &TokenCache, user_id: &str) {
+    let marker = format!("\u{0}{user_id}\u{0}");
+    let doomed: Vec<Arc<String>> = cache.iter().filter(|(k, _)| k.contains(&marker)).map(|(k, _)| k).collect();
+    for k in doomed {
+        cache.invalidate(k.as_str());
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokengate::app::State;
+use tokengate::state::State;
 use tokio_util::sync::CancellationToken;
 
 /// tokengate running in this process on 127.0.0.1:0.
@@ -41,7 +41,7 @@ pub async fn spawn_app(upstream: &str, extra: &str) -> TestApp {
 
 pub async fn spawn_app_yaml(yaml: &str) -> TestApp {
     let loaded = tokengate::config::load_str(yaml, "test.yaml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let app = tokengate::App::bind(loaded).await.expect("bind");
+    let app = tokengate::App::bind(loaded, tokengate::config::Overrides::default()).await.expect("bind");
     let (addr, admin, stop, state) = (app.public_addr(), app.admin_addr(), app.shutdown_token(), app.state());
     let task = tokio::spawn(app.run());
     TestApp { addr, admin, stop, state, task }

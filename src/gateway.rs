@@ -1,0 +1,130 @@
+//! The compiled config: a validated `Config` turned into what requests run on (keys parsed,
+//! hooks, templates, routes, limits, TLS material, listener settings). Immutable once built;
+//! a reload builds a new one and swaps it in whole, and a request finishes on the one it
+//! started with. What must outlive it (counters, caches, pools) it only borrows from `Stores`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::Response;
+
+use crate::auth::Hook;
+use crate::body::Body;
+use crate::config::{Config, ConfigErrors, FieldError, Loaded};
+use crate::keys::KeyRing;
+use crate::proxy::Proxy;
+use crate::ratelimit::RateLimit;
+use crate::server::ConnSettings;
+use crate::stores::Stores;
+use crate::tls::{self, Tls, TlsError};
+use crate::token::{Compiled, Routes};
+
+/// Everything derived from one config.
+pub struct Gateway {
+    pub config: Config,
+    /// SHA-256 of the config text and the files it read, hex (see `config::digest`).
+    pub digest: String,
+    /// The files besides the config file that went into it.
+    pub files: Vec<PathBuf>,
+    pub proxy: Proxy,
+    pub keys: KeyRing,
+    pub routes: Routes,
+    /// Limits applied to forwarded traffic (`proxy_rate_limits`), in order.
+    pub proxy_limits: Vec<Arc<RateLimit>>,
+    /// The JWK set, serialized once.
+    pub jwks: Bytes,
+    pub tls: Option<Tls>,
+    /// How the public and admin listeners treat new connections.
+    pub public: Arc<ConnSettings>,
+    pub admin: Arc<ConnSettings>,
+}
+
+impl Gateway {
+    /// Compiles a validated config, taking its long-lived stores from `stores`. Every error has
+    /// its key path, so `check` reports what `run` and a reload would refuse.
+    pub fn build(loaded: Loaded, stores: &Stores) -> Result<Self, Vec<FieldError>> {
+        let Loaded { config, files, digest, .. } = loaded;
+        let mut errors = Vec::new();
+        let keys = KeyRing::load(&config.keys).unwrap_or_else(|e| {
+            errors.extend(e);
+            KeyRing::default()
+        });
+        let hook_stores = stores.hooks();
+        let mut hooks = HashMap::new();
+        for (name, cfg) in &config.auth_hooks {
+            match Hook::build(name, cfg, config.upstream.connect_timeout.0, &hook_stores) {
+                Ok(hook) => {
+                    hooks.insert(name.clone(), Arc::new(hook));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut limits = HashMap::new();
+        for (name, cfg) in &config.rate_limits {
+            match RateLimit::build(name, cfg, &stores.limits) {
+                Ok(limit) => {
+                    limits.insert(name.clone(), Arc::new(limit));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let tls = match &config.tls {
+            Some(t) => {
+                tls::acceptor(&t.cert_file, &t.key_file).map_err(|e| errors.push(tls_error(&e, &t.key_file))).ok()
+            }
+            None => None,
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let routes = Routes::build(&config, &Compiled { keys: &keys, hooks: &hooks, limits: &limits }, &stores.tokens)?;
+        let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
+        let jwks = Bytes::from(keys.jwks().to_string());
+        let l = &config.limits;
+        let max_header_bytes = usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX);
+        let settings = |tls: Option<&Tls>| {
+            let acceptor = tls.map(|t| t.acceptor.clone());
+            Arc::new(ConnSettings::new(max_header_bytes, l.header_read_timeout.0, l.max_connections, acceptor))
+        };
+        let (public, admin) = (settings(tls.as_ref()), settings(None));
+        let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools);
+        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, public, admin })
+    }
+
+    /// The short form of `digest` that metrics and logs show.
+    pub fn hash(&self) -> &str {
+        &self.digest[..self.digest.len().min(12)]
+    }
+
+    /// The JWK set as served on `jwks_path` and the admin listener.
+    pub fn jwks_response(&self) -> Response<Body> {
+        let mut resp = Response::new(crate::body::full(self.jwks.clone()));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        resp
+    }
+}
+
+/// The key path a TLS failure belongs to.
+fn tls_error(e: &TlsError, key_file: &Path) -> FieldError {
+    let at = match e {
+        TlsError::Read { path, .. } if Path::new(path) == key_file => "tls.key_file",
+        TlsError::Key { .. } => "tls.key_file",
+        TlsError::Read { .. } | TlsError::Cert { .. } => "tls.cert_file",
+        TlsError::Config(_) => "tls",
+    };
+    FieldError::new(at, crate::error::chain(e))
+}
+
+/// Loads, validates and compiles a config file on its own (stores of its own, nothing
+/// shared): what `check`, `jwks` and `mint` run.
+pub fn load(path: &Path) -> Result<Gateway, ConfigErrors> {
+    let loaded = crate::config::load_file(path)?;
+    let stores = Stores::default();
+    let build = stores.begin();
+    Gateway::build(loaded, &build).map_err(|errors| ConfigErrors::new(path.display().to_string(), errors))
+}
