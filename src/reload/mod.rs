@@ -135,6 +135,8 @@ impl Reloader {
             };
             let signalled = trigger == Trigger::Signal || self.settle().await;
             if !signalled && on_disk(&self.path, &tried.1) == tried.0 {
+                // Symlinks may point elsewhere now, with the same content behind them.
+                watch.set(&self.watched(&tried.1));
                 continue;
             }
             let (state, path, overrides) = (self.state.clone(), self.path.clone(), self.overrides);

@@ -12,6 +12,8 @@ mod logs;
 mod metrics;
 mod ratelimit;
 mod relay;
+mod reload;
+mod rotation;
 mod seeds;
 mod shutdown;
 mod streaming;

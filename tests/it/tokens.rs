@@ -29,7 +29,7 @@ async fn post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], 
 }
 
 /// Verifies `token` against the JWK with its `kid`, using jwt-simple's own key types.
-fn verify_with_jwk(token: &str, jwks: &Value) -> JWTClaims<Value> {
+pub fn verify_with_jwk(token: &str, jwks: &Value) -> JWTClaims<Value> {
     let (header, _) = parts(token);
     let kid = header["kid"].as_str().expect("a kid");
     let jwk = jwks["keys"]

@@ -65,12 +65,18 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+fn binary_yaml(addr: SocketAddr, admin: SocketAddr, upstream: &str, extra: &str) -> String {
+    format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {upstream}\n{extra}\n")
+}
+
 /// The real `tokengate` binary, running with a config file.
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stderr: PathBuf,
+    /// The config file it runs.
+    pub config: PathBuf,
 }
 
 impl Binary {
@@ -79,12 +85,57 @@ impl Binary {
         let dir = temp_dir(name);
         let (addr, admin) = (closed_port(), closed_port());
         let config = dir.join("tokengate.yaml");
-        std::fs::write(
-            &config,
-            format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {upstream}\n{extra}\n"),
-        )
-        .unwrap();
+        std::fs::write(&config, binary_yaml(addr, admin, upstream, extra)).unwrap();
         Self::spawn(&dir, &config, addr, admin, args, &[]).await
+    }
+
+    /// The config text `start` writes, for this binary's ports.
+    pub fn yaml(&self, upstream: &str, extra: &str) -> String {
+        binary_yaml(self.addr, self.admin, upstream, extra)
+    }
+
+    /// Reloads counted so far: (success, failure).
+    pub async fn reloads(&self) -> (u64, u64) {
+        let metrics = client::get(self.admin, "/metrics", &[]).await.expect("metrics").text();
+        let count = |result: &str| {
+            let prefix = format!("tokengate_config_reloads_total{{result=\"{result}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0)
+        };
+        (count("success"), count("failure"))
+    }
+
+    /// Waits (up to `within`) until the reload counts reach `want`; panics with the logs if not.
+    pub async fn wait_reloads(&self, want: (u64, u64), within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let got = self.reloads().await;
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline && got.0 <= want.0 && got.1 <= want.1,
+                "reloads {got:?}, wanted {want:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Rewrites the config file (in place) and sends SIGHUP; waits for the reload to count.
+    pub async fn reload_with(&self, yaml: &str) {
+        let before = self.reloads().await;
+        std::fs::write(&self.config, yaml).unwrap();
+        self.signal("HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.reloads().await == before {
+            assert!(std::time::Instant::now() < deadline, "no reload; logs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Starts `tokengate run` with a shipped config file; listen/admin/upstream come from the
@@ -104,7 +155,8 @@ impl Binary {
         Self::spawn(&dir, &config, addr, admin, &[], &all).await
     }
 
-    async fn spawn(
+    /// Starts `tokengate run --config CONFIG` on the given ports; logs go to `dir`.
+    pub async fn spawn(
         dir: &Path,
         config: &Path,
         addr: SocketAddr,
@@ -122,7 +174,7 @@ impl Binary {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn tokengate");
-        let bin = Binary { child, addr, admin, stderr };
+        let bin = Binary { child, addr, admin, stderr, config: config.to_path_buf() };
         bin.wait_ready().await;
         bin
     }
