@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -205,6 +206,96 @@ def token_scenarios(args, workdir):
           f"CPU per request {median(limited, 'cpu_us') / median(warm, 'cpu_us'):.3f}")
 
 
+def generated_config(workdir, routes=200, keys=50):
+    """TOKEN_ROUTE (cache off) plus `routes` more routes over `keys` more keys (a fifth ES256, a
+    fifth RS256, the rest HS256), as benches/reload.rs generates them."""
+    tg = os.path.join(RELEASE, "tokengate")
+    key_lines, ids = [], []
+    for i in range(keys):
+        alg, prefix = ("ES256", "es") if i % 5 == 0 else ("RS256", "rs") if i % 5 == 1 else ("HS256", "hs")
+        key_id = f"{prefix}-{i}"
+        ids.append(key_id)
+        if alg == "HS256":
+            key_lines.append(f"  - {{ id: {key_id}, algorithm: HS256, secret: secret-{i}-for-the-bench }}")
+            continue
+        pem = os.path.join(workdir, f"{key_id}.pem")
+        if not os.path.exists(pem):
+            subprocess.run([tg, "keygen", "--alg", alg, "--out", pem], check=True)
+        key_lines.append(f"  - {{ id: {key_id}, algorithm: {alg}, private_key_file: {pem} }}")
+    t = lambda source: "'{{ " + source + " }}'"
+    route_lines = [
+        f"  - {{ name: r{i}, path: '/t/{i}/{{x}}', auth: session, tokens: {{ token: {{ key: {ids[i % keys]}, ttl: 1h, "
+        f"claims: {{ sub: {t('user.id')}, x: {t('path.x')}, jti: {t('uuid')} }} }} }}, "
+        f"response: {{ body: {{ token: {t('tokens.token')} }} }} }}"
+        for i in range(routes)]
+    base = TOKEN_ROUTE.format(cache="false")
+    first_key, rest = base.split("\n", 1)
+    keys_yaml = "keys:\n  - " + first_key[len("keys: ["):-1] + "\n" + "\n".join(key_lines) + "\n"
+    return keys_yaml + rest + "\n".join(route_lines) + "\n"
+
+
+def metric(port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def reload_scenario(args, workdir):
+    """p99 of forwarded and token traffic with the config file rewritten every second (the file
+    watcher reloads it) against the same without, in the same process and run."""
+    workers = 2
+    conf = os.path.join(workdir, "tokengate.yaml")
+    configs = {"token route": TOKEN_ROUTE.format(cache="false"), "200 routes, 50 keys": generated_config(workdir)}
+    print(f"\n== reload every second vs none, {workers} workers (p99 ms, medians of {args.rounds} rounds)")
+    print(f"{'config':<22}{'traffic':<10}{'steady':>9}{'reloading':>11}{'ratio':>8}{'reloads':>9}{'ms/reload':>11}")
+    for label, extra in configs.items():
+        proc, pids = start_tokengate(workdir, workers, extra)
+        rows = {}
+        try:
+            wrk(TG_PORT, "/generate-token", 1, args.connections, (), "post.lua")  # warm the auth cache
+            for traffic, path, script in (("forward", "/", None), ("token", "/generate-token", "post.lua")):
+                steady, reloading, reloads = [], [], 0
+                for i in range(args.rounds):
+                    # Alternate which goes first, so the order does not favour either.
+                    if i % 2 == 0:
+                        steady.append(measure(TG_PORT, pids, path, args.seconds, args.connections, (), script)["p99"])
+                    before = metric(TG_ADMIN, 'tokengate_config_reloads_total{result="success"}')
+                    done = [False]
+
+                    def rewrite():
+                        n = 0
+                        while not done[0]:
+                            time.sleep(1)
+                            n += 1
+                            with open(conf) as f:
+                                text = f.read()
+                            # A change that matters to no request: a claim of its own.
+                            text = re.sub(r"org_id: org-\d+", f"org_id: org-{n}", text)
+                            with open(conf, "w") as f:
+                                f.write(text)
+
+                    t = threading.Thread(target=rewrite)
+                    t.start()
+                    try:
+                        reloading.append(measure(TG_PORT, pids, path, args.seconds, args.connections, (), script)["p99"])
+                    finally:
+                        done[0] = True
+                        t.join()
+                    time.sleep(0.5)
+                    reloads += metric(TG_ADMIN, 'tokengate_config_reloads_total{result="success"}') - before
+                    if i % 2 == 1:
+                        steady.append(measure(TG_PORT, pids, path, args.seconds, args.connections, (), script)["p99"])
+                rows[traffic] = (statistics.median(steady), statistics.median(reloading), reloads)
+            total = metric(TG_ADMIN, "tokengate_config_reload_duration_seconds_sum")
+            count = metric(TG_ADMIN, "tokengate_config_reload_duration_seconds_count")
+            failures = metric(TG_ADMIN, 'tokengate_config_reloads_total{result="failure"}')
+            if failures:
+                sys.exit(f"{failures:.0f} reloads failed")
+        finally:
+            stop(proc)
+        for traffic, (s, r, n) in rows.items():
+            print(f"{label:<22}{traffic:<10}{s:>9.2f}{r:>11.2f}{r / s:>8.2f}{n:>9.0f}{total / count * 1e3:>11.2f}")
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -233,7 +324,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--scenarios", default="forward,token", help="forward, token, or both")
+    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, reload")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="tokengate-load-")
@@ -245,6 +336,8 @@ def main():
               f"both proxies log nothing per request")
         if "token" in args.scenarios:
             token_scenarios(args, workdir)
+        if "reload" in args.scenarios:
+            reload_scenario(args, workdir)
         for workers in ([int(w) for w in args.workers.split(",")] if "forward" in args.scenarios else []):
             results = {"direct": [], "nginx": [], "tokengate": []}
             for _ in range(args.rounds):

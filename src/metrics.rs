@@ -63,16 +63,20 @@ impl RouteMetrics {
     }
 }
 
+/// Registers `metric` on `r`. The names and labels are constants of this file, registered
+/// once at start-up, so an error is a bug in this file: it fails the first test that starts.
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric");
+    r.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
+    register(r, HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels))
 }
 
 impl Metrics {
@@ -80,14 +84,12 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let open_connections =
-            IntGauge::new("tokengate_open_connections", "Open client connections on the public listener")
-                .expect("valid metric");
-        r.register(Box::new(open_connections.clone())).expect("unique metric");
-        let build_info =
-            IntGaugeVec::new(Opts::new("tokengate_build_info", "Build information; always 1"), &["version"])
-                .expect("valid metric");
+            register(&r, IntGauge::new("tokengate_open_connections", "Open client connections on the public listener"));
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(Opts::new("tokengate_build_info", "Build information; always 1"), &["version"]),
+        );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        r.register(Box::new(build_info)).expect("unique metric");
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("unique metric");
         let requests_total = counter(
@@ -98,27 +100,33 @@ impl Metrics {
         );
         let request_duration_seconds =
             histogram(&r, "tokengate_request_duration_seconds", "Time to response headers, by route", &["route"]);
-        let config_last_reload_success_timestamp_seconds = Gauge::new(
-            "tokengate_config_last_reload_success_timestamp_seconds",
-            "Unix time the config in service was loaded",
-        )
-        .expect("valid metric");
-        r.register(Box::new(config_last_reload_success_timestamp_seconds.clone())).expect("unique metric");
-        let config_info = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_config_info",
-                "The config in service: 1, labelled with the first 12 hex digits of its SHA-256",
+        let config_last_reload_success_timestamp_seconds = register(
+            &r,
+            Gauge::new(
+                "tokengate_config_last_reload_success_timestamp_seconds",
+                "Unix time the config in service was loaded",
             ),
-            &["hash"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(config_info.clone())).expect("unique metric");
-        let config_reload_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new("tokengate_config_reload_duration_seconds", "Time to load, check and compile a config")
+        );
+        let config_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tokengate_config_info",
+                    "The config in service: 1, labelled with the first 12 hex digits of its SHA-256",
+                ),
+                &["hash"],
+            ),
+        );
+        let config_reload_duration_seconds = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tokengate_config_reload_duration_seconds",
+                    "Time to load, check and compile a config",
+                )
                 .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        r.register(Box::new(config_reload_duration_seconds.clone())).expect("unique metric");
+            ),
+        );
         let m = Self {
             proxy: RouteMetrics::new("proxy", &requests_total, &request_duration_seconds),
             requests_total,
