@@ -102,12 +102,14 @@ pub struct AuthShape {
     max_entries: u64,
 }
 
-/// An IdP's JWK set is kept across reloads while the hook and its URL stay the same.
+/// An IdP's JWK set is kept across reloads while the hook, its URL and how it is fetched stay
+/// the same.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct JwksShape {
     hook: String,
     url: String,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// The shelves auth hooks keep their long-lived parts on.
@@ -193,7 +195,7 @@ impl Hook {
                         .map_err(|e| at("public_key_file", format!("not a PEM public key: {e}")))?
                     }
                     (None, None, Some(url)) => {
-                        let shape = JwksShape { hook: name.to_owned(), url: url.to_string(), timeout };
+                        let shape = JwksShape { hook: name.to_owned(), url: url.to_string(), timeout, connect_timeout };
                         let make = || Arc::new(jwks::JwksKeys::new(url.clone(), pool_for(url), timeout));
                         JwtKeys::Jwks(stores.jwks.take(shape, make))
                     }

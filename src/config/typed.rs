@@ -1,15 +1,15 @@
 //! Values checked as the file is read, so that nothing after the load can meet a bad one:
 //! `http://` URLs with a host, HTTP methods, header names.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+
+use super::units::text_value;
 
 /// An `http://host[:port][/path]` URL. Its `host:port` and `Host` value are worked out once.
 #[derive(Clone, PartialEq, Eq)]
@@ -101,27 +101,9 @@ where
     String::deserialize(d)?.parse().map_err(de::Error::custom)
 }
 
-macro_rules! text_value {
-    ($ty:ty, $name:literal, $description:literal) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                from_str(d)
-            }
-        }
-        impl JsonSchema for $ty {
-            fn schema_name() -> Cow<'static, str> {
-                Cow::Borrowed($name)
-            }
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                json_schema!({ "type": "string", "description": $description })
-            }
-        }
-    };
-}
-
-text_value!(HttpUrl, "HttpUrl", "an http:// URL with a host");
-text_value!(MethodName, "Method", "an HTTP method such as GET or POST");
-text_value!(FieldName, "HeaderName", "a header field name");
+text_value!(HttpUrl, "HttpUrl", from_str, { "type": "string", "description": "an http:// URL with a host" });
+text_value!(MethodName, "Method", from_str, { "type": "string", "description": "an HTTP method such as GET or POST" });
+text_value!(FieldName, "HeaderName", from_str, { "type": "string", "description": "a header field name" });
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,10 @@
 //! Human units in the config file: durations (`500ms`, `30s`, `15m`, `24h`, `30d`, `1h30m`),
 //! signed durations (`-10s`) and byte sizes (`64KiB`, `10MiB`, `1000`).
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
 
 /// A non-negative duration written as a string such as `30s` or `1h30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,27 +131,29 @@ where
     text.parse().map_err(de::Error::custom)
 }
 
-macro_rules! text_unit {
-    ($ty:ty, $name:literal, $pattern:literal) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                from_text(d)
+/// `Deserialize` through `$read` and a JSON Schema, for a value the file writes as text.
+macro_rules! text_value {
+    ($ty:ty, $name:literal, $read:path, $schema:tt) => {
+        impl<'de> ::serde::Deserialize<'de> for $ty {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $read(d)
             }
         }
-        impl JsonSchema for $ty {
-            fn schema_name() -> Cow<'static, str> {
-                Cow::Borrowed($name)
+        impl ::schemars::JsonSchema for $ty {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed($name)
             }
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                json_schema!({ "type": ["string", "integer"], "pattern": $pattern })
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!($schema)
             }
         }
     };
 }
+pub(super) use text_value;
 
-text_unit!(Duration, "Duration", "^([0-9]+(ms|s|m|h|d))+$|^0$");
-text_unit!(SignedDuration, "SignedDuration", "^[-+]?([0-9]+(ms|s|m|h|d))+$|^0$");
-text_unit!(ByteSize, "ByteSize", "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$");
+text_value!(Duration, "Duration", from_text, { "type": ["string", "integer"], "pattern": "^([0-9]+(ms|s|m|h|d))+$|^0$" });
+text_value!(SignedDuration, "SignedDuration", from_text, { "type": ["string", "integer"], "pattern": "^[-+]?([0-9]+(ms|s|m|h|d))+$|^0$" });
+text_value!(ByteSize, "ByteSize", from_text, { "type": ["string", "integer"], "pattern": "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$" });
 
 #[cfg(test)]
 mod tests {
