@@ -82,8 +82,8 @@ pub struct ConnSettings {
     pub max_header_bytes: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
-    /// Open connections, all worker threads together; beyond it new ones wait in the
-    /// kernel's accept queue.
+    /// Open connections, all worker threads together; beyond it new ones wait (one per
+    /// worker thread accepted, the rest in the kernel's accept queue).
     pub max_connections: usize,
     pub tls: Option<TlsAcceptor>,
     /// hyper's server for the connections `h1` hands over, configured from the above.
@@ -194,11 +194,9 @@ pub async fn serve<S: Service>(
 ) {
     let graceful = GracefulShutdown::new();
     loop {
-        let slot = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            slot = slots.acquire(|| settings.current().max_connections) => slot,
-        };
+        // Accept, then wait for a slot: a thread waiting in `accept` with a slot taken would
+        // keep it from the threads that have connections to serve. Each thread holds at most
+        // one accepted connection beyond the limit; the rest wait in the kernel's queue.
         let (stream, peer) = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -211,6 +209,11 @@ pub async fn serve<S: Service>(
                     continue;
                 }
             },
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            slot = slots.acquire(|| settings.current().max_connections) => slot,
         };
         let _ = stream.set_nodelay(true);
         // Read once per connection: a reload applies to the connections accepted after it.

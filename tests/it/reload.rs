@@ -333,3 +333,40 @@ async fn twenty_reloads_under_load_lose_no_request_and_keep_the_websocket() {
     assert!(ok > 100 && echoes > 20, "the load ran: {ok} requests, {echoes} echoes");
     assert_eq!(minted_claim(bin.addr, &[("x-user-id", "u")], SECRET).await, "20");
 }
+
+#[tokio::test]
+async fn max_connections_is_one_limit_for_the_process_and_a_reload_can_raise_it() {
+    let b = backend::spawn().await;
+    let limits = |max: u32| format!("workers: 2\nlimits: {{ max_connections: {max} }}\n");
+    let bin = Binary::start("reload-maxconn", &b.url(), &limits(2), &[]).await;
+    let answered = Arc::new(AtomicU64::new(0));
+    let release = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (answered, release, addr) = (answered.clone(), release.clone(), bin.addr);
+        clients.push(tokio::spawn(async move {
+            let mut sender = keep_alive(addr).await;
+            let req = Request::get("/echo").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            answered.fetch_add(1, Ordering::SeqCst);
+            // Keep the connection open until the test is done.
+            release.cancelled().await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(answered.load(Ordering::SeqCst), 2, "two connections for both worker threads together");
+
+    bin.reload_with(&bin.yaml(&b.url(), &limits(6))).await;
+    let start = Instant::now();
+    while answered.load(Ordering::SeqCst) < 6 {
+        assert!(start.elapsed() < Duration::from_secs(2), "the raised limit did not let the waiting clients in");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_open_connections 6"), "{metrics}");
+    release.cancel();
+    for c in clients {
+        c.await.unwrap();
+    }
+}
