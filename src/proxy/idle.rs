@@ -76,6 +76,8 @@ impl Idle {
     }
 
     /// This thread's most recently used own connection that is still usable.
+    // Inlined: the connection is moved out by value on every forwarded request.
+    #[inline]
     pub fn take_conn(&self) -> Option<Conn> {
         self.conns.get_or(IdleList::default).take(self.timeout, Conn::is_reusable)
     }
@@ -85,6 +87,7 @@ impl Idle {
         self.senders.get_or(IdleList::default).take(self.timeout, |s| !s.is_closed())
     }
 
+    #[inline]
     pub fn put_conn(self: &Arc<Self>, conn: Conn) {
         let idle = self.conns.get_or(IdleList::default);
         idle.put(conn, self.timeout);

@@ -1,6 +1,6 @@
-//! Seeing a config change without a signal: inotify (through `notify`) on the directories that
-//! hold the config file and every file it reads, not on the files themselves, because files
-//! change in three ways and only the directory sees all of them:
+//! Seeing a config change without a signal: inotify on the directories that hold the config
+//! file and every file it reads, not on the files themselves, because files change in three
+//! ways and only the directory sees all of them:
 //! - an in-place edit (the file's own inode is written);
 //! - an editor's write-to-temp-and-rename (the watched inode is replaced);
 //! - Kubernetes' ConfigMap/Secret update, which swaps the `..data` symlink of the mounted
@@ -11,14 +11,15 @@
 //! the way to its content (`tokengate.yaml`, `..data`); a busy log file beside the config does
 //! not hold the reload back. An event only says "look again": the reloader compares the digest
 //! of what is on disk with the last one it tried, so a burst of events costs a few reads and no
-//! reload. Where inotify cannot be had, the files are polled.
+//! reload. The inotify descriptor is read by a task on the runtime, not a thread of its own (a
+//! one-worker process stays single-threaded, and glibc skips the cancellation bookkeeping of
+//! every syscall). Where inotify cannot be had, the files are polled.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::Trigger;
@@ -29,33 +30,21 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Symlinks followed at most when resolving one file (as Linux's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
 
+/// The entries whose changes count (see the module doc).
+type Relevant = Arc<RwLock<HashSet<PathBuf>>>;
+
 /// The watched directories, and the entries in them that matter.
 pub struct Watch {
-    watcher: Option<notify::RecommendedWatcher>,
-    dirs: BTreeSet<PathBuf>,
-    relevant: Arc<RwLock<HashSet<PathBuf>>>,
+    kernel: Option<kernel::Watches>,
+    relevant: Relevant,
 }
 
 impl Watch {
-    /// Starts watching nothing yet; events become `Trigger::Files` on `tx`.
+    /// Starts watching nothing yet; relevant events become `Trigger::Files` on `tx`.
     pub fn start(tx: mpsc::Sender<Trigger>) -> Self {
-        let events = tx.clone();
-        let relevant: Arc<RwLock<HashSet<PathBuf>>> = Arc::default();
-        let ours = relevant.clone();
-        let handler = move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if e.kind.is_access() => {}
-            Ok(e) => {
-                let ours = ours.read().unwrap_or_else(PoisonError::into_inner);
-                // An overflowed queue names no path: look, to be safe.
-                if e.paths.is_empty() || e.paths.iter().any(|p| ours.contains(p)) {
-                    // A full queue already holds a look-again.
-                    let _ = events.try_send(Trigger::Files);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "file watch error"),
-        };
-        let watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => Some(w),
+        let relevant = Relevant::default();
+        let kernel = match kernel::Watches::start(tx.clone(), relevant.clone()) {
+            Ok(k) => Some(k),
             Err(e) => {
                 tracing::warn!(error = %e, every_s = POLL_EVERY.as_secs(), "cannot watch files; polling them instead");
                 tokio::spawn(async move {
@@ -70,25 +59,131 @@ impl Watch {
                 None
             }
         };
-        Self { watcher, dirs: BTreeSet::new(), relevant }
+        Self { kernel, relevant }
     }
 
     /// Watches the entries `files` are read through, and no others. Call it again after a
     /// change: symlinks may point elsewhere now.
     pub fn set(&mut self, files: &[PathBuf]) {
-        let Some(watcher) = &mut self.watcher else { return };
         let entries: HashSet<PathBuf> = files.iter().flat_map(|f| resolution(f)).collect();
-        let wanted: BTreeSet<PathBuf> = entries.iter().filter_map(|e| e.parent().map(Path::to_path_buf)).collect();
+        let dirs: BTreeSet<PathBuf> = entries.iter().filter_map(|e| e.parent().map(Path::to_path_buf)).collect();
         *self.relevant.write().unwrap_or_else(PoisonError::into_inner) = entries;
-        for gone in self.dirs.difference(&wanted) {
-            let _ = watcher.unwatch(gone);
+        if let Some(kernel) = &mut self.kernel {
+            kernel.set(dirs);
         }
-        for dir in wanted.difference(&self.dirs) {
-            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config directory");
+    }
+}
+
+/// Whether `path` is an entry our files are read through.
+fn is_relevant(relevant: &Relevant, path: &Path) -> bool {
+    relevant.read().unwrap_or_else(PoisonError::into_inner).contains(path)
+}
+
+#[cfg(target_os = "linux")]
+mod kernel {
+    //! inotify through the `inotify` crate, its descriptor read by a task on the runtime.
+
+    use super::*;
+    use futures_util::StreamExt;
+    use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+
+    /// What changes an entry of a directory.
+    const MASK: WatchMask = WatchMask::CREATE
+        .union(WatchMask::MODIFY)
+        .union(WatchMask::CLOSE_WRITE)
+        .union(WatchMask::MOVED_TO)
+        .union(WatchMask::MOVED_FROM)
+        .union(WatchMask::DELETE)
+        .union(WatchMask::ATTRIB)
+        .union(WatchMask::DELETE_SELF)
+        .union(WatchMask::MOVE_SELF);
+
+    type Dirs = Arc<RwLock<HashMap<WatchDescriptor, PathBuf>>>;
+
+    pub struct Watches {
+        watches: inotify::Watches,
+        by_wd: Dirs,
+        by_dir: HashMap<PathBuf, WatchDescriptor>,
+    }
+
+    impl Watches {
+        pub fn start(tx: mpsc::Sender<Trigger>, relevant: Relevant) -> std::io::Result<Self> {
+            let inotify = Inotify::init()?;
+            let watches = inotify.watches();
+            let events = inotify.into_event_stream([0u8; 4096])?;
+            let by_wd = Dirs::default();
+            tokio::spawn(read(events, by_wd.clone(), relevant, tx));
+            Ok(Self { watches, by_wd, by_dir: HashMap::new() })
+        }
+
+        pub fn set(&mut self, wanted: BTreeSet<PathBuf>) {
+            let mut by_wd = self.by_wd.write().unwrap_or_else(PoisonError::into_inner);
+            self.by_dir.retain(|dir, wd| {
+                let keep = wanted.contains(dir);
+                if !keep {
+                    // Fails when the directory went away and took the watch with it.
+                    let _ = self.watches.remove(wd.clone());
+                    by_wd.remove(wd);
+                }
+                keep
+            });
+            for dir in wanted {
+                if self.by_dir.contains_key(&dir) {
+                    continue;
+                }
+                match self.watches.add(&dir, MASK) {
+                    Ok(wd) => {
+                        by_wd.insert(wd.clone(), dir.clone());
+                        self.by_dir.insert(dir, wd);
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a config directory"),
+                }
             }
         }
-        self.dirs = wanted;
+    }
+
+    /// Reads events until the reloader is gone; each relevant one asks it to look again.
+    async fn read(mut events: EventStream<[u8; 4096]>, by_wd: Dirs, relevant: Relevant, tx: mpsc::Sender<Trigger>) {
+        while let Some(event) = events.next().await {
+            let e = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading file events failed; no more file-change reloads");
+                    return;
+                }
+            };
+            let look = {
+                let by_wd = by_wd.read().unwrap_or_else(PoisonError::into_inner);
+                // An overflowed queue says nothing of what changed: look, to be safe.
+                e.mask.contains(EventMask::Q_OVERFLOW)
+                    || match (by_wd.get(&e.wd), &e.name) {
+                        (Some(dir), Some(name)) => is_relevant(&relevant, &dir.join(name)),
+                        (Some(dir), None) => is_relevant(&relevant, dir),
+                        (None, _) => false,
+                    }
+            };
+            // A full queue already holds a look-again.
+            if look && tx.try_send(Trigger::Files).is_err() && tx.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod kernel {
+    //! No inotify: `Watch` polls.
+
+    use super::*;
+
+    pub struct Watches;
+
+    impl Watches {
+        pub fn start(_: mpsc::Sender<Trigger>, _: Relevant) -> std::io::Result<Self> {
+            Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "inotify is Linux only"))
+        }
+
+        pub fn set(&mut self, _: BTreeSet<PathBuf>) {}
     }
 }
 
