@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
 use crate::config;
-use crate::server::{self, ConnSettings};
+use crate::server::{self, ConnLimits, ConnSettings};
 
 /// The bundled quickstart config.
 pub const QUICKSTART: &str = include_str!("../config/quickstart.yaml");
@@ -35,7 +35,15 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
     let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
     let sessions: Sessions = Arc::default();
     let backend_stop = CancellationToken::new();
-    let settings = Arc::new(ConnSettings::new(64 * 1024, std::time::Duration::from_secs(10), 1024, None));
+    let secs = std::time::Duration::from_secs;
+    let limits = ConnLimits {
+        max_header_bytes: 64 * 1024,
+        header_read_timeout: secs(10),
+        idle_timeout: secs(60),
+        request_body_timeout: secs(30),
+        max_connections: 1024,
+    };
+    let settings = Arc::new(ConnSettings::new(limits, None));
     tokio::spawn(server::serve(
         backend,
         settings,

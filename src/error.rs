@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::proxy::pool::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, ClientFault};
 
 /// A request that tokengate could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,9 @@ pub enum Error {
     PayloadTooLarge(u64),
     #[error("cannot read the request body")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The client's body failed (too slow, malformed, cut short): the client's fault.
+    #[error("the request body failed: {0:?}")]
+    ClientBody(ClientFault),
     #[error("the auth hook refused the credentials")]
     Unauthorized,
     #[error("auth hook {hook} failed: {cause}")]
@@ -55,6 +58,8 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(ClientFault::Timeout) => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientBody(ClientFault::Broken) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,7 +74,8 @@ impl Error {
             Self::UpstreamTimeout(_) => "gateway_timeout",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::BodyRead(_) | Self::InvalidRequest(_) => "invalid_request",
+            Self::BodyRead(_) | Self::InvalidRequest(_) | Self::ClientBody(ClientFault::Broken) => "invalid_request",
+            Self::ClientBody(ClientFault::Timeout) => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::AuthUnavailable { .. } => "auth_unavailable",
             Self::Sign(_) => "internal_error",
@@ -86,6 +92,8 @@ impl Error {
             Self::MethodNotAllowed { .. } => "method not allowed on this route",
             Self::PayloadTooLarge(_) => "request body too large",
             Self::BodyRead(_) => "cannot read the request body",
+            Self::ClientBody(ClientFault::Timeout) => "the request body did not arrive in time",
+            Self::ClientBody(ClientFault::Broken) => "the request body was malformed or cut short",
             Self::Unauthorized => "authentication required",
             Self::AuthUnavailable { .. } => "authentication is temporarily unavailable",
             Self::Sign(_) => "cannot sign the token",

@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigErrors, FieldError, Loaded};
 use crate::keys::KeyRing;
 use crate::proxy::Proxy;
 use crate::ratelimit::RateLimit;
-use crate::server::ConnSettings;
+use crate::server::{ConnLimits, ConnSettings};
 use crate::stores::Stores;
 use crate::tls::{self, Tls, TlsError};
 use crate::token::{Compiled, Routes};
@@ -84,11 +84,14 @@ impl Gateway {
         let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
         let jwks = Bytes::from(keys.jwks().to_string());
         let l = &config.limits;
-        let max_header_bytes = usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX);
-        let settings = |tls: Option<&Tls>| {
-            let acceptor = tls.map(|t| t.acceptor.clone());
-            Arc::new(ConnSettings::new(max_header_bytes, l.header_read_timeout.0, l.max_connections, acceptor))
+        let limits = ConnLimits {
+            max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
+            header_read_timeout: l.header_read_timeout.0,
+            idle_timeout: l.idle_timeout.0,
+            request_body_timeout: l.request_body_timeout.0,
+            max_connections: l.max_connections,
         };
+        let settings = |tls: Option<&Tls>| Arc::new(ConnSettings::new(limits, tls.map(|t| t.acceptor.clone())));
         let (public, admin) = (settings(tls.as_ref()), settings(None));
         let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools);
         Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, public, admin })

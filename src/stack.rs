@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, ClientFault, RequestBody};
 use crate::error::rescue;
 use crate::error::Error;
 use crate::gateway::Gateway;
@@ -93,10 +93,20 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
     } else {
         let resp = match proxy_limits(&gateway, &req, &conn, &state) {
             Some(refused) => refused,
-            None => match gateway.proxy.forward(req, &conn, &state.tunnels).await {
-                Ok(resp) => resp,
-                Err(err) => upstream_failure(&state, &err, &request_id),
-            },
+            None => {
+                let client_fault = match req.body() {
+                    http_body_util::Either::Left(body) => Some(body.fault()),
+                    http_body_util::Either::Right(_) => None,
+                };
+                match gateway.proxy.forward(req, &conn, &state.tunnels).await {
+                    Ok(resp) => resp,
+                    // The client's body failed first: the upstream is not to blame.
+                    Err(err) => match client_fault.as_ref().and_then(|f| f.get().copied()) {
+                        Some(fault) => client_failure(fault, &err, &request_id),
+                        None => upstream_failure(&state, &err, &request_id),
+                    },
+                }
+            }
         };
         (PROXY_ROUTE, resp)
     };
@@ -113,6 +123,13 @@ fn upstream_failure(state: &State, err: &Error, request_id: &HeaderValue) -> Res
     }
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %err.chain(), "upstream error");
     rescue(err)
+}
+
+/// The answer to a forward that failed because the client's body did: 408 or 400, logged at
+/// info (a client can neither trip upstream-error alerts nor 5xx objectives).
+fn client_failure(fault: ClientFault, err: &Error, request_id: &HeaderValue) -> Response<Body> {
+    tracing::info!(request_id = request_id.to_str().unwrap_or("-"), ?fault, error = %err.chain(), "client body failed");
+    rescue(&Error::ClientBody(fault))
 }
 
 /// Metrics and the access log line of an answered request.

@@ -184,6 +184,14 @@ pub struct LimitsConfig {
     /// A client slower than this to send its headers is cut off.
     #[serde(default = "d10s")]
     pub header_read_timeout: Duration,
+    /// A keep-alive HTTP/1.1 or HTTP/2 connection with no request in flight for this long is
+    /// closed (HTTP/2: GOAWAY). Upgraded connections (WebSockets) are not cut.
+    #[serde(default = "d60s")]
+    pub idle_timeout: Duration,
+    /// No request-body byte for this long: 408 when nothing was answered yet, else the stream
+    /// is reset. Token routes and forwarded uploads alike.
+    #[serde(default = "d30s")]
+    pub request_body_timeout: Duration,
     /// Open client connections; beyond it new ones wait in the accept queue.
     #[serde(default = "d10000")]
     pub max_connections: usize,
@@ -207,6 +215,8 @@ impl Default for LimitsConfig {
         Self {
             max_header_bytes: d64kib(),
             header_read_timeout: d10s(),
+            idle_timeout: d60s(),
+            request_body_timeout: d30s(),
             max_connections: d10000(),
             token_route_body: d64kib(),
             shutdown_grace: d30s(),

@@ -39,6 +39,15 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
     if c.limits.max_header_bytes.0 < MIN_HEADER_BYTES {
         err("limits.max_header_bytes".into(), "must be at least 8KiB".into());
     }
+    for (key, d) in [
+        ("limits.header_read_timeout", c.limits.header_read_timeout),
+        ("limits.idle_timeout", c.limits.idle_timeout),
+        ("limits.request_body_timeout", c.limits.request_body_timeout),
+    ] {
+        if d.0.is_zero() {
+            err(key.into(), "must be longer than 0".into());
+        }
+    }
     if c.limits.max_connections == 0 {
         err("limits.max_connections".into(), "must be at least 1".into());
     }

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::pin::{pin, Pin};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Reply, Service};
+use super::{ConnLimits, Reply, Service};
 use crate::body::Body;
 use crate::proxy::relay::Relayed;
 use crate::proxy::ConnInfo;
@@ -52,19 +52,26 @@ pub async fn serve<I, S: Service>(
     mut io: I,
     conn: &ConnInfo,
     service: &S,
-    max_header_bytes: usize,
-    header_read_timeout: Duration,
+    limits: &ConnLimits,
     stop: &CancellationToken,
 ) -> Outcome<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    let max_header_bytes = limits.max_header_bytes;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::with_capacity(8 * 1024);
     let mut stopped = pin!(stop.cancelled());
-    let mut timer = pin!(tokio::time::sleep(header_read_timeout));
+    // The first head must come within `header_read_timeout` of the accept (nginx's
+    // client_header_timeout); later, a connection may idle for `idle_timeout` (its
+    // keepalive_timeout), and then a started head has `header_read_timeout` to finish.
+    let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut first = true;
     loop {
-        timer.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
+        let wait = if first || !buf.is_empty() { limits.header_read_timeout } else { limits.idle_timeout };
+        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        let mut idle = !first && buf.is_empty();
+        first = false;
         let (head, info) = loop {
             match RequestHead::parse(&buf) {
                 Parsed::Head(head) => match fast_path(&head, &buf) {
@@ -88,6 +95,11 @@ where
                 Ok(0) if buf.is_empty() => return Outcome::Closed,
                 // A partial head and EOF: let hyper answer it (400).
                 Ok(0) => return Outcome::Handoff(io, buf.freeze()),
+                Ok(_) if idle => {
+                    // The idle wait is over: the head now has `header_read_timeout`.
+                    idle = false;
+                    timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                }
                 Ok(_) => {}
                 Err(_) => return Outcome::Closed,
             }
@@ -105,6 +117,8 @@ where
                 }
             },
         };
+        // Draining: this is the connection's last answer, and it says so.
+        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
         let written = match reply {
             Reply::Response(resp) => {
                 let (parts, body) = resp.into_parts();

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use crate::auth::{AuthError, AuthRequest, Hook, Identity};
-use crate::body::{self, Body, RequestBody};
+use crate::body::{self, Body, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{Config, FieldError, RouteConfig};
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
@@ -277,7 +277,13 @@ impl Route {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return Err(Error::PayloadTooLarge(self.body_limit))
             }
-            Err(e) => return Err(Error::BodyRead(e)),
+            Err(e) => {
+                return Err(match e.downcast_ref::<ClientBodyError>() {
+                    Some(ClientBodyError::Timeout(_)) => Error::ClientBody(ClientFault::Timeout),
+                    Some(ClientBodyError::Broken(_)) => Error::ClientBody(ClientFault::Broken),
+                    None => Error::BodyRead(e),
+                })
+            }
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);

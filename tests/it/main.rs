@@ -16,6 +16,7 @@ mod reload;
 mod rotation;
 mod seeds;
 mod shutdown;
+mod slow_clients;
 mod streaming;
 mod tls;
 mod tokens;

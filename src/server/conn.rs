@@ -1,0 +1,157 @@
+//! One connection, from the TLS handshake to its close: HTTP/1.1 on the fast path (`h1`) until a
+//! request needs hyper, then hyper's HTTP/1.1 or HTTP/2 for the rest of its life. Here the
+//! connection's lifetime is decided: closed after `limits.idle_timeout` without a request in
+//! flight (HTTP/2: GOAWAY first), and on shutdown told to finish (HTTP/1.1: `Connection:
+//! close`; HTTP/2: GOAWAY at once), then dropped once nothing is in flight, so a client that
+//! never answers the GOAWAY's PING cannot hold the shutdown for the whole grace.
+
+use std::convert::Infallible;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::prefixed::Prefixed;
+use super::{h1, ConnSettings, Service};
+use crate::body::{Body, ClientBody};
+use crate::proxy::ConnInfo;
+
+/// After a GOAWAY (or `Connection: close`) with nothing in flight, how long a client has to
+/// close before the connection is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What serving one connection needs.
+pub(super) struct Conn<S> {
+    pub settings: Arc<ConnSettings>,
+    pub service: S,
+    pub stop: CancellationToken,
+}
+
+impl<S: Service> Conn<S> {
+    /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
+    /// hyper from the start.
+    pub async fn serve<I>(self, io: I, info: ConnInfo, h2: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = if h2 {
+            Prefixed::new(Bytes::new(), io)
+        } else {
+            match h1::serve(io, &info, &self.service, &self.settings.limits, &self.stop).await {
+                h1::Outcome::Closed => return,
+                h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
+            }
+        };
+        let active = Arc::new(InFlight::default());
+        let (inner, in_flight, body_timeout) =
+            (self.service, active.clone(), self.settings.limits.request_body_timeout);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let guard = in_flight.begin();
+            let req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout)));
+            let response = inner.call(req, info.clone());
+            async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, _guard: guard })) }
+        });
+        let connection = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut connection = pin!(connection.into_owned());
+        let mut closing = false;
+        loop {
+            let quiet = if closing { CLOSE_LINGER } else { self.settings.limits.idle_timeout };
+            tokio::select! {
+                done = connection.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(error = %e, "connection closed with error");
+                    }
+                    return;
+                }
+                _ = self.stop.cancelled(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = active.quiet_for(quiet) => {
+                    if closing {
+                        // Told to close, nothing in flight, still open: drop it.
+                        return;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection: from the call of the service until the response body
+/// has been sent (or dropped).
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl InFlight {
+    fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        InFlightGuard(self.clone())
+    }
+
+    /// Resolves once nothing has been in flight for `quiet`.
+    async fn quiet_for(&self, quiet: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = pin!(changed);
+            changed.as_mut().enable();
+            if self.count.load(Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(quiet) => return,
+                _ = changed => {}
+            }
+        }
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked {
+    body: Body,
+    _guard: InFlightGuard,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
