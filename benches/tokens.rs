@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("template_render", |b| b.iter(|| response.render(black_box(&ctx)).unwrap()));
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000).unwrap();
+    let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000, 25_000).unwrap();
     let names = [HeaderName::from_static("cookie"), HeaderName::from_static("authorization")];
     let mut headers = HeaderMap::new();
     headers.insert("cookie", HeaderValue::from_static("session=0123456789abcdef0123456789abcdef; theme=dark"));

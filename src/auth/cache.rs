@@ -1,12 +1,14 @@
 //! The auth cache: per credential, keyed by an HMAC of the forwarded credential headers under a
 //! per-process random key (never the raw values), so one caller's identity cannot be served
 //! to another. Concurrent misses for one key make one hook call. Allows live `ttl`, denies
-//! `negative_ttl`; failures are never cached.
+//! `negative_ttl`; failures are never cached. Allows and denies are bounded apart
+//! (`max_entries`, `max_negative_entries`): a flood of bad credentials evicts other bad
+//! credentials, never a real user's session.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -14,44 +16,40 @@ use http::{HeaderMap, HeaderName};
 
 use super::{AuthError, Identity};
 
-/// A cached decision.
-#[derive(Clone)]
-enum Decision {
-    Allow(Arc<Identity>),
-    Deny,
+/// Why a miss gave no identity; shared by every caller waiting on the same call.
+#[derive(Debug)]
+enum Miss {
+    Denied,
+    Failed(String),
 }
 
-struct ByDecision {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl moka::Expiry<[u8; 32], Decision> for ByDecision {
-    fn expire_after_create(&self, _: &[u8; 32], value: &Decision, _: Instant) -> Option<Duration> {
-        Some(match value {
-            Decision::Allow(_) => self.ttl,
-            Decision::Deny => self.negative_ttl,
-        })
-    }
-}
-
-/// Bounded (`max_entries`) cache of auth decisions.
+/// Bounded caches of auth decisions.
 pub struct AuthCache {
     key: hmac::Key,
-    entries: moka::future::Cache<[u8; 32], Decision>,
+    allows: moka::future::Cache<[u8; 32], Arc<Identity>>,
+    denies: moka::future::Cache<[u8; 32], ()>,
 }
 
 impl AuthCache {
-    /// An empty cache under a fresh random key; fails only if the system RNG does.
-    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: u64) -> Result<Self, String> {
+    /// Empty caches under a fresh random key; fails only if the system RNG does.
+    pub fn new(
+        ttl: Duration,
+        negative_ttl: Duration,
+        max_entries: u64,
+        max_negative_entries: u64,
+    ) -> Result<Self, String> {
         let mut secret = [0u8; 32];
         SystemRandom::new().fill(&mut secret).map_err(|_| "the system random number generator failed".to_owned())?;
         Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            entries: moka::future::Cache::builder()
+            allows: moka::future::Cache::builder()
                 .max_capacity(max_entries)
-                .expire_after(ByDecision { ttl, negative_ttl })
+                .time_to_live(ttl)
                 .support_invalidation_closures()
+                .build(),
+            denies: moka::future::Cache::builder()
+                .max_capacity(max_negative_entries)
+                .time_to_live(negative_ttl)
                 .build(),
         })
     }
@@ -81,30 +79,42 @@ impl AuthCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Arc<Identity>>, String>>,
     {
+        if self.denies.contains_key(&key) {
+            return (Err(AuthError::Denied), false);
+        }
         let called = AtomicBool::new(false);
+        // Only allows are stored by the single flight; a deny comes back as its error, to
+        // every waiter, and is stored apart.
         let result = self
-            .entries
+            .allows
             .try_get_with(key, async {
                 called.store(true, Ordering::Relaxed);
-                call().await.map(|answer| match answer {
-                    Some(identity) => Decision::Allow(identity),
-                    None => Decision::Deny,
-                })
+                match call().await {
+                    Ok(Some(identity)) => Ok(identity),
+                    Ok(None) => Err(Miss::Denied),
+                    Err(cause) => Err(Miss::Failed(cause)),
+                }
             })
             .await;
+        let called = called.load(Ordering::Relaxed);
         let outcome = match result {
-            Ok(Decision::Allow(identity)) => Ok(identity),
-            Ok(Decision::Deny) => Err(AuthError::Denied),
-            Err(cause) => Err(AuthError::Unavailable(cause.to_string())),
+            Ok(identity) => Ok(identity),
+            Err(miss) => match &*miss {
+                Miss::Denied => {
+                    if called {
+                        self.denies.insert(key, ()).await;
+                    }
+                    Err(AuthError::Denied)
+                }
+                Miss::Failed(cause) => Err(AuthError::Unavailable(cause.clone())),
+            },
         };
-        (outcome, called.load(Ordering::Relaxed))
+        (outcome, called)
     }
 
     /// Forgets every cached identity of `user_id` (logout, `/admin/revoke`).
     pub fn forget_user(&self, user_id: &str) {
         let user = user_id.to_owned();
-        let _ = self
-            .entries
-            .invalidate_entries_if(move |_, d| matches!(d, Decision::Allow(i) if i.id() == Some(user.as_str())));
+        let _ = self.allows.invalidate_entries_if(move |_, identity| identity.id() == Some(user.as_str()));
     }
 }

@@ -100,6 +100,7 @@ pub struct AuthShape {
     ttl: Duration,
     negative_ttl: Duration,
     max_entries: u64,
+    max_negative_entries: u64,
 }
 
 /// An IdP's JWK set is kept across reloads while the hook, its URL and how it is fetched stay
@@ -162,10 +163,13 @@ impl Hook {
                     ttl: c.ttl.0,
                     negative_ttl: c.negative_ttl.0,
                     max_entries: c.max_entries,
+                    max_negative_entries: c.negative_entries(),
                 };
                 let cache = stores
                     .caches
-                    .try_take(shape, || AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries).map(Arc::new))
+                    .try_take(shape, || {
+                        AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries, c.negative_entries()).map(Arc::new)
+                    })
                     .map_err(|e| at("cache", e))?;
                 Kind::Http(Box::new(HttpHook { pool: pool_for(&url), url, method, forward, timeout, cache }))
             }
@@ -231,7 +235,8 @@ impl Hook {
                 let (outcome, called) = hook.cache.get_or_call(key, call).await;
                 let result_label = if called { "miss" } else { "hit" };
                 metrics.auth_cache_total.with_label_values(&[&self.name, result_label]).inc();
-                outcome
+                // `auth_hook_total` counts the hook's own decisions; a cache hit is none.
+                return if called { self.count(outcome, metrics) } else { outcome };
             }
             Kind::ApiKey { header, keys } => {
                 let presented = req.headers.get(header).map(HeaderValue::as_bytes).unwrap_or_default();

@@ -326,8 +326,19 @@ pub struct HookCacheConfig {
     pub ttl: Duration,
     #[serde(default = "d2s")]
     pub negative_ttl: Duration,
+    /// Allowed credentials kept at most.
     #[serde(default = "d100000")]
     pub max_entries: u64,
+    /// Denied credentials kept at most, apart from the allowed ones (default: a quarter of
+    /// `max_entries`), so a flood of bad credentials never evicts a real user's session.
+    #[serde(default)]
+    pub max_negative_entries: Option<u64>,
+}
+
+impl HookCacheConfig {
+    pub fn negative_entries(&self) -> u64 {
+        self.max_negative_entries.unwrap_or(self.max_entries / 4).max(1)
+    }
 }
 
 fn d100000() -> u64 {
@@ -336,7 +347,7 @@ fn d100000() -> u64 {
 
 impl Default for HookCacheConfig {
     fn default() -> Self {
-        Self { ttl: d30s(), negative_ttl: d2s(), max_entries: d100000() }
+        Self { ttl: d30s(), negative_ttl: d2s(), max_entries: d100000(), max_negative_entries: None }
     }
 }
 

@@ -151,7 +151,8 @@ async fn concurrent_misses_for_one_cookie_make_one_hook_call() {
     let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
     assert!(metrics.contains("tokengate_auth_cache_total{hook=\"session\",result=\"miss\"} 1"), "{metrics}");
     assert!(metrics.contains("tokengate_auth_cache_total{hook=\"session\",result=\"hit\"} 49"), "{metrics}");
-    assert!(metrics.contains("tokengate_auth_hook_total{hook=\"session\",outcome=\"allow\"} 50"), "{metrics}");
+    assert!(metrics.contains("tokengate_auth_hook_total{hook=\"session\",outcome=\"allow\"} 1"), "{metrics}");
+    assert!(metrics.contains("tokengate_auth_hook_duration_seconds_count{hook=\"session\"} 1"), "{metrics}");
     assert!(
         metrics.contains("tokengate_tokens_minted_total{alg=\"HS256\",route=\"chat\",token=\"token\"} 50"),
         "{metrics}"
@@ -364,4 +365,24 @@ async fn jwt_hook_fetches_the_idps_jwk_set() {
     assert_eq!(post(app.addr, "/t", &[("authorization", &format!("Bearer {forged}"))], "").await.status, 401);
     // An unreachable JWKS endpoint fails closed with 503.
     assert_eq!(post(app.addr, "/g", &[("authorization", &format!("Bearer {idp_token}"))], "").await.status, 503);
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_cookies_does_not_evict_a_warm_session() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nauth_hooks:\n{}routes: [{{ name: chat, path: /t, auth: session, tokens: {{ token: {{ key: k, ttl: 1h }} }} }}]\n",
+        session_hook(&b, "    cache: { ttl: 5m, negative_ttl: 5m, max_entries: 100 }\n")
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    assert_eq!(post(app.addr, "/t", &[("cookie", "session=warm")], "").await.status, 200);
+    // Three times `max_entries` distinct credentials the session endpoint refuses.
+    for i in 0..300 {
+        let cookie = format!("bad={i}");
+        assert_eq!(post(app.addr, "/t", &[("cookie", &cookie)], "").await.status, 401);
+    }
+    let calls = b.session_calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 301);
+    assert_eq!(post(app.addr, "/t", &[("cookie", "session=warm")], "").await.status, 200);
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), calls, "the warm session was evicted by the flood");
 }
