@@ -45,7 +45,7 @@ fn deny_unauthorized(state: &State, req: &Request<RequestBody>, conn: &ConnInfo)
             let presented = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .and_then(|v| crate::auth::bearer_token(v.as_bytes()))
                 .unwrap_or_default();
             let unauthorized = || json_error(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required");
             (!token.matches(presented)).then(unauthorized)

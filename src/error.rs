@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::proxy::pool::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::admission::Refusal;
 use crate::body::{self, Body, ClientFault};
 
 /// A request that tokengate could not serve.
@@ -39,6 +40,9 @@ pub enum Error {
     Sign(#[from] crate::keys::SignError),
     #[error("rate limit {limit} exceeded")]
     RateLimited { limit: String, burst: u32, decision: crate::ratelimit::Decision },
+    /// Refused before going anywhere (`admission`); the connection closes after the answer.
+    #[error("request refused: {}", .0.message())]
+    Refused(Refusal),
 }
 
 impl Error {
@@ -64,6 +68,8 @@ impl Error {
             Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Refused(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -80,6 +86,8 @@ impl Error {
             Self::AuthUnavailable { .. } => "auth_unavailable",
             Self::Sign(_) => "internal_error",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Refused(Refusal::Connect) => "method_not_allowed",
+            Self::Refused(_) => "invalid_request",
         }
     }
 
@@ -99,6 +107,7 @@ impl Error {
             Self::Sign(_) => "cannot sign the token",
             Self::RateLimited { .. } => "too many requests, retry later",
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
+            Self::Refused(r) => r.message(),
         })
     }
 
@@ -151,6 +160,14 @@ pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
             h.insert("ratelimit-limit", HeaderValue::from(*burst));
             h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
             h.insert("ratelimit-reset", HeaderValue::from(secs(decision.reset)));
+        }
+        Error::Refused(refusal) => {
+            let h = resp.headers_mut();
+            if *refusal == Refusal::Connect {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+            }
+            // A client that sent this cannot be trusted to frame the next request either.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         _ => {}
     }

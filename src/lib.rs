@@ -4,6 +4,7 @@
 #![warn(rust_2018_idioms)]
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod body;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::admission::{self, Refusal};
 use crate::body::{Body, ClientFault, RequestBody};
 use crate::error::rescue;
 use crate::error::Error;
@@ -31,6 +32,16 @@ pub struct Public(pub Arc<State>);
 impl Service for Public {
     fn call(&self, req: Request<RequestBody>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send + use<> {
         handle(self.0.clone(), req, conn)
+    }
+
+    /// Counted and logged like any answer.
+    fn refuse(&self, method: &Method, refusal: Refusal) -> Response<Body> {
+        let gateway = self.0.gateway.load();
+        let request_id = headers::new_request_id();
+        let mut resp = rescue(&Error::Refused(refusal));
+        resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), request_id.clone());
+        finish(&self.0, PROXY_ROUTE, method, resp.status(), Duration::ZERO, &request_id, None);
+        resp
     }
 
     /// Forwarded traffic without proxy limits is relayed from the head; token routes, the JWK
@@ -66,12 +77,13 @@ async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &
     reply
 }
 
-/// The request id of a relayed request: the client's when it sent one, else a new one.
+/// The request id of a relayed request: the client's when it sent a usable one, else a new one.
 fn request_id(head: &RequestHead, name: &http::HeaderName) -> RequestId {
     let sent = head.fields.iter().find(|f| f.is(&head.bytes, name));
-    match sent.and_then(|f| HeaderValue::from_maybe_shared(head.bytes.slice(f.value_range())).ok()) {
-        Some(value) if !value.is_empty() => RequestId { value, generated: false },
-        _ => RequestId { value: headers::new_request_id(), generated: true },
+    let usable = sent.filter(|f| headers::is_usable_request_id(f.value(&head.bytes)));
+    match usable.and_then(|f| HeaderValue::from_maybe_shared(head.bytes.slice(f.value_range())).ok()) {
+        Some(value) => RequestId { value, generated: false },
+        None => RequestId { value: headers::new_request_id(), generated: true },
     }
 }
 
@@ -83,7 +95,9 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
     let method = req.method().clone();
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let path = req.uri().path();
-    let (route, mut resp) = if let Some((route, captures)) = gateway.routes.find(path) {
+    let (route, mut resp) = if let Err(refusal) = admission::check_request(&req) {
+        (PROXY_ROUTE, rescue(&Error::Refused(refusal)))
+    } else if let Some((route, captures)) = gateway.routes.find(path) {
         // Boxed: the token pipeline's future is large, and hyper moves the request future
         // around; forwarded requests should not pay for its size.
         let resp = Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics)).await;

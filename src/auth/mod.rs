@@ -27,6 +27,15 @@ use crate::shelf::Shelf;
 pub use cache::AuthCache;
 pub use identity::{Identity, IdentitySource};
 
+/// The credentials of `Authorization: Bearer <token>`; the scheme in any letter case (RFC 9110
+/// §11.1), one or more spaces after it.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let split = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(split);
+    let token = rest.trim_ascii_start();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The largest session-endpoint answer we read.
 const MAX_HOOK_BODY: usize = 256 * 1024;
 
@@ -252,8 +261,8 @@ impl Hook {
                 let bearer = req
                     .headers
                     .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
+                    .and_then(|v| bearer_token(v.as_bytes()))
+                    .and_then(|t| std::str::from_utf8(t).ok());
                 let Some(token) = bearer else { return self.count(Err(AuthError::Denied), metrics) };
                 let fetched;
                 let key = match keys.as_ref() {
@@ -310,8 +319,14 @@ impl HttpHook {
         let (timeout, pool) = (&self.timeout, &self.pool);
         let mut req = crate::proxy::pool::origin_request(self.method.clone(), &self.url);
         for name in &self.forward {
-            for value in headers.get_all(name) {
-                req = req.header(name, value);
+            // A session endpoint reads one Cookie field; HTTP/2 clients send crumbs.
+            match crate::proxy::joined_cookies(headers).filter(|_| name == http::header::COOKIE) {
+                Some(joined) => req = req.header(name, joined),
+                None => {
+                    for value in headers.get_all(name) {
+                        req = req.header(name, value);
+                    }
+                }
             }
         }
         let req: Request<UpstreamBody> =

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use super::ConnInfo;
 use crate::config::{ForwardingConfig, XForwardedMode};
+use crate::wire::fields::{is_underscore_spelling, Known};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -121,6 +122,27 @@ fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<u8> {
     out
 }
 
+/// Drops the underscore spellings of the fields tokengate sets (`X_Forwarded_For`…, and of the
+/// request id): CGI-style servers fold them into the same variable as the real ones. With
+/// `off`, tokengate sets no `X-Forwarded-*`, so only the request id's look-alikes go.
+pub fn remove_lookalikes(headers: &mut HeaderMap, request_id: &HeaderName, mode: XForwardedMode) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str().as_bytes();
+            let forwarded = mode != XForwardedMode::Off && Known::of(n) == Known::XForwardedLookalike;
+            forwarded || is_underscore_spelling(n, request_id.as_str().as_bytes())
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
 /// Drops `X-Forwarded-*` and the `X_Forwarded_*` spellings some servers treat as the same.
 fn remove_x_forwarded(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
@@ -157,7 +179,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `upgrade` keeps `Upgrade` and a bare `Connection: upgrade` (the tunnel needs them).
 /// In requests, `TE: trailers` survives: it is how a client says it accepts trailers, and
 /// the upstream only sends them when asked (RFC 9110 §10.1.4).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool) {
+///
+/// `Connection` cannot name away `Host`, the request id (`request_id`) or the `X-Forwarded-*`
+/// fields tokengate sets: a client must not make a field it relies on disappear.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool, request_id: &HeaderName) {
     // Most messages carry none of them: one pass over the names instead of six lookups.
     if !upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
@@ -166,7 +191,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
         let named: Vec<HeaderName> =
             connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
         for name in named {
-            if !(upgrade && name == header::UPGRADE) && name != header::TE {
+            let kept = (upgrade && name == header::UPGRADE) || name == header::TE || is_protected(&name, request_id);
+            if !kept {
                 headers.remove(&name);
             }
         }
@@ -188,6 +214,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
     }
 }
 
+/// Fields a `Connection` option may not remove.
+fn is_protected(name: &HeaderName, request_id: &HeaderName) -> bool {
+    name == header::HOST
+        || name == request_id
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+}
+
+/// RFC 9112 §6.3: a `Content-Length` beside `Transfer-Encoding` does not frame the message,
+/// and 1xx and 204 answers have no content (RFC 9110 §8.6): either way it must not reach the
+/// client, whose framing would follow it.
+pub fn drop_misframed_length(status: http::StatusCode, headers: &mut HeaderMap) {
+    let no_content = status.is_informational() || status == http::StatusCode::NO_CONTENT;
+    if no_content || headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
 /// The fields `strip_hop_by_hop` removes whatever `Connection` says.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
@@ -198,10 +243,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// Returns the request id, generating and inserting a UUID v4 when absent.
+/// The longest client request id kept (longer ones are replaced, not echoed or logged whole).
+pub const MAX_REQUEST_ID: usize = 200;
+
+/// A client's request id is kept when it is 1 to 200 visible ASCII characters.
+pub fn is_usable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&value.len()) && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Returns the request id: the client's when usable, else a new UUID v4 in its place.
 pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
     if let Some(v) = headers.get(name) {
-        if !v.is_empty() {
+        if is_usable_request_id(v.as_bytes()) {
             return v.clone();
         }
     }
@@ -221,6 +274,8 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static RID: HeaderName = HeaderName::from_static("x-request-id");
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -254,7 +309,7 @@ mod tests {
             ("upgrade", "h2c"),
             ("x-end-to-end", "kept"),
         ]);
-        strip_hop_by_hop(&mut h, false, true);
+        strip_hop_by_hop(&mut h, false, true, &RID);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
     }
@@ -262,10 +317,10 @@ mod tests {
     #[test]
     fn keeps_te_trailers_in_requests_only() {
         let mut req = map(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut req, false, true);
+        strip_hop_by_hop(&mut req, false, true, &RID);
         assert_eq!(req["te"], "trailers");
         let mut resp = map(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut resp, false, false);
+        strip_hop_by_hop(&mut resp, false, false, &RID);
         assert!(resp.get("te").is_none());
     }
 
@@ -273,7 +328,7 @@ mod tests {
     fn upgrade_keeps_upgrade_headers() {
         let mut h = map(&[("connection", "Upgrade, keep-alive"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(is_upgrade_request(&h));
-        strip_hop_by_hop(&mut h, true, true);
+        strip_hop_by_hop(&mut h, true, true, &RID);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");

@@ -98,9 +98,12 @@ impl Proxy {
                         None => upgrade::Upstream::Hyper(hyper::upgrade::on(&mut resp)),
                     };
                     tunnels.spawn(upgrade::tunnel(client_side, upstream_side));
-                    headers::strip_hop_by_hop(resp.headers_mut(), true, false);
+                    headers::strip_hop_by_hop(resp.headers_mut(), true, false, &self.rules.request_id);
                 }
-                _ => headers::strip_hop_by_hop(resp.headers_mut(), false, false),
+                _ => {
+                    headers::drop_misframed_length(resp.status(), resp.headers_mut());
+                    headers::strip_hop_by_hop(resp.headers_mut(), false, false, &self.rules.request_id);
+                }
             }
             Ok(resp.map(Either::Left))
         }
@@ -111,21 +114,28 @@ impl Proxy {
     fn upstream_request(&self, req: Request<RequestBody>, conn: &ConnInfo, upgrade: bool) -> Request<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
 
-        if parts.version == Version::HTTP_2 {
+        let h2 = parts.version == Version::HTTP_2;
+        if h2 {
             join_cookies(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade, true);
-        // An HTTP/2 client names the host in :authority; HTTP/1.1 upstreams need `Host`, and
-        // get the upstream's own when the client (HTTP/1.0) named none.
-        let host = match parts.headers.get(header::HOST) {
-            Some(host) => Some(host.clone()),
-            None => {
-                let named = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade, true, &self.rules.request_id);
+        // An absolute-form target's host replaces `Host` (RFC 9112 §3.2.2); an HTTP/2 client
+        // names the host in :authority; a client without either (HTTP/1.0) gets the
+        // upstream's own.
+        let named = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let host = match (named, parts.headers.get(header::HOST)) {
+            (Some(named), Some(_)) if !h2 => {
+                parts.headers.insert(header::HOST, named.clone());
+                Some(named)
+            }
+            (_, Some(host)) => Some(host.clone()),
+            (named, None) => {
                 parts.headers.insert(header::HOST, named.clone().unwrap_or_else(|| self.host.clone()));
                 named
             }
         };
+        headers::remove_lookalikes(&mut parts.headers, &self.rules.request_id, self.rules.mode);
         self.rules.apply_x_forwarded(&mut parts.headers, conn, host.as_ref());
 
         // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
@@ -144,11 +154,15 @@ impl Proxy {
 
 /// RFC 9113 §8.2.3: HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one.
 fn join_cookies(h: &mut http::HeaderMap) {
-    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
+    if let Some(joined) = joined_cookies(h) {
+        h.insert(header::COOKIE, joined);
     }
+}
+
+/// The `Cookie` crumbs an HTTP/2 client split (RFC 9113 §8.2.3) as one field, joined with
+/// `; `; None when there are fewer than two.
+pub fn joined_cookies(h: &http::HeaderMap) -> Option<HeaderValue> {
+    h.get_all(header::COOKIE).iter().nth(1)?;
     let joined: Vec<u8> = h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        h.insert(header::COOKIE, v);
-    }
+    HeaderValue::from_bytes(&joined).ok()
 }

@@ -90,7 +90,18 @@ impl Proxy {
                 }
                 continue;
             }
-            if f.known.is_hop_by_hop() || is_named(name, &named) {
+            // `Connection` may not name away the fields tokengate relies on or sets.
+            let protected =
+                matches!(f.known, Known::Host | Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost)
+                    || f.is(head, &self.rules.request_id);
+            if f.known.is_hop_by_hop() || (!protected && is_named(name, &named)) {
+                continue;
+            }
+            // Look-alikes of fields tokengate sets, folded into the same variable by CGI-style
+            // servers: never passed on (in `off` mode tokengate sets no X-Forwarded-*).
+            if fields::is_underscore_spelling(name, self.rules.request_id.as_str().as_bytes())
+                || (f.known == Known::XForwardedLookalike && mode != XForwardedMode::Off)
+            {
                 continue;
             }
             match (f.known, mode) {
@@ -152,10 +163,11 @@ impl Proxy {
 fn drop_hop_fields(head: &mut ResponseHead, request_id: &HeaderName) {
     let bytes = &head.bytes[..];
     let named = fields::connection_named(bytes, &head.fields);
-    let chunked = head.chunked_wins();
+    // No content (RFC 9110 §8.6), or chunked framing that wins over the length.
+    let no_length = head.chunked_wins() || head.status.is_informational() || head.status == StatusCode::NO_CONTENT;
     head.fields.retain(|f| {
         !(f.known.is_hop_by_hop()
-            || (chunked && f.known == Known::ContentLength)
+            || (no_length && f.known == Known::ContentLength)
             || is_named(f.name(bytes), &named)
             || f.is(bytes, request_id))
     });

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnLimits, Reply, Service};
+use crate::admission;
 use crate::body::Body;
 use crate::proxy::relay::Relayed;
 use crate::proxy::ConnInfo;
@@ -74,10 +75,21 @@ where
         first = false;
         let (head, info) = loop {
             match RequestHead::parse(&buf) {
-                Parsed::Head(head) => match fast_path(&head, &buf) {
-                    Some(info) => break (head.take(&mut buf), info),
-                    None => return Outcome::Handoff(io, buf.freeze()),
-                },
+                Parsed::Head(head) => {
+                    // Refused here even when hyper would have served it: hyper cuts fragments
+                    // off and resolves Content-Length beside Transfer-Encoding silently.
+                    if let Err(refusal) = admission::check_head(&head, &buf) {
+                        let (parts, body) = service.refuse(&head.method, refusal).into_parts();
+                        let info = RequestInfo { head: false, keep_alive: false, http10: false, trailers: false };
+                        let _ = write_response(&mut io, &mut out, &parts, body, &info).await;
+                        let _ = io.shutdown().await;
+                        return Outcome::Closed;
+                    }
+                    match fast_path(&head, &buf) {
+                        Some(info) => break (head.take(&mut buf), info),
+                        None => return Outcome::Handoff(io, buf.freeze()),
+                    }
+                }
                 Parsed::Partial if buf.len() < max_header_bytes => {}
                 Parsed::Partial | Parsed::Invalid => return Outcome::Handoff(io, buf.freeze()),
             }

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Refusal;
 use crate::body::{Body, RequestBody};
 use crate::proxy::relay::Relayed;
 use crate::proxy::ConnInfo;
@@ -34,6 +35,13 @@ pub trait Service: Clone + Send + Sync + 'static {
         req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + use<Self>;
+
+    /// The answer to a request `admission` refused as the fast path read it (the connection
+    /// closes after it).
+    fn refuse(&self, method: &http::Method, refusal: Refusal) -> Response<Body> {
+        let _ = method;
+        crate::error::rescue(&crate::error::Error::Refused(refusal))
+    }
 
     /// For a body-less HTTP/1.1 request still as bytes: a future that answers it from its head
     /// (forwarded traffic), or None to have it served by `call`.

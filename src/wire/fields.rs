@@ -23,8 +23,11 @@ pub enum Known {
     XForwardedFor,
     XForwardedProto,
     XForwardedHost,
-    /// Any other `X-Forwarded-*`, and the `X_Forwarded_*` spellings some servers treat alike.
+    /// Any other `X-Forwarded-*` (`-Port`, `-Prefix`…), and underscore spellings of those.
     XForwardedOther,
+    /// An underscore spelling of one of the three tokengate sets (`X_Forwarded_For`): CGI-style
+    /// servers fold it into the same variable, so it never passes.
+    XForwardedLookalike,
 }
 
 impl Known {
@@ -46,10 +49,13 @@ impl Known {
             n if n > 12 && is_x_forwarded(&name[..12]) => {
                 // Only the hyphenated spelling is the field itself; the others are look-alikes.
                 let hyphens = name[1] == b'-' && name[11] == b'-';
-                match &name[12..] {
+                let rest = &name[12..];
+                let ours = [&b"for"[..], b"proto", b"host"].iter().any(|n| rest.eq_ignore_ascii_case(n));
+                match rest {
                     s if hyphens && s.eq_ignore_ascii_case(b"for") => Self::XForwardedFor,
                     s if hyphens && s.eq_ignore_ascii_case(b"proto") => Self::XForwardedProto,
                     s if hyphens && s.eq_ignore_ascii_case(b"host") => Self::XForwardedHost,
+                    _ if ours => Self::XForwardedLookalike,
                     _ => Self::XForwardedOther,
                 }
             }
@@ -69,6 +75,14 @@ impl Known {
                 | Self::Upgrade
         )
     }
+}
+
+/// True when `name` is `field` spelled with an underscore where it has a hyphen, in any letter
+/// case (`X_Request_Id` for `x-request-id`), but not `field` itself.
+pub fn is_underscore_spelling(name: &[u8], field: &[u8]) -> bool {
+    name.len() == field.len()
+        && name.contains(&b'_')
+        && name.iter().zip(field).all(|(n, f)| n.eq_ignore_ascii_case(f) || (*n == b'_' && *f == b'-'))
 }
 
 /// `x-forwarded-` or `x_forwarded_` (either separator), any letter case.
@@ -176,8 +190,10 @@ mod tests {
         assert_eq!(Known::of(b"x-forwarded-for"), Known::XForwardedFor);
         assert_eq!(Known::of(b"X-Forwarded-Proto"), Known::XForwardedProto);
         assert_eq!(Known::of(b"x-forwarded-host"), Known::XForwardedHost);
-        assert_eq!(Known::of(b"X_Forwarded_For"), Known::XForwardedOther);
-        assert_eq!(Known::of(b"x_forwarded_host"), Known::XForwardedOther);
+        assert_eq!(Known::of(b"X_Forwarded_For"), Known::XForwardedLookalike);
+        assert_eq!(Known::of(b"x_forwarded_host"), Known::XForwardedLookalike);
+        assert_eq!(Known::of(b"x-forwarded_proto"), Known::XForwardedLookalike);
+        assert_eq!(Known::of(b"x_forwarded_port"), Known::XForwardedOther);
         assert_eq!(Known::of(b"x-forwarded-port"), Known::XForwardedOther);
         assert_eq!(Known::of(b"x-forwarded-"), Known::Other);
         assert_eq!(Known::of(b"x-request-id"), Known::Other);

@@ -74,7 +74,13 @@ impl RequestHead {
 
     /// The request-target, as sent.
     pub fn target(&self) -> &[u8] {
-        &self.bytes[self.target.0 as usize..self.target.1 as usize]
+        self.target_in(&self.bytes)
+    }
+
+    /// The request-target in `bytes`, the buffer the head was parsed from (before `take`) or
+    /// its own bytes (after).
+    pub fn target_in<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.target.0 as usize..self.target.1 as usize]
     }
 
     /// The target's path (without the query).

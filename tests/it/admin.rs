@@ -58,6 +58,15 @@ async fn admin_paths_need_the_admin_token_when_one_is_set() {
     .await
     .unwrap();
     assert_eq!(allowed.status, 404, "authorized, then routed");
+    // RFC 9110 §11.1: the scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "bEaReR  "] {
+        let auth = format!("{scheme} s3cret-admin");
+        let r =
+            client::request(app.admin, Method::POST, "/admin/nothing-here", &[("authorization", &auth)], Bytes::new())
+                .await
+                .unwrap();
+        assert_eq!(r.status, 404, "{scheme:?}");
+    }
     // Metrics stay open for Prometheus.
     assert_eq!(client::get(app.admin, "/metrics", &[]).await.unwrap().status, 200);
 }

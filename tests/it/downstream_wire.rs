@@ -85,17 +85,27 @@ async fn http10_clients_get_keep_alive_only_when_they_ask() {
 }
 
 #[tokio::test]
-async fn transfer_encoding_requests_never_take_the_fast_path() {
+async fn length_beside_chunked_is_refused_and_the_connection_closed() {
     let b = backend::spawn().await;
     let app = spawn_app(&b.url(), "").await;
-    // Content-Length and Transfer-Encoding together: the chunked body wins (RFC 9112 §6.3); read
-    // as "no body", its bytes would be taken for the next request.
+    // Content-Length and Transfer-Encoding together (RFC 9112 §6.3): where one parser reads "no
+    // body" and another a chunked one, the body's bytes become a smuggled request. Refused, as
+    // Envoy does, with the connection closed; the bytes after the head are never read.
     let out = client::raw(
         app.addr,
-        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
     assert_eq!(responses(&out), 1, "{out}");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 0, "the backend saw nothing");
+    // A chunked body alone is hyper's to read.
+    let out = client::raw(
+        app.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(out.contains("\"body_len\":5"), "the chunked body reached the backend: {out}");
 }
 

@@ -84,3 +84,17 @@ async fn token_routes_log_decisions_but_no_secret_key_cookie_or_token() {
         .expect("a warning for the hook failure");
     assert!(warning["cause"].as_str().unwrap().contains("Connection refused"), "{warning}");
 }
+
+#[tokio::test]
+async fn text_logs_cannot_be_forged_with_a_newline() {
+    let b = backend::spawn().await;
+    let bin = Binary::start("logs-text", &b.url(), "", &["--log-format", "text"]).await;
+    let body = serde_json::json!({"user": "mallory\n2026-12-01T00:00:00Z  INFO tokengate: forged line"}).to_string();
+    let r =
+        client::request(bin.admin, http::Method::POST, "/admin/revoke", &[], bytes::Bytes::from(body)).await.unwrap();
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = bin.logs();
+    assert!(logs.contains("mallory\\n2026"), "the newline is escaped:\n{logs}");
+    assert!(!logs.lines().any(|l| l.starts_with("2026-12-01T00:00:00Z")), "a forged line:\n{logs}");
+}

@@ -11,6 +11,7 @@ mod forward;
 mod logs;
 mod metrics;
 mod ratelimit;
+mod refused;
 mod relay;
 mod reload;
 mod rotation;

@@ -323,6 +323,11 @@ async fn jwt_hook_checks_signature_issuer_audience_and_expiry() {
     let string_exp = by_hand(format!("{{{base},\"exp\":\"9999999999\"}}"));
     let valid_by_hand = by_hand(format!("{{{base},\"exp\":{}}}", now + 600));
     assert_eq!(post(app.addr, "/t", &[("authorization", &format!("Bearer {valid_by_hand}"))], "").await.status, 200);
+    assert_eq!(
+        post(app.addr, "/t", &[("authorization", &format!("bearer {valid_by_hand}"))], "").await.status,
+        200,
+        "the scheme in any letter case (RFC 9110 §11.1)"
+    );
     for (what, bad) in [("issuer", wrong_iss), ("signature", wrong_key), ("expired", expired), ("exp type", string_exp)]
     {
         let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {bad}"))], "").await;

@@ -209,3 +209,26 @@ async fn idle_connections_the_upstream_closes_are_closed_promptly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_length_beside_chunked_never_reaches_the_client_on_any_path() {
+    let wire: &'static [u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n";
+    let up =
+        scripted(vec![keep(wire), keep(wire), keep(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")]).await;
+    let app = spawn_app(&up.url, "").await;
+    // A request with a body: hyper's client and hyper's server carry it.
+    let r = client::request(app.addr, Method::POST, "/", &[("connection", "close")], Bytes::from_static(b"abc"))
+        .await
+        .unwrap();
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
+    assert_eq!(r.text(), "hello world");
+    // HTTP/2: a Content-Length of 5 before 11 bytes of DATA would be a malformed stream.
+    let r = client::get_h2(app.addr, "/").await;
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
+    assert_eq!(r.text(), "hello world");
+    // No content, no Content-Length.
+    let raw = client::raw(app.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 204"), "{raw}");
+    assert!(!raw.to_ascii_lowercase().contains("content-length"), "{raw}");
+}
