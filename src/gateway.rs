@@ -93,7 +93,7 @@ impl Gateway {
         };
         let settings = |tls: Option<&Tls>| Arc::new(ConnSettings::new(limits, tls.map(|t| t.acceptor.clone())));
         let (public, admin) = (settings(tls.as_ref()), settings(None));
-        let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools);
+        let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools).map_err(|e| vec![e])?;
         Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, public, admin })
     }
 
@@ -118,7 +118,7 @@ fn tls_error(e: &TlsError, key_file: &Path) -> FieldError {
         TlsError::Read { path, .. } if Path::new(path) == key_file => "tls.key_file",
         TlsError::Key { .. } => "tls.key_file",
         TlsError::Read { .. } | TlsError::Cert { .. } => "tls.cert_file",
-        TlsError::Config(_) => "tls",
+        TlsError::Config(_) | TlsError::Ca { .. } | TlsError::ServerName(_) => "tls",
     };
     FieldError::new(at, crate::error::chain(e))
 }

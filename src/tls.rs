@@ -1,13 +1,17 @@
-//! TLS on the public listener: rustls with aws-lc-rs, TLS 1.2 and 1.3 only, ALPN h2 + http/1.1.
-//! Built with the config, so a reload that finds new certificate files serves them to the next
-//! connection; open connections keep the certificate they were made with.
+//! TLS, rustls with aws-lc-rs, TLS 1.2 and 1.3 only. On the public listener (ALPN h2 and
+//! http/1.1), built with the config, so a reload that finds new certificate files serves them to
+//! the next connection while open ones keep theirs. And as a client, for `https://` upstreams,
+//! session endpoints and JWKS URLs: the system's roots plus an optional `ca_file`, SNI from the
+//! URL's host.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{FieldError, HttpUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -31,6 +35,10 @@ pub enum TlsError {
     },
     #[error("certificate and key do not make a TLS config")]
     Config(#[source] rustls::Error),
+    #[error("no usable CA certificate in {path}")]
+    Ca { path: String },
+    #[error("{0:?} is not a host name TLS can check")]
+    ServerName(String),
 }
 
 /// An acceptor and a digest of the material it was made from (to tell a rotation in logs).
@@ -70,4 +78,77 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<Tls, TlsError> {
     ctx.update(&key_pem);
     let digest = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), digest })
+}
+
+/// A TLS client for one `https://` host.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+    /// The host and the digest of the CA file: two clients with the same are the same.
+    pub identity: String,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsClient({:?})", self.server_name)
+    }
+}
+
+/// The system's trusted roots, read once per process (a changed system store needs a restart;
+/// a changed `ca_file` only a reload).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "a system root certificate could not be read");
+        }
+        found.certs
+    })
+}
+
+/// A client for `host` (a name or an IP address, brackets allowed) trusting the system's roots
+/// and, when given, the certificates in `ca_file`.
+pub fn client(host: &str, ca_file: Option<&Path>) -> Result<TlsClient, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(system_roots().iter().cloned());
+    tracing::debug!(roots = added, "system roots");
+    let mut ca_digest = String::new();
+    if let Some(path) = ca_file {
+        let pem = read(path)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(TlsError::Ca { path: path.display().to_string() });
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pem);
+        ca_digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(bare.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
+    Ok(TlsClient {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+        identity: format!("{bare}\u{0}{ca_digest}"),
+    })
+}
+
+/// The TLS client for `url` when it is `https://` (None for `http://`); errors carry the key
+/// path under `at` (`upstream`, `auth_hooks.session`).
+pub fn client_for(url: &HttpUrl, ca_file: Option<&Path>, at: &str) -> Result<Option<TlsClient>, FieldError> {
+    if !url.is_https() {
+        return Ok(None);
+    }
+    client(url.host_name(), ca_file).map(Some).map_err(|e| {
+        let key = if matches!(e, TlsError::ServerName(_)) { "url" } else { "ca_file" };
+        FieldError::new(format!("{at}.{key}"), crate::error::chain(&e))
+    })
 }

@@ -120,6 +120,8 @@ pub struct JwksShape {
     url: String,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The digest of the hook's `ca_file`: a new CA is a new way of fetching.
+    ca: Option<String>,
 }
 
 /// The shelves auth hooks keep their long-lived parts on.
@@ -153,9 +155,11 @@ impl Hook {
             return Err(at("identity", "must say where `id` comes from".into()));
         }
         let timeout = cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2));
-        let pool_for = |url: &HttpUrl| {
-            let key = PoolKey { addr: url.addr().to_owned(), connect_timeout, idle_timeout: HOOK_POOL_IDLE };
-            Pool::shared(stores.pools, key)
+        let pool_for = |url: &HttpUrl, key: &str| -> Result<Pool, FieldError> {
+            let tls = crate::tls::client_for(url, cfg.ca_file.as_deref(), &format!("auth_hooks.{name}"))
+                .map_err(|e| if e.path.ends_with(".url") { at(key, e.reason.clone()) } else { e })?;
+            let pool_key = PoolKey::new(url, connect_timeout, HOOK_POOL_IDLE, tls.as_ref());
+            Ok(Pool::shared(stores.pools, pool_key, tls))
         };
         let kind = match cfg.kind {
             AuthHookType::Http => {
@@ -180,7 +184,8 @@ impl Hook {
                         AuthCache::new(c.ttl.0, c.negative_ttl.0, c.max_entries, c.negative_entries()).map(Arc::new)
                     })
                     .map_err(|e| at("cache", e))?;
-                Kind::Http(Box::new(HttpHook { pool: pool_for(&url), url, method, forward, timeout, cache }))
+                let pool = pool_for(&url, "url")?;
+                Kind::Http(Box::new(HttpHook { pool, url, method, forward, timeout, cache }))
             }
             AuthHookType::ApiKey => Kind::ApiKey {
                 header: cfg
@@ -208,8 +213,11 @@ impl Hook {
                         .map_err(|e| at("public_key_file", format!("not a PEM public key: {e}")))?
                     }
                     (None, None, Some(url)) => {
-                        let shape = JwksShape { hook: name.to_owned(), url: url.to_string(), timeout, connect_timeout };
-                        let make = || Arc::new(jwks::JwksKeys::new(url.clone(), pool_for(url), timeout));
+                        let pool = pool_for(url, "jwks_url")?;
+                        let ca = cfg.ca_file.as_ref().map(|f| crate::config::digest(b"", std::slice::from_ref(f)));
+                        let shape =
+                            JwksShape { hook: name.to_owned(), url: url.to_string(), timeout, connect_timeout, ca };
+                        let make = || Arc::new(jwks::JwksKeys::new(url.clone(), pool, timeout));
                         JwtKeys::Jwks(stores.jwks.take(shape, make))
                     }
                     (None, None, None) => {

@@ -108,8 +108,11 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// The app backend, `http://host:port` (no path).
+    /// The app backend, `http://host:port` or `https://host:port` (no path).
     pub url: HttpUrl,
+    /// For `https://`: more CA certificates (PEM) to trust besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "d2s")]
     pub connect_timeout: Duration,
     /// Until response headers; bodies stream without limit.
@@ -300,6 +303,10 @@ pub struct AuthHookConfig {
     /// jwt: where the IdP publishes its keys.
     #[serde(default)]
     pub jwks_url: Option<HttpUrl>,
+    /// For `https://` `url` and `jwks_url`: more CA certificates (PEM) to trust besides the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// jwt: a static PEM public key.
     #[serde(default)]
     pub public_key_file: Option<PathBuf>,

@@ -11,11 +11,12 @@ use serde::Deserialize;
 
 use super::units::text_value;
 
-/// An `http://host[:port][/path]` URL. Its `host:port` and `Host` value are worked out once.
+/// An `http://` or `https://` URL with a host. Its `host:port` and `Host` value are worked
+/// out once.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     uri: Uri,
-    /// `host:port`, port 80 when absent: what a connection is opened to.
+    /// `host:port`, port 80 (http) or 443 (https) when absent: what a connection is opened to.
     addr: String,
     /// The authority as a `Host` field value.
     host: HeaderValue,
@@ -29,6 +30,16 @@ impl HttpUrl {
     /// `host:port` to connect to.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// `https://`: connections to it are TLS.
+    pub fn is_https(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
+    }
+
+    /// The host, as TLS checks the certificate against it.
+    pub fn host_name(&self) -> &str {
+        self.uri.host().unwrap_or_default()
     }
 
     /// The `Host` field a request to this URL carries.
@@ -58,15 +69,17 @@ impl FromStr for HttpUrl {
     type Err = String;
     fn from_str(url: &str) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("only http:// URLs are supported, got {url:?}"));
-        }
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
+            _ => return Err(format!("only http:// and https:// URLs are supported, got {url:?}")),
+        };
         let (Some(authority), Some(host)) = (uri.authority(), uri.host()) else {
             return Err(format!("URL {url:?} has no host"));
         };
         let header =
             HeaderValue::from_str(authority.as_str()).map_err(|_| format!("URL {url:?} has an invalid host"))?;
-        let addr = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let addr = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
         Ok(Self { uri, addr, host: header })
     }
 }
@@ -101,7 +114,7 @@ where
     String::deserialize(d)?.parse().map_err(de::Error::custom)
 }
 
-text_value!(HttpUrl, "HttpUrl", from_str, { "type": "string", "description": "an http:// URL with a host" });
+text_value!(HttpUrl, "HttpUrl", from_str, { "type": "string", "description": "an http:// or https:// URL with a host" });
 text_value!(MethodName, "Method", from_str, { "type": "string", "description": "an HTTP method such as GET or POST" });
 text_value!(FieldName, "HeaderName", from_str, { "type": "string", "description": "a header field name" });
 
@@ -117,7 +130,9 @@ mod tests {
         assert_eq!(u.target(), "/api/me?x=1");
         let bare: HttpUrl = "http://backend".parse().unwrap();
         assert_eq!((bare.addr(), bare.target()), ("backend:80", "/"));
-        assert!("https://a".parse::<HttpUrl>().unwrap_err().contains("only http://"));
+        let tls: HttpUrl = "https://idp.example/jwks".parse().unwrap();
+        assert_eq!((tls.addr(), tls.is_https(), tls.host_name()), ("idp.example:443", true, "idp.example"));
+        assert!("ftp://a".parse::<HttpUrl>().unwrap_err().contains("only http:// and https://"));
         assert!("/just/a/path".parse::<HttpUrl>().is_err());
     }
 }

@@ -211,6 +211,8 @@ pub(super) fn referenced_files(c: &Config) -> Vec<PathBuf> {
         files.push(tls.key_file.clone());
     }
     files.extend(c.auth_hooks.values().filter_map(|h| h.public_key_file.clone()));
+    files.extend(c.upstream.ca_file.clone());
+    files.extend(c.auth_hooks.values().filter_map(|h| h.ca_file.clone()));
     files
 }
 
@@ -222,9 +224,12 @@ pub(super) fn resolve_paths(c: &mut Config, base: &Path) {
         tls.key_file = base.join(&tls.key_file);
     }
     for hook in c.auth_hooks.values_mut() {
-        if let Some(file) = &mut hook.public_key_file {
+        for file in [&mut hook.public_key_file, &mut hook.ca_file].into_iter().flatten() {
             *file = base.join(&*file);
         }
+    }
+    if let Some(file) = &mut c.upstream.ca_file {
+        *file = base.join(&*file);
     }
     if let Some(path) = c.ledger.as_mut().and_then(|l| l.path.as_mut()) {
         *path = base.join(&*path);

@@ -4,6 +4,7 @@
 pub(crate) mod h1;
 pub mod headers;
 mod idle;
+pub mod io;
 pub mod pool;
 pub mod pooled_body;
 pub mod relay;
@@ -20,7 +21,7 @@ use http_body_util::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, RequestBody, UpstreamBody};
-use crate::config::{ForwardingConfig, UpstreamConfig};
+use crate::config::{FieldError, ForwardingConfig, UpstreamConfig};
 use crate::error::Error;
 use crate::shelf::Shelf;
 pub use headers::ForwardRules;
@@ -55,18 +56,20 @@ impl ConnInfo {
 impl Proxy {
     /// The forwarding rules of `upstream` and `forwarding`, over the pool for that upstream
     /// from `pools` (the one in service when the address and timeouts are unchanged).
-    pub fn new(upstream: &UpstreamConfig, forwarding: &ForwardingConfig, pools: &Shelf<PoolKey, Pool>) -> Self {
-        let key = PoolKey {
-            addr: upstream.url.addr().to_owned(),
-            connect_timeout: upstream.connect_timeout.0,
-            idle_timeout: upstream.pool_idle_timeout.0,
-        };
-        Self {
-            pool: Pool::shared(pools, key),
+    pub fn new(
+        upstream: &UpstreamConfig,
+        forwarding: &ForwardingConfig,
+        pools: &Shelf<PoolKey, Pool>,
+    ) -> Result<Self, FieldError> {
+        let tls = crate::tls::client_for(&upstream.url, upstream.ca_file.as_deref(), "upstream")?;
+        let (connect, idle) = (upstream.connect_timeout.0, upstream.pool_idle_timeout.0);
+        let key = PoolKey::new(&upstream.url, connect, idle, tls.as_ref());
+        Ok(Self {
+            pool: Pool::shared(pools, key, tls),
             host: upstream.url.host().clone(),
             response_timeout: upstream.response_timeout.0,
             rules: ForwardRules::new(forwarding),
-        }
+        })
     }
 
     /// Forwards `req` and returns the upstream's response (or a 101 with a tunnel behind it).

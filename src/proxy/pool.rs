@@ -23,10 +23,12 @@ use tokio_util::either::Either;
 
 use super::h1::{encode_request, Conn, ExchangeError};
 use super::idle::Idle;
+use super::io::UpstreamIo;
 use super::pooled_body::PooledBody;
 use crate::body::UpstreamBody;
 use crate::config::HttpUrl;
 use crate::shelf::Shelf;
+use crate::tls::TlsClient;
 use crate::wire::response::ResponseHead;
 
 /// Why a request could not be sent or answered.
@@ -36,6 +38,9 @@ pub enum PoolError {
     Connect { addr: String, source: std::io::Error },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
+    /// An unknown issuer, a name that does not match, no common protocol version…
+    #[error("TLS with {addr} failed")]
+    Tls { addr: String, source: std::io::Error },
     #[error("HTTP/1.1 handshake failed")]
     Handshake(#[source] hyper::Error),
     #[error("request failed")]
@@ -47,7 +52,7 @@ pub enum PoolError {
 impl PoolError {
     /// True when no connection could be made (the upstream is unreachable).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout(_))
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Tls { .. })
     }
 }
 
@@ -58,6 +63,8 @@ pub struct Pool {
     /// `host:port`, resolved on each new connection.
     addr: Arc<str>,
     connect_timeout: Duration,
+    /// For `https://`: the TLS client its connections are made with.
+    tls: Option<Arc<TlsClient>>,
     idle: Arc<Idle>,
 }
 
@@ -68,6 +75,16 @@ pub struct PoolKey {
     pub addr: String,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `TlsClient::identity` for TLS connections (the host checked, the CA file's digest).
+    pub tls: Option<String>,
+}
+
+impl PoolKey {
+    /// The key of a pool to `url`, TLS when it is `https://` (`tls` then says how).
+    pub fn new(url: &HttpUrl, connect_timeout: Duration, idle_timeout: Duration, tls: Option<&TlsClient>) -> Self {
+        let tls = tls.map(|t| t.identity.clone());
+        Self { addr: url.addr().to_owned(), connect_timeout, idle_timeout, tls }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -78,17 +95,18 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A new, empty pool; `addr` is `host:port`.
-    pub fn new(key: &PoolKey) -> Self {
+    pub fn new(key: &PoolKey, tls: Option<TlsClient>) -> Self {
         Self {
             addr: key.addr.as_str().into(),
             connect_timeout: key.connect_timeout,
+            tls: tls.map(Arc::new),
             idle: Arc::new(Idle::new(key.idle_timeout)),
         }
     }
 
-    /// The pool for `key` from the shelf: the one in service, or a new one.
-    pub fn shared(pools: &Shelf<PoolKey, Pool>, key: PoolKey) -> Self {
-        let make = || Pool::new(&key);
+    /// The pool for `key` from the shelf: the one in service, or a new one (with `tls`).
+    pub fn shared(pools: &Shelf<PoolKey, Pool>, key: PoolKey, tls: Option<TlsClient>) -> Self {
+        let make = || Pool::new(&key, tls);
         pools.take(key.clone(), make)
     }
 
@@ -197,14 +215,22 @@ pub fn origin_request(method: http::Method, url: &HttpUrl) -> http::request::Bui
 }
 
 impl Pool {
-    async fn connect(&self) -> Result<TcpStream, PoolError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(PoolError::Connect { addr: self.addr.to_string(), source }),
-            Err(_) => return Err(PoolError::ConnectTimeout(self.addr.to_string())),
+    /// A new connection: TCP, and the TLS handshake for `https://`, within `connect_timeout`.
+    async fn connect(&self) -> Result<UpstreamIo, PoolError> {
+        let connected = async {
+            let stream = TcpStream::connect(&*self.addr)
+                .await
+                .map_err(|source| PoolError::Connect { addr: self.addr.to_string(), source })?;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &self.tls else { return Ok(UpstreamIo::Plain(stream)) };
+            let secured = tls.connector.connect(tls.server_name.clone(), stream).await;
+            let stream = secured.map_err(|source| PoolError::Tls { addr: self.addr.to_string(), source })?;
+            Ok(UpstreamIo::Tls(Box::new(stream)))
         };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        match tokio::time::timeout(self.connect_timeout, connected).await {
+            Ok(result) => result,
+            Err(_) => Err(PoolError::ConnectTimeout(self.addr.to_string())),
+        }
     }
 
     async fn handshake(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {

@@ -90,7 +90,7 @@ fn run_with_a_bad_config_exits_64() {
     std::fs::write(&file, "upstream: {url: 'ftp://nope'}\n").unwrap();
     let out = tokengate().args(["run", "--config"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.url: only http:// URLs are supported"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.url: only http:// and https:// URLs are supported"));
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod shutdown;
 mod slow_clients;
 mod streaming;
 mod tls;
+mod tls_client;
 mod tokens;
 mod upstream_wire;
 mod websocket;

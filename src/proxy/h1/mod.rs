@@ -8,15 +8,13 @@
 pub mod decode;
 pub mod encode;
 
-use std::task::{Context, Poll, Waker};
-
 use bytes::BytesMut;
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use encode::encode_request;
 
+use super::io::UpstreamIo;
 use crate::wire::response::{self, HeadError, ResponseHead};
 
 /// Read buffer growth: enough for a typical head and a small body in one read.
@@ -25,7 +23,7 @@ pub const READ_CHUNK: usize = 8 * 1024;
 /// One upstream connection and what has been read from it but not consumed.
 #[derive(Debug)]
 pub struct Conn {
-    pub io: TcpStream,
+    pub io: UpstreamIo,
     pub read: BytesMut,
     write: BytesMut,
 }
@@ -49,24 +47,14 @@ pub enum ExchangeError {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: UpstreamIo) -> Self {
         Self { io, read: BytesMut::with_capacity(READ_CHUNK), write: BytesMut::with_capacity(512) }
     }
 
     /// True when an idle connection can carry another request: nothing has arrived since its
     /// last response, neither stray bytes nor the upstream's FIN.
     pub fn is_reusable(&mut self) -> bool {
-        if !self.read.is_empty() {
-            return false;
-        }
-        match self.io.poll_read_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness may be stale (the last read did not drain the socket to EAGAIN): look.
-            Poll::Ready(Ok(())) => {
-                matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+        self.read.is_empty() && self.io.is_quiet()
     }
 
     /// Writes the request `encode` puts in the buffer it is given, and reads the final
