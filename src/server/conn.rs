@@ -18,12 +18,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::prefixed::Prefixed;
-use super::{h1, ConnSettings, Service};
+use super::{h1, ClientIo, ConnSettings, Service};
 use crate::body::{Body, ClientBody};
 use crate::proxy::ConnInfo;
 
@@ -41,10 +40,7 @@ pub(super) struct Conn<S> {
 impl<S: Service> Conn<S> {
     /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
     /// hyper from the start.
-    pub async fn serve<I>(self, io: I, info: ConnInfo, h2: bool)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    pub async fn serve<I: ClientIo>(self, io: I, info: ConnInfo, h2: bool) {
         let io = if h2 {
             Prefixed::new(Bytes::new(), io)
         } else {
@@ -63,7 +59,9 @@ impl<S: Service> Conn<S> {
             async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, _guard: guard })) }
         });
         let connection = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let mut connection = pin!(connection.into_owned());
+        // Boxed: hyper's connection state is several KiB, and every connection's task would
+        // carry it inline, idle fast-path ones too; only the connections handed over need it.
+        let mut connection = Box::pin(connection.into_owned());
         let mut closing = false;
         loop {
             let quiet = if closing { CLOSE_LINGER } else { self.settings.limits.idle_timeout };

@@ -17,10 +17,10 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode, Version};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnLimits, Reply, Service};
+use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
 use crate::body::Body;
 use crate::proxy::relay::Relayed;
@@ -49,19 +49,18 @@ struct RequestInfo {
 
 /// Serves requests on `io` until it closes, `stop` fires between requests, or a request needs
 /// hyper.
-pub async fn serve<I, S: Service>(
+pub async fn serve<I: ClientIo, S: Service>(
     mut io: I,
     conn: &ConnInfo,
     service: &S,
     limits: &ConnLimits,
     stop: &CancellationToken,
-) -> Outcome<I>
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Outcome<I> {
     let max_header_bytes = limits.max_header_bytes;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut out = BytesMut::with_capacity(8 * 1024);
+    // Allocated when bytes come, given back while the connection idles (nginx holds an idle
+    // connection in a few KiB; two 8 KiB buffers per idle connection would be most of ours).
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
     let mut stopped = pin!(stop.cancelled());
     // The first head must come within `header_read_timeout` of the accept (nginx's
     // client_header_timeout); later, a connection may idle for `idle_timeout` (its
@@ -93,15 +92,12 @@ where
                 Parsed::Partial if buf.len() < max_header_bytes => {}
                 Parsed::Partial | Parsed::Invalid => return Outcome::Handoff(io, buf.freeze()),
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
-            }
             let read = tokio::select! {
                 biased;
                 // Between requests, shutdown closes the connection; a head under way finishes.
                 _ = &mut stopped, if buf.is_empty() => return Outcome::Closed,
                 _ = &mut timer => return Outcome::Closed,
-                read = io.read_buf(&mut buf) => read,
+                read = read_more(&mut io, &mut buf, &mut out) => read,
             };
             match read {
                 Ok(0) if buf.is_empty() => return Outcome::Closed,
@@ -150,6 +146,22 @@ where
             }
         }
     }
+}
+
+/// Reads into `buf`. Waiting for the first byte of a head, both buffers are given back first
+/// where the transport can say it is readable without a buffer (plain TCP).
+async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut, out: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        if let Some(readable) = io.readable() {
+            *buf = BytesMut::new();
+            *out = BytesMut::new();
+            readable.await?;
+        }
+    }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    io.read_buf(buf).await
 }
 
 /// What the response writer needs to know of a request the fast path takes; None when the
@@ -293,6 +305,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let status = head.status();
     let mut keep = info.keep_alive && !head.closes();
     out.clear();
+    out.reserve(1024);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
     out.put_u8(b' ');

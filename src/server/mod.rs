@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,26 @@ pub trait Service: Clone + Send + Sync + 'static {
         _conn: &'a ConnInfo,
     ) -> Option<impl Future<Output = Reply> + Send + 'a> {
         None::<std::future::Ready<Reply>>
+    }
+}
+
+/// A client connection's transport.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// A future that resolves once the connection has bytes (or its end) to read, for waiting
+    /// without a read buffer; None where that cannot be told without reading (TLS: rustls may
+    /// hold decrypted bytes already).
+    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_>;
+}
+
+impl ClientIo for tokio::net::TcpStream {
+    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_> {
+        Some(tokio::net::TcpStream::readable(self))
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_> {
+        None::<std::future::Ready<std::io::Result<()>>>
     }
 }
 
