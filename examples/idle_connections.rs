@@ -1,8 +1,8 @@
 //! Memory per idle connection, for `benches/connections.sh`: opens N idle HTTP/1.1 keep-alive
-//! connections to a running tokengate (each after one request), then N idle HTTP/2 (h2c)
-//! connections, and prints its RSS before, with them open, and 10 s after they close.
+//! (`h1`) or HTTP/2 h2c (`h2`) connections to a running tokengate (each after one request),
+//! and prints its RSS before, with them open, and 10 s after they close.
 //!
-//! Usage: `idle_connections ADDR PID [N]`
+//! Usage: `idle_connections ADDR PID h1|h2 [N]`
 
 use std::time::Duration;
 
@@ -57,8 +57,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().expect("ADDR");
     let pid: u32 = args.next().expect("PID").parse().expect("a pid");
+    let h2 = args.next().as_deref() == Some("h2");
     let n: usize = args.next().map(|n| n.parse().expect("N")).unwrap_or(5000);
-    for (name, h2) in [("HTTP/1.1 keep-alive", false), ("HTTP/2 (h2c)", true)] {
+    let name = if h2 { "HTTP/2 (h2c)" } else { "HTTP/1.1 keep-alive" };
+    {
         let idle = settle(pid).await;
         let mut held = Vec::with_capacity(n);
         for _ in 0..n {

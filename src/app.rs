@@ -29,6 +29,13 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
 }
 
+/// Gives memory the allocator holds back to the OS, for the calling thread (the binary passes
+/// mimalloc's `mi_collect`; the library holds no allocator of its own).
+pub type Trim = fn();
+
+/// How often each worker looks whether connections have closed since it last trimmed.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
 /// A bound, not yet running tokengate.
 pub struct App {
     public: TcpListener,
@@ -41,6 +48,7 @@ pub struct App {
     shutdown: CancellationToken,
     /// Present when the config came from a file: reloads on SIGHUP and on file changes.
     reloader: Option<Reloader>,
+    trim: Option<Trim>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -103,6 +111,7 @@ impl App {
             state,
             shutdown: CancellationToken::new(),
             reloader,
+            trim: None,
         })
     }
 
@@ -123,6 +132,13 @@ impl App {
         self.shutdown.clone()
     }
 
+    /// Each worker thread calls `trim` after a drop in open connections, so that the memory
+    /// they held goes back to the OS rather than stay in the allocator's free lists.
+    pub fn with_memory_trim(mut self, trim: Trim) -> Self {
+        self.trim = Some(trim);
+        self
+    }
+
     /// Asks for a reload (what SIGHUP does); None when the config did not come from a file.
     pub fn reload_handle(&self) -> Option<ReloadHandle> {
         self.reloader.as_ref().map(Reloader::handle)
@@ -131,7 +147,7 @@ impl App {
     /// Serves until the shutdown token fires, then drains for up to `limits.shutdown_grace`
     /// of the config in service by then.
     pub async fn run(self) {
-        let App { public, extra_public, admin, state, shutdown, reloader, .. } = self;
+        let App { public, extra_public, admin, state, shutdown, reloader, trim, .. } = self;
         // nginx's model: each extra worker is a thread with its own current-thread runtime and
         // listener, so a request, its upstream connection and its wake-ups stay on one thread.
         let mut workers_done = Vec::new();
@@ -141,10 +157,13 @@ impl App {
             let (s, stop) = (state.clone(), shutdown.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("tg-worker-{}", i + 1))
-                .spawn(move || worker(s, listener, stop, done));
+                .spawn(move || worker(s, listener, stop, done, trim));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a worker thread");
             }
+        }
+        if let Some(trim) = trim {
+            trimmer(state.public_slots.clone(), trim);
         }
         let s = state.clone();
         let public_task = tokio::spawn(server::serve(
@@ -196,6 +215,7 @@ fn worker(
     listener: std::net::TcpListener,
     stop: CancellationToken,
     done: tokio::sync::oneshot::Sender<()>,
+    trim: Option<Trim>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -207,10 +227,33 @@ fn worker(
             Err(e) => return tracing::error!(error = %e, "cannot register a worker's listener"),
         };
         let tunnels = state.tunnels.clone();
+        if let Some(trim) = trim {
+            trimmer(state.public_slots.clone(), trim);
+        }
         let (settings, slots) = (PublicSettings(state.clone()), state.public_slots.clone());
         server::serve(listener, settings, slots, stack::Public(state), stop).await;
         let _ = done.send(());
         // Tunnels spawned on this runtime live until they end or the process exits.
         tunnels.wait().await;
+    });
+}
+
+/// On this thread: trims after open connections fell by an eighth of their peak since the last
+/// trim (all of them closing included), at most every `TRIM_EVERY`.
+fn trimmer(slots: Arc<server::Slots>, trim: Trim) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut peak = 0;
+        loop {
+            tick.tick().await;
+            let open = slots.open();
+            if open >= peak {
+                peak = open;
+            } else if peak - open >= peak.div_ceil(8) {
+                trim();
+                peak = open;
+            }
+        }
     });
 }

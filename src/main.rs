@@ -104,6 +104,7 @@ fn main() -> ExitCode {
                 // Before anything else: SIGHUP's default action would end the process.
                 let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let app = tokengate::App::bind(loaded, overrides).await.map_err(|e| tokengate::error::chain(&e))?;
+                let app = app.with_memory_trim(trim_memory);
                 tracing::info!(
                     listen = %app.public_addr(),
                     admin = %app.admin_addr(),
@@ -167,6 +168,13 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Returns the memory mimalloc holds for the calling thread to the OS (freed pages it would
+/// otherwise keep, counted in RSS, until this thread allocated again).
+fn trim_memory() {
+    // SAFETY: `mi_collect` takes no pointer and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 fn keygen(alg: &str, out: Option<&std::path::Path>) -> ExitCode {

@@ -112,39 +112,70 @@ pub async fn serve<I: ClientIo, S: Service>(
                 Err(_) => return Outcome::Closed,
             }
         };
-        let reply = match service.relay(&head, conn) {
-            Some(relayed) => relayed.await,
-            None => match head.to_request() {
-                Some(req) => Reply::Response(service.call(req, conn.clone()).await),
-                None => {
-                    // Put the head back in front of what follows it: hyper answers it (400).
-                    let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
-                    all.put_slice(&head.bytes);
-                    all.put_slice(&buf);
-                    return Outcome::Handoff(io, all.freeze());
-                }
-            },
-        };
-        // Draining: this is the connection's last answer, and it says so.
-        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
-        let written = match reply {
-            Reply::Response(resp) => {
-                let (parts, body) = resp.into_parts();
-                write_response(&mut io, &mut out, &parts, body, &info).await
-            }
-            Reply::Relayed(relayed) => {
-                let Relayed { head, added, body } = *relayed;
-                let head = RelayedHead { head, added };
-                write_response(&mut io, &mut out, &head, http_body_util::Either::Left(body), &info).await
-            }
-        };
-        match written {
-            Ok(true) if !stop.is_cancelled() => {}
-            _ => {
+        // Boxed: the answering states (upstream exchange, response writing) are most of the
+        // connection's future, and an idle keep-alive connection should not carry them.
+        let answered = Box::pin(answer(&mut io, &mut out, service, conn, head, &buf, info, stop)).await;
+        match answered {
+            Answered::Next if !stop.is_cancelled() => {}
+            Answered::Next | Answered::Close => {
                 let _ = io.shutdown().await;
                 return Outcome::Closed;
             }
+            Answered::Handoff(read) => return Outcome::Handoff(io, read),
         }
+    }
+}
+
+/// How answering one request left the connection.
+enum Answered {
+    /// Ready for the next request.
+    Next,
+    Close,
+    /// For hyper, with these bytes first.
+    Handoff(Bytes),
+}
+
+/// Answers one request the fast path took, and writes the answer.
+#[allow(clippy::too_many_arguments)]
+async fn answer<I: ClientIo, S: Service>(
+    io: &mut I,
+    out: &mut BytesMut,
+    service: &S,
+    conn: &ConnInfo,
+    head: RequestHead,
+    buf: &BytesMut,
+    info: RequestInfo,
+    stop: &CancellationToken,
+) -> Answered {
+    let reply = match service.relay(&head, conn) {
+        Some(relayed) => relayed.await,
+        None => match head.to_request() {
+            Some(req) => Reply::Response(service.call(req, conn.clone()).await),
+            None => {
+                // Put the head back in front of what follows it: hyper answers it (400).
+                let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
+                all.put_slice(&head.bytes);
+                all.put_slice(buf);
+                return Answered::Handoff(all.freeze());
+            }
+        },
+    };
+    // Draining: this is the connection's last answer, and it says so.
+    let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
+    let written = match reply {
+        Reply::Response(resp) => {
+            let (parts, body) = resp.into_parts();
+            write_response(io, out, &parts, body, &info).await
+        }
+        Reply::Relayed(relayed) => {
+            let Relayed { head, added, body } = *relayed;
+            let head = RelayedHead { head, added };
+            write_response(io, out, &head, http_body_util::Either::Left(body), &info).await
+        }
+    };
+    match written {
+        Ok(true) => Answered::Next,
+        _ => Answered::Close,
     }
 }
 
