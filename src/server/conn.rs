@@ -6,6 +6,7 @@
 //! never answers the GOAWAY's PING cannot hold the shutdown for the whole grace.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::prefixed::Prefixed;
@@ -49,6 +52,25 @@ impl<S: Service> Conn<S> {
                 h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
             }
         };
+        // Boxed: hyper's connection state is several KiB, and every connection's task would
+        // carry it inline, idle fast-path ones too; only the connections handed over need it.
+        Box::pin(self.serve_hyper(io, info)).await;
+    }
+
+    /// The TLS handshake (within `timeout`), then `serve`.
+    pub async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr, timeout: Duration) {
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.serve(tls_stream, ConnInfo::new(peer, true), h2).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// The rest of the connection's life, on hyper.
+    async fn serve_hyper<I: ClientIo>(self, io: Prefixed<I>, info: ConnInfo) {
         let active = Arc::new(InFlight::default());
         let (inner, in_flight, body_timeout) =
             (self.service, active.clone(), self.settings.limits.request_body_timeout);
@@ -59,9 +81,7 @@ impl<S: Service> Conn<S> {
             async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, _guard: guard })) }
         });
         let connection = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        // Boxed: hyper's connection state is several KiB, and every connection's task would
-        // carry it inline, idle fast-path ones too; only the connections handed over need it.
-        let mut connection = Box::pin(connection.into_owned());
+        let mut connection = pin!(connection.into_owned());
         let mut closing = false;
         loop {
             let quiet = if closing { CLOSE_LINGER } else { self.settings.limits.idle_timeout };

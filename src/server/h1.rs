@@ -80,7 +80,8 @@ pub async fn serve<I: ClientIo, S: Service>(
                     if let Err(refusal) = admission::check_head(&head, &buf) {
                         let (parts, body) = service.refuse(&head.method, refusal).into_parts();
                         let info = RequestInfo { head: false, keep_alive: false, http10: false, trailers: false };
-                        let _ = write_response(&mut io, &mut out, &parts, body, &info).await;
+                        // Boxed: rare, and the state of writing would enlarge every connection's.
+                        let _ = Box::pin(write_response(&mut io, &mut out, &parts, body, &info)).await;
                         let _ = io.shutdown().await;
                         return Outcome::Closed;
                     }

@@ -195,14 +195,9 @@ pub async fn serve<S: Service>(
             let conn = Conn { settings, service, stop };
             match tls {
                 None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        conn.serve(tls_stream, ConnInfo::new(peer, true), h2).await
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                // Boxed: a TLS connection's state is several KiB that a plain one should not
+                // carry inline in its task.
+                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer, handshake_timeout)).await,
             }
         });
     }
