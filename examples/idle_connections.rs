@@ -37,7 +37,8 @@ async fn open(addr: &str, h2: bool) -> Held {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let req = || Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
     if h2 {
-        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        let (mut s, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         s.send_request(req()).await.unwrap().into_body().collect().await.unwrap();
         Held::H2(s)

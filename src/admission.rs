@@ -155,9 +155,64 @@ fn check(f: &Facts<'_>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// `uri-host [ ":" port ]` without userinfo (RFC 9110 §7.2).
+/// The bytes of a reg-name (RFC 3986 §3.2.2: unreserved, sub-delims, `%` of pct-encoded).
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// `uri-host [ ":" port ]` without userinfo (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name or
+/// IPv4 address of unreserved, sub-delims and pct-encoded characters, or an IP literal in
+/// brackets; then an optional port of digits. A cheap scan: this runs on every request.
 fn valid_host(host: &[u8]) -> bool {
-    !host.is_empty() && !host.contains(&b'@') && http::uri::Authority::try_from(host).is_ok()
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ok = !literal.is_empty() && literal.iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b));
+                if !ok {
+                    return false;
+                }
+                (&host[..=end], &host[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match host.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &b""[..]),
+        },
+    };
+    let name_ok = name.first() == Some(&b'[') || (!name.is_empty() && name.iter().all(|b| REG_NAME[usize::from(*b)]));
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 #[cfg(test)]
@@ -181,6 +236,12 @@ mod tests {
         assert_eq!(head("GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"), Err(Refusal::SeveralHosts));
         assert_eq!(head("GET /a HTTP/1.1\r\nHost: u@x\r\n\r\n"), Err(Refusal::InvalidHost));
         assert_eq!(head("GET /a HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(Refusal::InvalidHost));
+        for ok in ["a.example", "a.example:8080", "127.0.0.1:1", "[::1]", "[::1]:443", "xn--bcher-kva.example", "a:"] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "a/b", "[::1", "a:80:80", "a:x", "[zz]", "a\"b", ":80", "a:123456"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
         assert_eq!(head("GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n"), Err(Refusal::Fragment));
         assert_eq!(head("GET evil.example:80 HTTP/1.1\r\nHost: x\r\n\r\n"), Err(Refusal::TargetForm));
         assert_eq!(head("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), Err(Refusal::TargetForm));

@@ -31,6 +31,12 @@ use crate::wire::request::{Parsed, RequestHead};
 /// Response bytes gathered before a write; larger data frames are written as they come.
 const GATHER: usize = 16 * 1024;
 
+/// A connection's read buffer to begin with (a typical request head fits).
+const READ_BUFFER: usize = 1024;
+
+/// A connection's write buffer to begin with (a typical answer's head and small body fit).
+const WRITE_BUFFER: usize = 1024;
+
 /// How a connection left the fast path.
 pub enum Outcome<I> {
     Closed,
@@ -57,10 +63,10 @@ pub async fn serve<I: ClientIo, S: Service>(
     stop: &CancellationToken,
 ) -> Outcome<I> {
     let max_header_bytes = limits.max_header_bytes;
-    // Allocated when bytes come, given back while the connection idles (nginx holds an idle
-    // connection in a few KiB; two 8 KiB buffers per idle connection would be most of ours).
-    let mut buf = BytesMut::new();
-    let mut out = BytesMut::new();
+    // Small, grown when a head or an answer needs more, and shrunk back after a large answer:
+    // an idle keep-alive connection holds a few KiB (nginx's client_header_buffer_size is 1k).
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
     let mut stopped = pin!(stop.cancelled());
     // The first head must come within `header_read_timeout` of the accept (nginx's
     // client_header_timeout); later, a connection may idle for `idle_timeout` (its
@@ -73,7 +79,14 @@ pub async fn serve<I: ClientIo, S: Service>(
         let mut idle = !first && buf.is_empty();
         first = false;
         let (head, info) = loop {
-            match RequestHead::parse(&buf) {
+            let parsed = RequestHead::parse(&buf);
+            if idle && !matches!(parsed, Parsed::Head(_)) {
+                // The idle wait is over and a head has begun: it has `header_read_timeout`.
+                // (Most heads arrive whole: then the timer is reset once per request.)
+                idle = false;
+                timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+            }
+            match parsed {
                 Parsed::Head(head) => {
                     // Refused here even when hyper would have served it: hyper cuts fragments
                     // off and resolves Content-Length beside Transfer-Encoding silently.
@@ -98,100 +111,86 @@ pub async fn serve<I: ClientIo, S: Service>(
                 // Between requests, shutdown closes the connection; a head under way finishes.
                 _ = &mut stopped, if buf.is_empty() => return Outcome::Closed,
                 _ = &mut timer => return Outcome::Closed,
-                read = read_more(&mut io, &mut buf, &mut out) => read,
+                read = read_more(&mut io, &mut buf) => read,
             };
             match read {
                 Ok(0) if buf.is_empty() => return Outcome::Closed,
                 // A partial head and EOF: let hyper answer it (400).
                 Ok(0) => return Outcome::Handoff(io, buf.freeze()),
-                Ok(_) if idle => {
-                    // The idle wait is over: the head now has `header_read_timeout`.
-                    idle = false;
-                    timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
-                }
                 Ok(_) => {}
                 Err(_) => return Outcome::Closed,
             }
         };
-        // Boxed: the answering states (upstream exchange, response writing) are most of the
-        // connection's future, and an idle keep-alive connection should not carry them.
-        let answered = Box::pin(answer(&mut io, &mut out, service, conn, head, &buf, info, stop)).await;
-        match answered {
-            Answered::Next if !stop.is_cancelled() => {}
-            Answered::Next | Answered::Close => {
+        let reply = match reply_for(service, conn, head, &mut buf).await {
+            Ok(reply) => reply,
+            Err(read) => return Outcome::Handoff(io, read),
+        };
+        // Draining: this is the connection's last answer, and it says so.
+        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
+        let written = write_reply(&mut io, &mut out, reply, &info).await;
+        if out.capacity() > WRITE_BUFFER * 4 {
+            // A large answer went by: do not keep its buffer for an idle connection.
+            out = BytesMut::with_capacity(WRITE_BUFFER);
+        }
+        match written {
+            Ok(true) if !stop.is_cancelled() => {}
+            _ => {
                 let _ = io.shutdown().await;
                 return Outcome::Closed;
             }
-            Answered::Handoff(read) => return Outcome::Handoff(io, read),
         }
     }
 }
 
-/// How answering one request left the connection.
-enum Answered {
-    /// Ready for the next request.
-    Next,
-    Close,
-    /// For hyper, with these bytes first.
-    Handoff(Bytes),
-}
-
-/// Answers one request the fast path took, and writes the answer.
-#[allow(clippy::too_many_arguments)]
-async fn answer<I: ClientIo, S: Service>(
-    io: &mut I,
-    out: &mut BytesMut,
+/// The answer to one request the fast path took; Err: for hyper after all, with these bytes
+/// first. Takes the head by value, so that it is gone before the answer is written.
+async fn reply_for<S: Service>(
     service: &S,
     conn: &ConnInfo,
     head: RequestHead,
-    buf: &BytesMut,
-    info: RequestInfo,
-    stop: &CancellationToken,
-) -> Answered {
-    let reply = match service.relay(&head, conn) {
-        Some(relayed) => relayed.await,
-        None => match head.to_request() {
-            Some(req) => Reply::Response(service.call(req, conn.clone()).await),
-            None => {
-                // Put the head back in front of what follows it: hyper answers it (400).
-                let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
-                all.put_slice(&head.bytes);
-                all.put_slice(buf);
-                return Answered::Handoff(all.freeze());
-            }
-        },
-    };
-    // Draining: this is the connection's last answer, and it says so.
-    let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
-    let written = match reply {
+    buf: &mut BytesMut,
+) -> Result<Reply, Bytes> {
+    if let Some(relayed) = service.relay(&head, conn) {
+        return Ok(relayed.await);
+    }
+    match head.to_request() {
+        // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and its
+        // state would double every idle connection's.
+        Some(req) => Ok(Reply::Response(Box::pin(service.call(req, conn.clone())).await)),
+        None => {
+            // Put the head back in front of what follows it: hyper answers it (400).
+            let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
+            all.put_slice(&head.bytes);
+            all.put_slice(buf);
+            Err(all.freeze())
+        }
+    }
+}
+
+/// Writes `reply`; Ok(true) when the connection can carry another request.
+async fn write_reply<I: ClientIo>(
+    io: &mut I,
+    out: &mut BytesMut,
+    reply: Reply,
+    info: &RequestInfo,
+) -> std::io::Result<bool> {
+    match reply {
         Reply::Response(resp) => {
             let (parts, body) = resp.into_parts();
-            write_response(io, out, &parts, body, &info).await
+            write_response(io, out, &parts, body, info).await
         }
         Reply::Relayed(relayed) => {
             let Relayed { head, added, body } = *relayed;
             let head = RelayedHead { head, added };
-            write_response(io, out, &head, http_body_util::Either::Left(body), &info).await
+            write_response(io, out, &head, http_body_util::Either::Left(body), info).await
         }
-    };
-    match written {
-        Ok(true) => Answered::Next,
-        _ => Answered::Close,
     }
 }
 
-/// Reads into `buf`. Waiting for the first byte of a head, both buffers are given back first
-/// where the transport can say it is readable without a buffer (plain TCP).
-async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut, out: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        if let Some(readable) = io.readable() {
-            *buf = BytesMut::new();
-            *out = BytesMut::new();
-            readable.await?;
-        }
-    }
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8 * 1024);
+/// Reads into `buf`, growing it when a head is larger than it.
+async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+        buf.reserve(READ_BUFFER);
     }
     io.read_buf(buf).await
 }
@@ -337,7 +336,6 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let status = head.status();
     let mut keep = info.keep_alive && !head.closes();
     out.clear();
-    out.reserve(1024);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
     out.put_u8(b' ');

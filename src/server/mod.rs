@@ -55,25 +55,10 @@ pub trait Service: Clone + Send + Sync + 'static {
     }
 }
 
-/// A client connection's transport.
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// A future that resolves once the connection has bytes (or its end) to read, for waiting
-    /// without a read buffer; None where that cannot be told without reading (TLS: rustls may
-    /// hold decrypted bytes already).
-    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_>;
-}
+/// A client connection's transport: TCP, or TLS over it.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
-impl ClientIo for tokio::net::TcpStream {
-    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_> {
-        Some(tokio::net::TcpStream::readable(self))
-    }
-}
-
-impl ClientIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn readable(&self) -> Option<impl Future<Output = std::io::Result<()>> + Send + '_> {
-        None::<std::future::Ready<std::io::Result<()>>>
-    }
-}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
 
 /// Any request handler function is a service that relays nothing.
 impl<H, F> Service for H
