@@ -11,6 +11,8 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod keys;
 pub mod logging;

@@ -160,17 +160,12 @@ fn remove_x_forwarded(headers: &mut HeaderMap) {
 
 /// True when a request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+/// As bytes, like the relay reads them: a value with obs-text still names its fields.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::CONNECTION).iter().flat_map(|v| crate::wire::fields::tokens(v.as_bytes()))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
@@ -189,7 +184,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
     }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> =
-            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
+            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t).ok()).collect();
         for name in named {
             let kept = (upgrade && name == header::UPGRADE) || name == header::TE || is_protected(&name, request_id);
             if !kept {
@@ -201,11 +196,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, is_request: bool
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.remove(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        if is_request && trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+    // Any of the `TE` fields may carry `trailers`: they are one list (RFC 9110 §5.3).
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|te| crate::wire::fields::tokens(te.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
+    if headers.remove(header::TE).is_some() && is_request && trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

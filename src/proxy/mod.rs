@@ -1,7 +1,7 @@
 //! Forwarded traffic: everything that is not a token route goes to the upstream untouched,
 //! except for the header rules of SPEC §3.
 
-pub(crate) mod h1;
+pub mod h1;
 pub mod headers;
 mod idle;
 pub mod io;
@@ -114,7 +114,12 @@ impl Proxy {
 
     /// The request as it goes upstream: HTTP/1.1, hop-by-hop fields gone, `Host` and
     /// `X-Forwarded-*` set, an origin-form target.
-    fn upstream_request(&self, req: Request<RequestBody>, conn: &ConnInfo, upgrade: bool) -> Request<UpstreamBody> {
+    pub(crate) fn upstream_request(
+        &self,
+        req: Request<RequestBody>,
+        conn: &ConnInfo,
+        upgrade: bool,
+    ) -> Request<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
 
         let h2 = parts.version == Version::HTTP_2;

@@ -67,7 +67,7 @@ impl Proxy {
     /// Writes the upstream request: the client's request line with HTTP/1.1, its fields in
     /// order less the hop-by-hop ones (RFC 9110 §7.6.1), then `Host` when the client (HTTP/1.0)
     /// sent none, `X-Forwarded-*` per the rules, and a generated request id.
-    fn encode(&self, req: &RequestHead, conn: &ConnInfo, id: &RequestId, dst: &mut BytesMut) {
+    pub(crate) fn encode(&self, req: &RequestHead, conn: &ConnInfo, id: &RequestId, dst: &mut BytesMut) {
         let head = &req.bytes[..];
         let named = fields::connection_named(head, &req.fields);
         let mode = self.rules.mode;
@@ -75,7 +75,7 @@ impl Proxy {
         let trusted = !self.rules.trusted.is_empty() && self.rules.is_trusted(conn.peer.ip());
         let mut host = None;
         let mut prior_for: SmallVec<[&[u8]; 2]> = SmallVec::new();
-        let (mut kept_proto, mut kept_host) = (false, false);
+        let (mut kept_proto, mut kept_host, mut te_sent) = (false, false, false);
 
         dst.put_slice(req.method.as_str().as_bytes());
         dst.put_u8(b' ');
@@ -85,8 +85,10 @@ impl Proxy {
             let (name, value) = (f.name(head), f.value(head));
             if f.known == Known::Te {
                 // `TE: trailers` is how a client says it accepts trailers (RFC 9110 §10.1.4).
-                if fields::tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers")) {
+                // Several `TE` fields are one list: it is said once.
+                if !te_sent && fields::tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers")) {
                     dst.put_slice(b"te: trailers\r\n");
+                    te_sent = true;
                 }
                 continue;
             }

@@ -23,9 +23,9 @@ enum Segment {
 
 impl PathPattern {
     pub fn parse(path: &str) -> Result<Self, String> {
-        let segments = path
+        let rest = path.strip_prefix('/').ok_or_else(|| format!("must start with '/': {path:?}"))?;
+        let segments = rest
             .split('/')
-            .skip(1)
             .map(|s| match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
                 Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
                     Ok(Segment::Capture(name.to_owned()))
@@ -45,7 +45,7 @@ impl PathPattern {
 
     /// The captures when `path` matches (percent-decoded), else None.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let mut parts = path.split('/').skip(1);
+        let mut parts = path.strip_prefix('/')?.split('/');
         let mut captures = Vec::new();
         for seg in &self.segments {
             let part = parts.next()?;
@@ -177,6 +177,11 @@ mod tests {
         assert!(p.matches("/v1/token/1555/x/y").is_none());
         assert!(p.matches("/v1/token//x").is_none());
         assert!(PathPattern::parse("/a/{b").is_err());
+        // Found by fuzz/fuzz_targets/route.rs: without the leading '/', the first segment was
+        // skipped, so "+2{" parsed and matched "x%".
+        assert!(PathPattern::parse("+2{").is_err());
+        assert!(PathPattern::parse("token").is_err());
+        assert!(PathPattern::parse("/token").unwrap().matches("token").is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod cli;
 mod downstream_wire;
 mod errors;
 mod forward;
+mod fuzz_findings;
 mod logs;
 mod metrics;
 mod ratelimit;

@@ -10,20 +10,8 @@ use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::common::client::{both_readers, status};
 use crate::common::{backend, client, spawn_app};
-
-fn status(raw: &str) -> &str {
-    raw.get(9..12).unwrap_or("")
-}
-
-/// `head` on a fresh connection, and after a request with a body (hyper's reader).
-async fn both_readers(addr: std::net::SocketAddr, head: &str) -> (String, String) {
-    let own = client::raw(addr, head.as_bytes()).await;
-    let after_body = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi{head}");
-    let hyper = client::raw(addr, after_body.as_bytes()).await;
-    let second = hyper.match_indices("HTTP/1.1 ").nth(1).map(|(i, _)| hyper[i..].to_owned()).unwrap_or_default();
-    (own, second)
-}
 
 #[tokio::test]
 async fn bad_hosts_and_targets_are_400_on_both_readers() {

@@ -86,6 +86,21 @@ pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
     collect(sender.send_request(req).await.expect("h2 request")).await.expect("h2 body")
 }
 
+/// The status code of a raw HTTP/1.1 answer ("" when there is none).
+pub fn status(raw: &str) -> &str {
+    raw.get(9..12).unwrap_or("")
+}
+
+/// `head` on a fresh connection (tokengate's own reader and its relay), and after a request
+/// with a body on the same connection (hyper's reader and `http` types): the two answers.
+pub async fn both_readers(addr: SocketAddr, head: &str) -> (String, String) {
+    let own = raw(addr, head.as_bytes()).await;
+    let after_body = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi{head}");
+    let hyper = raw(addr, after_body.as_bytes()).await;
+    let second = hyper.match_indices("HTTP/1.1 ").nth(1).map(|(i, _)| hyper[i..].to_owned()).unwrap_or_default();
+    (own, second)
+}
+
 /// Writes `raw` bytes and reads the answer until the server closes (or 5 s pass).
 pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
