@@ -91,6 +91,14 @@ pub struct Hook {
     identity: Vec<(String, IdentitySource)>,
 }
 
+impl Hook {
+    /// True for a `none` hook without `identity`: callers have no identity, so a route behind
+    /// it has no `user.*` to template and no user to key a limit by.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.kind, Kind::None) && self.identity.is_empty()
+    }
+}
+
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Hook({})", self.name)
@@ -151,7 +159,10 @@ impl Hook {
                 IdentitySource::parse(src).map(|s| (field.clone(), s)).map_err(|r| at(&format!("identity.{field}"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !identity.iter().any(|(f, _)| f == "id") {
+        // A `none` hook without `identity` lets anyone in as nobody (the Telesign job has no
+        // user); every other hook must say who the caller is.
+        let anonymous = matches!(cfg.kind, AuthHookType::None) && identity.is_empty();
+        if !anonymous && !identity.iter().any(|(f, _)| f == "id") {
             return Err(at("identity", "must say where `id` comes from".into()));
         }
         let timeout = cfg.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(2));

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ForwardRules};
 use crate::ratelimit::{LimitInput, RateLimit};
 use crate::shelf::Shelf;
-use crate::template::{Scope, Template};
+use crate::template::{Scope, Source, Template};
 use mint::{Minted, TokenSpec};
 use request::{PathPattern, Values};
 
@@ -160,6 +160,9 @@ impl Route {
             let limit =
                 limits.get(name).ok_or_else(|| FieldError::new(at_limit, format!("no rate limit named {name:?}")))?;
             named.push(limit.clone());
+        }
+        if hook.is_anonymous() {
+            refuse_user_inputs(&hook.name, &tokens, &response, &named, &at)?;
         }
         let (user_limits, pre_auth_limits) = named.into_iter().partition(|l| l.is_user_keyed());
         Ok(Self {
@@ -344,6 +347,33 @@ impl Route {
 }
 
 /// Counts the request against each limit in order; the first refusal wins.
+/// Behind an anonymous hook there is no user: a `user.*` input or a per-user limit is a
+/// mistake `check` names, not a request-time 500.
+fn refuse_user_inputs(
+    hook: &str,
+    tokens: &[TokenSpec],
+    response: &Rendered,
+    limits: &[Arc<RateLimit>],
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), FieldError> {
+    let why = format!("auth hook {hook:?} has no identity (type none without `identity`), so there is no user");
+    let reads_user = |sources: &[Source]| sources.iter().any(|s| matches!(s, Source::User(_)));
+    for spec in tokens {
+        if reads_user(&spec.sources) {
+            return Err(FieldError::new(at(&format!("tokens.{}.claims", spec.name)), format!("reads user.*: {why}")));
+        }
+    }
+    let mut sources = Vec::new();
+    response.body.sources(&mut sources);
+    if reads_user(&sources) {
+        return Err(FieldError::new(at("response.body"), format!("reads user.*: {why}")));
+    }
+    if let Some(j) = limits.iter().position(|l| l.is_user_keyed()) {
+        return Err(FieldError::new(at(&format!("rate_limits[{j}]")), format!("is keyed by user: {why}")));
+    }
+    Ok(())
+}
+
 pub fn check_limits(limits: &[Arc<RateLimit>], input: &LimitInput<'_>, metrics: &Metrics) -> Result<(), Error> {
     for limit in limits {
         let decision = limit.check(input);

@@ -391,3 +391,49 @@ async fn a_flood_of_bad_cookies_does_not_evict_a_warm_session() {
     assert_eq!(post(app.addr, "/t", &[("cookie", "session=warm")], "").await.status, 200);
     assert_eq!(b.session_calls.load(Ordering::SeqCst), calls, "the warm session was evicted by the flood");
 }
+
+/// A `none` hook without `identity` lets anyone in as nobody (Telesign's job has no user):
+/// valid, and the token is made of the request alone. There is no user to key a limit or a
+/// claim by, so `check` names such a mistake instead of a request failing on it.
+#[tokio::test]
+async fn an_anonymous_hook_mints_from_the_request_alone() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: anon-secret-of-some-length }]\nauth_hooks: { anyone: { type: none } }\nroutes: [{ name: tel, path: '/v1/token/{phone}', methods: [GET], auth: anyone, tokens: { t: { key: k, ttl: 90s, claims: { phn: '{{ path.phone }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let r = client::get(app.addr, "/v1/token/%2B15551234567", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let claims = verify_hs256(&r.text(), b"anon-secret-of-some-length");
+    assert_eq!(claims.custom["phn"], "+15551234567");
+    assert!(claims.subject.is_none(), "no user, no sub");
+    assert_eq!(b.connections.load(Ordering::SeqCst), 0, "nothing, no session endpoint either, was asked");
+
+    let dir = temp_dir("anonymous-check");
+    for (what, route, error) in [
+        (
+            "a user claim",
+            "tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}' } } }",
+            "routes[0].tokens.t.claims: reads user.*",
+        ),
+        (
+            "a user in the response",
+            "tokens: { t: { key: k, ttl: 1m } }, response: { body: { who: '{{ user.name | \"\" }}' } }",
+            "routes[0].response.body: reads user.*",
+        ),
+        (
+            "a per-user limit",
+            "rate_limits: [u], tokens: { t: { key: k, ttl: 1m } }",
+            "routes[0].rate_limits[0]: is keyed by user",
+        ),
+    ] {
+        let file = dir.join("anon.yaml");
+        std::fs::write(&file, format!("upstream: {{ url: 'http://127.0.0.1:1' }}\nkeys: [{{ id: k, algorithm: HS256, secret: s }}]\nrate_limits: {{ u: {{ key: user, rate: 1, per: 1s }} }}\nauth_hooks: {{ anyone: {{ type: none }} }}\nroutes: [{{ name: r, path: /t, auth: anyone, {route} }}]\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(error) && err.contains("has no identity"), "{what}: {err}");
+    }
+}
