@@ -127,17 +127,7 @@ impl Error {
     }
 }
 
-/// An error and its sources, `outer: inner: root`, for log lines.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
+pub use crate::logging::chain;
 
 /// Maps an error to its response: `{"error": "<code>", "message": "<sentence>"}`.
 pub fn rescue(err: &Error) -> Response<Body> {

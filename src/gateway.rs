@@ -120,7 +120,7 @@ fn tls_error(e: &TlsError, key_file: &Path) -> FieldError {
         TlsError::Read { .. } | TlsError::Cert { .. } => "tls.cert_file",
         TlsError::Config(_) | TlsError::Ca { .. } | TlsError::ServerName(_) => "tls",
     };
-    FieldError::new(at, crate::error::chain(e))
+    FieldError::new(at, crate::logging::chain(e))
 }
 
 /// Loads, validates and compiles a config file on its own (stores of its own, nothing

@@ -72,6 +72,18 @@ impl<W: Write> Write for Escaped<W> {
     }
 }
 
+/// An error and its sources, `outer: inner: root`, for log lines.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

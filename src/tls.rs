@@ -149,6 +149,6 @@ pub fn client_for(url: &HttpUrl, ca_file: Option<&Path>, at: &str) -> Result<Opt
     }
     client(url.host_name(), ca_file).map(Some).map_err(|e| {
         let key = if matches!(e, TlsError::ServerName(_)) { "url" } else { "ca_file" };
-        FieldError::new(format!("{at}.{key}"), crate::error::chain(&e))
+        FieldError::new(format!("{at}.{key}"), crate::logging::chain(&e))
     })
 }

@@ -65,7 +65,7 @@ impl JwksKeys {
         let resp = tokio::time::timeout(self.timeout, self.pool.send(req))
             .await
             .map_err(|_| "JWKS fetch timed out".to_owned())?
-            .map_err(|e| crate::error::chain(&e))?;
+            .map_err(|e| crate::logging::chain(&e))?;
         if !resp.status().is_success() {
             return Err(format!("JWKS endpoint answered {}", resp.status()));
         }

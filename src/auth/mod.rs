@@ -352,7 +352,7 @@ impl HttpHook {
             req.body(http_body_util::Either::Right(Default::default())).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let answer = tokio::time::timeout(*timeout, async {
-            let resp = pool.send(req).await.map_err(|e| crate::error::chain(&e))?;
+            let resp = pool.send(req).await.map_err(|e| crate::logging::chain(&e))?;
             let (parts, body) = resp.into_parts();
             if parts.status == http::StatusCode::UNAUTHORIZED || parts.status == http::StatusCode::FORBIDDEN {
                 return Ok((parts, Bytes::new()));
