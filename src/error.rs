@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::logging::chain;
 use crate::proxy::pool::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -126,8 +127,6 @@ impl Error {
         chain(self)
     }
 }
-
-pub use crate::logging::chain;
 
 /// Maps an error to its response: `{"error": "<code>", "message": "<sentence>"}`.
 pub fn rescue(err: &Error) -> Response<Body> {

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             with_runtime(&cli, async move {
                 // Before anything else: SIGHUP's default action would end the process.
                 let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-                let app = tokengate::App::bind(loaded, overrides).await.map_err(|e| tokengate::error::chain(&e))?;
+                let app = tokengate::App::bind(loaded, overrides).await.map_err(|e| tokengate::logging::chain(&e))?;
                 let app = app.with_memory_trim(trim_memory);
                 tracing::info!(
                     listen = %app.public_addr(),
