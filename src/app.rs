@@ -100,6 +100,7 @@ impl App {
         let (admin, admin_addr) = bind(gateway.config.admin_listen).await?;
         let metrics = Metrics::new();
         metrics.config_in_service(gateway.hash());
+        gateway.start_ledger(&metrics);
         let state = Arc::new(State::new(gateway, stores, metrics));
         let reloader = path.map(|path| Reloader::new(state.clone(), path, overrides));
         Ok(Self {
@@ -203,9 +204,27 @@ impl App {
         if let Some(reloads) = reloads {
             reloads.abort();
         }
+        drain_ledgers(&state).await;
         admin_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
         tracing::info!("stopped");
+    }
+}
+
+/// How long shutdown waits for the ledger to commit what is queued (SPEC §6: records written
+/// before SIGTERM are on disk when the process exits).
+const LEDGER_DRAIN: Duration = Duration::from_secs(10);
+
+async fn drain_ledgers(state: &State) {
+    for ledger in state.stores.ledgers.live() {
+        match ledger.drain(LEDGER_DRAIN).await {
+            Ok(()) => tracing::info!("ledger: every queued record is committed"),
+            Err(waiting) => tracing::error!(
+                waiting,
+                wait_s = LEDGER_DRAIN.as_secs(),
+                "ledger: records still queued at exit are lost (the database did not take them in time)"
+            ),
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub enum Error {
     /// Refused before going anywhere (`admission`); the connection closes after the answer.
     #[error("request refused: {}", .0.message())]
     Refused(Refusal),
+    /// The ledger cannot take or commit the record of the tokens this answer would carry.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Refused(_) => StatusCode::BAD_REQUEST,
+            Self::Ledger(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -89,6 +93,7 @@ impl Error {
             Self::RateLimited { .. } => "rate_limited",
             Self::Refused(Refusal::Connect) => "method_not_allowed",
             Self::Refused(_) => "invalid_request",
+            Self::Ledger(_) => "ledger_unavailable",
         }
     }
 
@@ -109,6 +114,7 @@ impl Error {
             Self::RateLimited { .. } => "too many requests, retry later",
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
             Self::Refused(r) => r.message(),
+            Self::Ledger(_) => "tokens cannot be recorded right now, retry later",
         })
     }
 
@@ -149,6 +155,9 @@ pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
             h.insert("ratelimit-limit", HeaderValue::from(*burst));
             h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
             h.insert("ratelimit-reset", HeaderValue::from(secs(decision.reset)));
+        }
+        Error::Ledger(_) => {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         Error::Refused(refusal) => {
             let h = resp.headers_mut();

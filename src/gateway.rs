@@ -15,6 +15,8 @@ use crate::auth::Hook;
 use crate::body::Body;
 use crate::config::{Config, ConfigErrors, FieldError, Loaded};
 use crate::keys::KeyRing;
+use crate::ledger::{Ledger, LedgerShape};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::ratelimit::RateLimit;
 use crate::server::{ConnLimits, ConnSettings};
@@ -37,6 +39,8 @@ pub struct Gateway {
     /// The JWK set, serialized once.
     pub jwks: Bytes,
     pub tls: Option<Tls>,
+    /// The ledger (top-level `ledger`), shared with every route; long-lived, in `Stores`.
+    pub ledger: Option<Ledger>,
     /// How the public and admin listeners treat new connections.
     pub public: Arc<ConnSettings>,
     pub admin: Arc<ConnSettings>,
@@ -77,10 +81,17 @@ impl Gateway {
             }
             None => None,
         };
+        let ledger = match &config.ledger {
+            Some(cfg) => {
+                stores.ledgers.try_take(LedgerShape::of(cfg), || Ledger::new(cfg)).map_err(|e| errors.push(e)).ok()
+            }
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
-        let routes = Routes::build(&config, &Compiled { keys: &keys, hooks: &hooks, limits: &limits }, &stores.tokens)?;
+        let compiled = Compiled { keys: &keys, hooks: &hooks, limits: &limits, ledger: ledger.as_ref() };
+        let routes = Routes::build(&config, &compiled, &stores.tokens)?;
         let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
         let jwks = Bytes::from(keys.jwks().to_string());
         let l = &config.limits;
@@ -94,7 +105,16 @@ impl Gateway {
         let settings = |tls: Option<&Tls>| Arc::new(ConnSettings::new(limits, tls.map(|t| t.acceptor.clone())));
         let (public, admin) = (settings(tls.as_ref()), settings(None));
         let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools).map_err(|e| vec![e])?;
-        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, public, admin })
+        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, ledger, public, admin })
+    }
+
+    /// Called once this config is in service: applies its ledger settings and starts the
+    /// ledger's writer if it is new (`check` never calls it, so it opens nothing).
+    pub fn start_ledger(&self, metrics: &Metrics) {
+        if let (Some(ledger), Some(cfg)) = (&self.ledger, &self.config.ledger) {
+            ledger.configure(cfg);
+            ledger.start(&metrics.ledger);
+        }
     }
 
     /// The short form of `digest` that metrics and logs show.

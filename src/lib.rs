@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod gateway;
 pub mod keys;
+pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

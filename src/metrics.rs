@@ -32,8 +32,20 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub config_reload_duration_seconds: Histogram,
     pub open_connections: IntGauge,
+    pub ledger: LedgerMetrics,
     /// Pre-resolved handles for forwarded traffic (`route="proxy"`), the hot path.
     pub proxy: RouteMetrics,
+}
+
+/// The ledger writer's counters (SPEC §6).
+#[derive(Clone)]
+pub struct LedgerMetrics {
+    /// Token records committed.
+    pub writes: IntCounter,
+    /// Failed attempts to connect, migrate, write or purge.
+    pub errors: IntCounter,
+    /// Answers waiting in the queue to be written.
+    pub queue_depth: IntGauge,
 }
 
 /// One route's request counter and latency histogram, resolved once instead of hashing
@@ -163,6 +175,23 @@ impl Metrics {
             config_info,
             config_reload_duration_seconds,
             open_connections,
+            ledger: LedgerMetrics {
+                writes: register(
+                    &r,
+                    IntCounter::new("tokengate_ledger_writes_total", "Token records committed to the ledger"),
+                ),
+                errors: register(
+                    &r,
+                    IntCounter::new(
+                        "tokengate_ledger_errors_total",
+                        "Failed ledger operations (connect, migrate, write, purge); writes are retried",
+                    ),
+                ),
+                queue_depth: register(
+                    &r,
+                    IntGauge::new("tokengate_ledger_queue_depth", "Answers waiting to be written to the ledger"),
+                ),
+            },
             registry: r,
         };
         // Known, bounded label values start at 0 so rate() and alerts see them from the start.

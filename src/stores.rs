@@ -1,5 +1,5 @@
 //! What outlives a config: one shelf per kind of long-lived store (limit counters, auth caches,
-//! IdPs' key sets, token caches, upstream connection pools). A config build takes its stores
+//! IdPs' key sets, token caches, upstream connection pools, the ledger). A config build takes its stores
 //! from here by name and shape (see `shelf`); the reload that puts the build in service commits
 //! it, and a failed one leaves every store as it was.
 
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::auth::jwks::JwksKeys;
 use crate::auth::{AuthCache, AuthShape, HookStores, JwksShape};
+use crate::ledger::{Ledger, LedgerShape};
 use crate::proxy::pool::{Pool, PoolKey};
 use crate::ratelimit::{LimitShape, LimitStore};
 use crate::shelf::{Shelf, Turnover};
@@ -21,6 +22,8 @@ pub struct Stores {
     pub jwks: Shelf<JwksShape, Arc<JwksKeys>>,
     pub tokens: Shelf<TokenShape, TokenCache>,
     pub pools: Shelf<PoolKey, Pool>,
+    /// The ledger: its queue, writer task and database connections.
+    pub ledgers: Shelf<LedgerShape, Ledger>,
     /// One build at a time: a shelf tells the takes of one build from those of another only
     /// by time.
     building: Mutex<()>,
@@ -64,6 +67,7 @@ impl Stores {
         self.jwks.abandon();
         self.tokens.abandon();
         self.pools.abandon();
+        self.ledgers.abandon();
     }
 }
 
@@ -80,6 +84,7 @@ impl Build<'_> {
         self.committed = true;
         let s = self.stores;
         s.jwks.commit();
+        s.ledgers.commit();
         Summary {
             limits: s.limits.commit(),
             auth_caches: s.auth.commit(),

@@ -111,6 +111,20 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 /// A client for `host` (a name or an IP address, brackets allowed) trusting the system's roots
 /// and, when given, the certificates in `ca_file`.
 pub fn client(host: &str, ca_file: Option<&Path>) -> Result<TlsClient, TlsError> {
+    let (mut config, ca_digest) = client_config(ca_file)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(bare.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
+    Ok(TlsClient {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+        identity: format!("{bare}\u{0}{ca_digest}"),
+    })
+}
+
+/// A TLS 1.2+ client config trusting the system's roots and the certificates in `ca_file`,
+/// with the hex SHA-256 of that file (empty without one).
+pub fn client_config(ca_file: Option<&Path>) -> Result<(rustls::ClientConfig, String), TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(system_roots().iter().cloned());
     tracing::debug!(roots = added, "system roots");
@@ -126,19 +140,12 @@ pub fn client(host: &str, ca_file: Option<&Path>) -> Result<TlsClient, TlsError>
         ca_digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let server_name = ServerName::try_from(bare.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
-    Ok(TlsClient {
-        connector: TlsConnector::from(Arc::new(config)),
-        server_name,
-        identity: format!("{bare}\u{0}{ca_digest}"),
-    })
+    Ok((config, ca_digest))
 }
 
 /// The TLS client for `url` when it is `https://` (None for `http://`); errors carry the key

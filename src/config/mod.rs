@@ -125,6 +125,9 @@ pub struct UpstreamConfig {
 fn d2s() -> Duration {
     Duration::from_secs(2)
 }
+fn d5s() -> Duration {
+    Duration::from_secs(5)
+}
 fn d10s() -> Duration {
     Duration::from_secs(10)
 }
@@ -481,18 +484,45 @@ pub enum LedgerType {
     Postgres,
 }
 
+/// When a token route answers relative to its ledger record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The record is queued and written off the request path, in batches.
+    #[default]
+    Queued,
+    /// The route answers only once the record is committed.
+    Commit,
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
     #[serde(rename = "type")]
     pub kind: LedgerType,
+    /// The SQLite database file (type sqlite); created if missing.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `postgres://user:password@host:port/db?sslmode=require` (type postgres).
     #[serde(default)]
     pub url: Option<Secret>,
+    /// Type postgres over TLS: certificates trusted in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Keep the token itself, not only its SHA-256.
     #[serde(default)]
     pub store_token: bool,
+    #[serde(default)]
+    pub durability: Durability,
+    /// Delete records whose `exp` is older than this (in the background, in small batches).
+    #[serde(default)]
+    pub retention: Option<Duration>,
+    /// Answers waiting to be written; when full, token routes answer 503 rather than mint.
+    #[serde(default = "d10000")]
+    pub queue_size: usize,
+    /// With `durability: commit`: how long an answer may wait for its commit before a 503.
+    #[serde(default = "d5s")]
+    pub commit_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]

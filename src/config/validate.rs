@@ -187,6 +187,23 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         if !(100..=599).contains(&r.response.status) {
             err(at("response.status"), format!("invalid status {}", r.response.status));
         }
+        if let Some(recorded) = &r.ledger {
+            if c.ledger.is_none() {
+                err(at("ledger"), "records claims, but there is no top-level `ledger` to record them in".into());
+            }
+            let first = r.tokens.first();
+            let mut seen = HashSet::new();
+            for (j, claim) in recorded.record.iter().enumerate() {
+                let at = at(&format!("ledger.record[{j}]"));
+                if !seen.insert(claim.as_str()) {
+                    err(at, format!("{claim:?} is listed twice"));
+                } else if matches!(claim.as_str(), "iat" | "exp" | "jti") {
+                    err(at, format!("{claim:?} is recorded for every token already"));
+                } else if let Some((name, _)) = first.filter(|(_, t)| !t.claims.contains_key(claim)) {
+                    err(at, format!("the route's first token {name:?} has no claim {claim:?}"));
+                }
+            }
+        }
     }
 
     if let Some(l) = &c.ledger {
@@ -194,10 +211,31 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
             LedgerType::Sqlite if l.path.is_none() => {
                 err("ledger.path".into(), "missing required key for type sqlite".into())
             }
-            LedgerType::Postgres if l.url.is_none() => {
-                err("ledger.url".into(), "missing required key for type postgres".into())
+            LedgerType::Sqlite if l.url.is_some() || l.ca_file.is_some() => {
+                let key = if l.url.is_some() { "ledger.url" } else { "ledger.ca_file" };
+                err(key.into(), "is for type postgres; type sqlite takes `path`".into())
             }
-            _ => {}
+            LedgerType::Postgres if l.path.is_some() => {
+                err("ledger.path".into(), "is for type sqlite; type postgres takes `url`".into())
+            }
+            LedgerType::Postgres => match &l.url {
+                None => err("ledger.url".into(), "missing required key for type postgres".into()),
+                Some(url) => {
+                    if let Err(reason) = crate::ledger::check_postgres_url(url.expose()) {
+                        err("ledger.url".into(), reason);
+                    }
+                }
+            },
+            LedgerType::Sqlite => {}
+        }
+        if !(1..=1_000_000).contains(&l.queue_size) {
+            err("ledger.queue_size".into(), format!("must be 1 to 1000000, not {}", l.queue_size));
+        }
+        if l.commit_timeout.0.is_zero() {
+            err("ledger.commit_timeout".into(), "must be above zero".into());
+        }
+        if l.retention.is_some_and(|r| r.0.is_zero()) {
+            err("ledger.retention".into(), "must be above zero (leave it out to keep every record)".into());
         }
     }
     errs
@@ -213,6 +251,7 @@ pub(super) fn referenced_files(c: &Config) -> Vec<PathBuf> {
     files.extend(c.auth_hooks.values().filter_map(|h| h.public_key_file.clone()));
     files.extend(c.upstream.ca_file.clone());
     files.extend(c.auth_hooks.values().filter_map(|h| h.ca_file.clone()));
+    files.extend(c.ledger.as_ref().and_then(|l| l.ca_file.clone()));
     files
 }
 
@@ -231,7 +270,9 @@ pub(super) fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(file) = &mut c.upstream.ca_file {
         *file = base.join(&*file);
     }
-    if let Some(path) = c.ledger.as_mut().and_then(|l| l.path.as_mut()) {
-        *path = base.join(&*path);
+    if let Some(ledger) = &mut c.ledger {
+        for file in [&mut ledger.path, &mut ledger.ca_file].into_iter().flatten() {
+            *file = base.join(&*file);
+        }
     }
 }

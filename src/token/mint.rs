@@ -20,6 +20,14 @@ pub struct Minted {
     pub exp: u64,
 }
 
+/// What the ledger needs of a freshly minted token's claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Noted {
+    pub jti: Option<String>,
+    /// The asked-for claims that the token has, as text.
+    pub claims: Vec<(String, String)>,
+}
+
 /// One entry of a route's `tokens:`.
 #[derive(Debug)]
 pub struct TokenSpec {
@@ -100,6 +108,17 @@ impl TokenSpec {
 
     /// Renders the claims and signs them.
     pub fn mint(&self, values: &dyn Lookup, now: u64) -> Result<Minted, Error> {
+        self.mint_noting(values, now, None).map(|(minted, _)| minted)
+    }
+
+    /// Like `mint`; with `note`, also returns the token's `jti` and the values of the claims
+    /// named in `note` (for the ledger).
+    pub fn mint_noting(
+        &self,
+        values: &dyn Lookup,
+        now: u64,
+        note: Option<&[String]>,
+    ) -> Result<(Minted, Option<Noted>), Error> {
         let mut claims = match self.claims.render(values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -111,6 +130,13 @@ impl TokenSpec {
         if self.not_before {
             claims.insert("nbf".into(), Value::from(iat));
         }
+        let noted = note.map(|names| Noted {
+            jti: claims.get("jti").map(crate::ledger::claim_text),
+            claims: names
+                .iter()
+                .filter_map(|n| claims.get(n).map(|v| (n.clone(), crate::ledger::claim_text(v))))
+                .collect(),
+        });
         // A JSON map always serializes.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
@@ -119,7 +145,7 @@ impl TokenSpec {
         let signature = self.key.sign(token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Ok(Minted { token: token.into(), iat, exp })
+        Ok((Minted { token: token.into(), iat, exp }, noted))
     }
 
     /// The cache key of this token for one request, or None when it must be fresh.

@@ -3,6 +3,7 @@
 //! `Cache-Control: no-store`; errors use the route's `error_response` shape.
 
 pub mod mint;
+mod record;
 pub mod request;
 
 use std::collections::HashMap;
@@ -19,12 +20,13 @@ use crate::body::{self, Body, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{Config, FieldError, RouteConfig};
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
+use crate::ledger::{Ledger, Recorder};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ForwardRules};
 use crate::ratelimit::{LimitInput, RateLimit};
 use crate::shelf::Shelf;
 use crate::template::{Scope, Source, Template};
-use mint::{Minted, TokenSpec};
+use mint::{Minted, Noted, TokenSpec};
 use request::{PathPattern, Values};
 
 /// Reused tokens held per route.
@@ -63,6 +65,8 @@ pub struct Route {
     /// Limits checked before the auth hook (not keyed by user), then after it.
     pre_auth_limits: Vec<Arc<RateLimit>>,
     user_limits: Vec<Arc<RateLimit>>,
+    /// Where minted tokens are recorded (the top-level `ledger`), with this route's claims.
+    ledger: Option<Recorder>,
 }
 
 /// What a token route decided, for the access log (a response extension).
@@ -102,7 +106,7 @@ impl Route {
         compiled: &Compiled<'_>,
         caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, FieldError> {
-        let Compiled { keys, hooks, limits } = compiled;
+        let Compiled { keys, hooks, limits, ledger } = compiled;
         let at = |key: &str| format!("routes[{i}].{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
         let methods: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
@@ -165,7 +169,15 @@ impl Route {
             refuse_user_inputs(&hook.name, &tokens, &response, &named, &at)?;
         }
         let (user_limits, pre_auth_limits) = named.into_iter().partition(|l| l.is_user_keyed());
+        let ledger = match (ledger, &config.ledger) {
+            (Some(ledger), Some(settings)) => {
+                let record = cfg.ledger.as_ref().map(|l| l.record.clone()).unwrap_or_default();
+                Some(Recorder::new((*ledger).clone(), settings, record))
+            }
+            _ => None,
+        };
         Ok(Self {
+            ledger,
             pre_auth_limits,
             user_limits,
             name: cfg.name.clone(),
@@ -234,7 +246,7 @@ impl Route {
         if let Err(e) = check_limits(&self.user_limits, &limit_input(identity.id()), metrics) {
             return self.outcome(self.error(&e, &values), Some("allow"), &e);
         }
-        let mut resp = self.answer(&values, &identity, metrics);
+        let mut resp = self.answer(&values, &identity, metrics).await;
         resp.extensions_mut().insert(Outcome { auth: Some("allow"), limited: None });
         resp
     }
@@ -249,13 +261,26 @@ impl Route {
         resp
     }
 
-    /// Mints the route's tokens for `identity` and renders its response (or its error shape).
-    pub fn answer(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Response<Body> {
+    /// Mints the route's tokens for `identity`, records them in the ledger, and renders the
+    /// route's response (or its error shape). A full ledger queue refuses before minting.
+    pub async fn answer(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Response<Body> {
         let values = Values { identity: Some(identity), ..*values };
+        let reserved = match self.ledger.as_ref().map(Recorder::reserve).transpose() {
+            Ok(reserved) => reserved,
+            Err(e) => return self.error(&Error::Ledger(e), &values),
+        };
         let minted = match self.mint_all(&values, identity, metrics) {
             Ok(m) => m,
             Err(e) => return self.error(&e, &values),
         };
+        if let (Some(reserved), Some(recorder)) = (reserved, &self.ledger) {
+            let entry = record::entry(self, recorder, &minted, identity, values.now);
+            if let Err(e) = reserved.record(entry).await {
+                tracing::warn!(route = %self.name, error = %e, "minted tokens not answered: the ledger did not take them");
+                return self.error(&Error::Ledger(e), &values);
+            }
+        }
+        let minted: Vec<Minted> = minted.into_iter().map(|(m, _)| m).collect();
         let named: Vec<(String, String)> =
             self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
         let values = Values { tokens: &named, first: minted.first().map(|m| (m.iat, m.exp)), ..values };
@@ -295,20 +320,29 @@ impl Route {
     }
 
     /// Mints every token of the route, reusing cached ones with over half their lifetime left.
-    fn mint_all(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Result<Vec<Minted>, Error> {
+    /// With a ledger, each fresh one comes with what the ledger records of it (a reused one
+    /// was recorded when it was minted).
+    fn mint_all(
+        &self,
+        values: &Values<'_>,
+        identity: &Identity,
+        metrics: &Metrics,
+    ) -> Result<Vec<(Minted, Option<Noted>)>, Error> {
         let user = identity.id().unwrap_or_default();
         self.tokens
             .iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(i, spec)| {
                 let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
                 if let (Some(cache), Some(key)) = (&self.cache, &key) {
                     if let Some(hit) = cache.get(key).filter(|m| values.now < m.iat + spec.ttl() / 2) {
                         metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
-                        return Ok(hit);
+                        return Ok((hit, None));
                     }
                     metrics.token_cache_total.with_label_values(&[&self.name, "miss"]).inc();
                 }
-                let minted = spec.mint(values, values.now)?;
+                let note = self.ledger.as_ref().map(|l| if i == 0 { l.record.as_slice() } else { &[] });
+                let (minted, noted) = spec.mint_noting(values, values.now, note)?;
                 metrics
                     .tokens_minted_total
                     .with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()])
@@ -316,7 +350,7 @@ impl Route {
                 if let (Some(cache), Some(key)) = (&self.cache, key) {
                     cache.insert(key, minted.clone());
                 }
-                Ok(minted)
+                Ok((minted, noted))
             })
             .collect()
     }
@@ -454,7 +488,7 @@ pub async fn preview(
         first: None,
         error: None,
     };
-    let resp = route.answer(&values, &Identity(identity), &Metrics::new());
+    let resp = route.answer(&values, &Identity(identity), &Metrics::new()).await;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
@@ -465,6 +499,8 @@ pub struct Compiled<'a> {
     pub keys: &'a KeyRing,
     pub hooks: &'a HashMap<String, Arc<Hook>>,
     pub limits: &'a HashMap<String, Arc<RateLimit>>,
+    /// The ledger every route records in, when the config has one.
+    pub ledger: Option<&'a Ledger>,
 }
 
 impl Routes {

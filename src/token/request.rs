@@ -91,6 +91,18 @@ pub fn percent_decode(s: &str) -> Option<String> {
     decode(s, false)
 }
 
+/// Every `name=value` pair of a query, decoded, in order; None when one is not UTF-8.
+pub fn query_pairs(query: &str) -> Option<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(k, true)?, decode(v, true)?))
+        })
+        .collect()
+}
+
 /// The first value of query parameter `name`.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {

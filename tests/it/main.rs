@@ -9,6 +9,7 @@ mod downstream_wire;
 mod errors;
 mod forward;
 mod fuzz_findings;
+mod ledger;
 mod logs;
 mod metrics;
 mod ratelimit;

@@ -77,6 +77,8 @@ pub struct Binary {
     pub stderr: PathBuf,
     /// The config file it runs.
     pub config: PathBuf,
+    /// Its own directory (logs; the shipped files' SQLite ledger, `ledger.db`).
+    pub dir: PathBuf,
 }
 
 impl Binary {
@@ -144,7 +146,9 @@ impl Binary {
         let dir = temp_dir(name);
         let (addr, admin) = (closed_port(), closed_port());
         let (listen, admin_listen, session) = (addr.to_string(), admin.to_string(), format!("{backend}/api/me"));
+        let ledger = dir.join("ledger.db").display().to_string();
         let mut all = vec![
+            ("TOKENGATE_LEDGER", ledger.as_str()),
             ("TOKENGATE_LISTEN", listen.as_str()),
             ("TOKENGATE_ADMIN_LISTEN", admin_listen.as_str()),
             ("TOKENGATE_UPSTREAM", backend),
@@ -174,7 +178,7 @@ impl Binary {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn tokengate");
-        let bin = Binary { child, addr, admin, stderr, config: config.to_path_buf() };
+        let bin = Binary { child, addr, admin, stderr, config: config.to_path_buf(), dir: dir.to_path_buf() };
         bin.wait_ready().await;
         bin
     }

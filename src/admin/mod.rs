@@ -11,6 +11,8 @@ use crate::error::json_error;
 use crate::proxy::ConnInfo;
 use crate::state::State;
 
+mod ledger;
+
 /// Serves one request on the admin listener.
 pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
     let path = req.uri().path();
@@ -20,6 +22,13 @@ pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo
         }
         return match (req.method(), path) {
             (&Method::POST, "/admin/revoke") => revoke(&state, req).await,
+            (&Method::GET, "/admin/tokens") => ledger::search(&state, req.uri().query().unwrap_or("")).await,
+            (&Method::GET, p) if p.starts_with("/admin/tokens/") => {
+                ledger::token(&state, &p["/admin/tokens/".len()..]).await
+            }
+            (&Method::GET, p) if p.starts_with("/admin/users/") => {
+                ledger::user(&state, &p["/admin/users/".len()..]).await
+            }
             _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         };
     }
@@ -30,10 +39,21 @@ pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
         "/.well-known/jwks.json" => state.gateway.load().jwks_response(),
         "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        "/readyz" if state.is_ready() => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"shutting down\n".to_vec()),
+        "/readyz" => readyz(&state),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
+}
+
+/// 200 while listening with a config in service and, with a ledger, while it writes; else 503.
+fn readyz(state: &State) -> Response<Body> {
+    let unready = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n").into_bytes());
+    if !state.is_ready() {
+        return unready("shutting down");
+    }
+    if state.gateway.load().ledger.as_ref().is_some_and(|l| !l.health().is_up()) {
+        return unready("ledger unavailable");
+    }
+    text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
 }
 
 /// `Authorization: Bearer <admin_token>` compared in constant time; without a token configured,
@@ -76,7 +96,7 @@ async fn revoke(state: &State, req: Request<RequestBody>) -> Response<Body> {
     resp
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
