@@ -10,6 +10,7 @@
 
 mod db;
 mod health;
+mod pg_tls;
 mod postgres;
 mod records;
 mod sqlite;
@@ -98,9 +99,7 @@ impl Ledger {
             LedgerType::Sqlite => Db::Sqlite(sqlite::Sqlite::new(cfg.path.clone().unwrap_or_default())),
             LedgerType::Postgres => {
                 let url = cfg.url.as_ref().map(|u| u.expose()).unwrap_or_default();
-                let (tls, _) = crate::tls::client_config(cfg.ca_file.as_deref())
-                    .map_err(|e| FieldError::new("ledger.ca_file", crate::logging::chain(&e)))?;
-                let db = postgres::Postgres::new(url, tls).map_err(|reason| FieldError::new("ledger.url", reason))?;
+                let db = postgres::Postgres::new(url, cfg.ca_file.as_deref())?;
                 Db::Postgres(Box::new(db))
             }
         };

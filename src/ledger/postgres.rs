@@ -1,6 +1,6 @@
 //! The PostgreSQL ledger, for a fleet: one writing and one reading connection per replica
 //! (tokio-postgres pipelines concurrent queries on one connection), reconnected after a
-//! failure; TLS through rustls (`sslmode=prefer` by default, `require` refuses plain text).
+//! failure; TLS through rustls with libpq's `sslmode` meanings (see `pg_tls`).
 //! A batch is one transaction of two statements whatever its size (`UNNEST` of arrays).
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::db::{json_column, DbError, Param, Search};
 use super::records::{Row, TokenRecord, UserRecord, UserSeen};
+use crate::config::FieldError;
 
 /// Versioned migrations, applied in order, each once (recorded in `tokengate_migrations`),
 /// under an advisory lock so that replicas starting together do not race.
@@ -84,8 +85,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses a `postgres://` URL (or libpq `key=value` text). The reason never quotes it.
 pub fn parse(url: &str) -> Result<Config, String> {
+    let (url, _) = super::pg_tls::split_sslmode(url)?;
     let config: Config = url.parse().map_err(|_| {
-        "not a valid PostgreSQL URL: expected postgres://user:password@host:port/database?sslmode=prefer|require|disable"
+        "not a valid PostgreSQL URL: expected postgres://user:password@host:port/database?sslmode=disable|prefer|require|verify-full"
             .to_owned()
     })?;
     if config.get_hosts().is_empty() {
@@ -102,8 +104,11 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub fn new(url: &str, tls: rustls::ClientConfig) -> Result<Self, String> {
-        let mut config = parse(url)?;
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, FieldError> {
+        let mut config = parse(url).map_err(|reason| FieldError::new("ledger.url", reason))?;
+        let (_, verify) = super::pg_tls::split_sslmode(url).map_err(|reason| FieldError::new("ledger.url", reason))?;
+        let tls = super::pg_tls::client_config(verify, ca_file)
+            .map_err(|e| FieldError::new("ledger.ca_file", crate::logging::chain(&e)))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("tokengate");

@@ -10,6 +10,8 @@ mod errors;
 mod forward;
 mod fuzz_findings;
 mod ledger;
+#[cfg(feature = "services")]
+mod ledger_postgres;
 mod logs;
 mod metrics;
 mod ratelimit;
