@@ -296,6 +296,51 @@ def reload_scenario(args, workdir):
             print(f"{label:<22}{traffic:<10}{s:>9.2f}{r:>11.2f}{r / s:>8.2f}{n:>9.0f}{total / count * 1e3:>11.2f}")
 
 
+def ledger_scenario(args, workdir):
+    """The token route with no ledger, a SQLite ledger (queued, then commit) and, when
+    TOKENGATE_BENCH_POSTGRES_URL is set, a PostgreSQL one (a fresh schema via psql), interleaved.
+    After each run the ledger's writes must equal the tokens minted: nothing is dropped."""
+    workers = 2
+    base = TOKEN_ROUTE.format(cache="false")
+    pg = os.environ.get("TOKENGATE_BENCH_POSTGRES_URL")
+    ledgers = {"no ledger": "", "sqlite queued": "queued", "sqlite commit": "commit"}
+    if pg:
+        ledgers["postgres queued"] = "pg"
+    results = {name: [] for name in ledgers}
+    for i in range(args.rounds):
+        for name, kind in ledgers.items():
+            db = os.path.join(workdir, f"ledger-{i}-{kind}.db")
+            if kind in ("queued", "commit"):
+                extra = f"ledger: {{ type: sqlite, path: {db}, durability: {kind} }}\n"
+            elif kind == "pg":
+                schema = f"tg_bench_{os.getpid()}_{i}"
+                subprocess.run(["psql", pg, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"], check=True)
+                sep = "&" if "?" in pg else "?"
+                extra = f"ledger: {{ type: postgres, url: '{pg}{sep}options=-csearch_path%3D{schema}' }}\n"
+            else:
+                extra = ""
+            proc, pids = start_tokengate(workdir, workers, base + extra)
+            try:
+                wrk(TG_PORT, "/generate-token", 1, args.connections, (), "post.lua")  # warm the auth cache
+                results[name].append(measure(TG_PORT, pids, "/generate-token", args.seconds, args.connections, (), "post.lua"))
+                if kind:
+                    minted = metric(TG_ADMIN, "tokengate_tokens_minted_total")
+                    deadline = time.time() + 10
+                    while metric(TG_ADMIN, "tokengate_ledger_writes_total") < minted and time.time() < deadline:
+                        time.sleep(0.05)
+                    written = metric(TG_ADMIN, "tokengate_ledger_writes_total")
+                    if written != minted:
+                        sys.exit(f"{name}: {minted:.0f} tokens minted, {written:.0f} recorded")
+            finally:
+                stop(proc)
+    print(f"\n== ledger, token route, {workers} workers (medians of {args.rounds} rounds; every token recorded)")
+    print(f"{'ledger':<16}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}{'req/s ratio':>13}")
+    none = results["no ledger"]
+    for name, rows in results.items():
+        ratio = median(rows, "rps") / median(none, "rps")
+        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}{ratio:>13.2f}")
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -324,7 +369,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, reload")
+    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, reload, ledger")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="tokengate-load-")
@@ -338,6 +383,8 @@ def main():
             token_scenarios(args, workdir)
         if "reload" in args.scenarios:
             reload_scenario(args, workdir)
+        if "ledger" in args.scenarios:
+            ledger_scenario(args, workdir)
         for workers in ([int(w) for w in args.workers.split(",")] if "forward" in args.scenarios else []):
             results = {"direct": [], "nginx": [], "tokengate": []}
             for _ in range(args.rounds):

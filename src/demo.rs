@@ -58,6 +58,9 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
     if let Some(hook) = loaded.config.auth_hooks.get_mut("session") {
         hook.url = Some(url("/api/me")?);
     }
+    if let Some(ledger) = &mut loaded.config.ledger {
+        ledger.path = Some(std::env::temp_dir().join(format!("tokengate-demo-{}.db", std::process::id())));
+    }
     loaded.config.listen = free_or_any("127.0.0.1:8080");
     loaded.config.admin_listen = free_or_any("127.0.0.1:9901");
     let app = crate::App::bind(loaded, config::Overrides::default()).await.map_err(|e| e.to_string())?;
@@ -74,6 +77,8 @@ pub async fn run(stop: CancellationToken) -> Result<(), String> {
             "a chat token, minted by tokengate",
         ),
         (format!("curl -s -X POST http://{public}/api/auth/chat-token"), "without a session: 401"),
+        (format!("curl -s 'http://{admin}/admin/tokens?user=user-alice'"), "the ledger: what was minted for alice"),
+        (format!("curl -s http://{admin}/admin/users/user-alice"), "alice, as the ledger upserted her"),
         (format!("curl -s http://{admin}/metrics | grep ^tokengate_"), "metrics (admin port only)"),
     ];
     println!("tokengate demo: sample backend on {backend_addr}, tokengate on {public}, admin on {admin}\n\nTry:");

@@ -239,4 +239,19 @@ async fn demo_logs_in_and_fetches_a_token_as_its_curl_lines_say() {
             .await
             .unwrap();
     assert_eq!(anonymous.status, 401);
+
+    // The ledger line: what was minted for alice.
+    let admin: std::net::SocketAddr = first.split("admin on ").nth(1).unwrap().trim().parse().unwrap();
+    let path = printed.split(&format!("http://{admin}")).nth(1).unwrap().split('\'').next().unwrap().to_owned();
+    assert_eq!(path, "/admin/tokens?user=user-alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = crate::common::client::get(admin, &path, &[]).await.unwrap().json();
+        if found["tokens"].as_array().is_some_and(|t| t.len() == 1) {
+            assert_eq!(found["tokens"][0]["route"], "chat-token");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{found}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

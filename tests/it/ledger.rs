@@ -433,3 +433,24 @@ fn check_names_each_ledger_mistake_by_its_key_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("routes[0].ledger: records claims, but there is no top-level `ledger`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_ledger_or_moves_to_another_database() {
+    let (first_db, second_db) = (db_in("ledger-reload-a"), db_in("ledger-reload-b"));
+    let (bin, b) = start_orders("ledger-reload", &first_db, "").await;
+    mint(&bin, "gus", "a-1").await;
+    // Same database, new settings: the same queue and writer, the new setting at once.
+    bin.reload_with(&bin.yaml(&b.url(), &orders_config(&sqlite_ledger(&first_db, "  store_token: true\n")))).await;
+    let kept = mint(&bin, "gus", "a-2").await;
+    let (_, record) = admin(&bin, &format!("/admin/tokens/{}", jti(&kept))).await;
+    assert_eq!(record["token"], kept.as_str(), "store_token applies after the reload");
+    // Another database: records go there from now on; the first keeps what it had.
+    bin.reload_with(&bin.yaml(&b.url(), &orders_config(&sqlite_ledger(&second_db, "")))).await;
+    let moved = mint(&bin, "gus", "b-1").await;
+    admin_until(&bin, &format!("/admin/tokens/{}", jti(&moved)), |r| r["claims"]["order"] == "b-1").await;
+    let (_, in_second) = admin(&bin, "/admin/tokens?user=gus").await;
+    assert_eq!(in_second["tokens"].as_array().unwrap().len(), 1, "{in_second}");
+    let conn = rusqlite::Connection::open(&first_db).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 2, "the first database keeps the first two");
+}
