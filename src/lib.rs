@@ -8,6 +8,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -13,6 +13,7 @@ mod health;
 mod pg_tls;
 mod postgres;
 mod records;
+mod sql;
 mod sqlite;
 mod writer;
 
@@ -25,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Durability, FieldError, LedgerConfig, LedgerType};
 use crate::metrics::LedgerMetrics;
 use db::Db;
-pub use db::{DbError, Search};
 pub use health::Health;
 pub use records::{claim_text, sha256_hex, Row, TokenRecord, UserRecord, UserSeen};
+pub use sql::{DbError, Search};
 
 /// Checks a PostgreSQL URL without saying anything about its content (it holds a password).
 pub fn check_postgres_url(url: &str) -> Result<(), String> {

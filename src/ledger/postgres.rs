@@ -10,8 +10,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::db::{json_column, DbError, Param, Search};
 use super::records::{Row, TokenRecord, UserRecord, UserSeen};
+use super::sql::{json_column, DbError, Param, Search};
 use crate::config::FieldError;
 
 /// Versioned migrations, applied in order, each once (recorded in `tokengate_migrations`),
@@ -166,13 +166,13 @@ impl Postgres {
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > i64::from(current)) {
                 tx.batch_execute(sql).await?;
                 let version = i32::try_from(*version).unwrap_or(i32::MAX);
-                let now = crate::token::unix_now() as i64;
+                let now = crate::clock::unix_now() as i64;
                 tx.execute("INSERT INTO tokengate_migrations (version, applied_at) VALUES ($1, $2)", &[&version, &now])
                     .await?;
                 tracing::info!(version, "ledger: applied a migration");
             }
             tx.commit().await?;
-            super::db::newer_schema(i64::from(current), MIGRATIONS);
+            super::sql::newer_schema(i64::from(current), MIGRATIONS);
             Ok(())
         })
         .await

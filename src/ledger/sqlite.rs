@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::db::{json_column, DbError, Param, Search};
 use super::records::{Row, TokenRecord, UserRecord, UserSeen};
+use super::sql::{json_column, DbError, Param, Search};
 
 /// Versioned migrations, applied in order, each once (recorded in `tokengate_migrations`).
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -255,11 +255,11 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO tokengate_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, crate::token::unix_now() as i64],
+            params![version, crate::clock::unix_now() as i64],
         )?;
         tracing::info!(version, "ledger: applied a migration");
     }
     tx.commit()?;
-    super::db::newer_schema(current, MIGRATIONS);
+    super::sql::newer_schema(current, MIGRATIONS);
     Ok(())
 }

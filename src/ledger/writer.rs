@@ -117,7 +117,7 @@ async fn purge(shared: &Shared, m: &LedgerMetrics) -> Instant {
     if retention == 0 {
         return Instant::now() + PURGE_EVERY;
     }
-    let before = i64::try_from(crate::token::unix_now().saturating_sub(retention)).unwrap_or(0);
+    let before = i64::try_from(crate::clock::unix_now().saturating_sub(retention)).unwrap_or(0);
     match shared.db.purge(before, PURGE_BATCH).await {
         Ok(n) if n >= u64::from(PURGE_BATCH) => Instant::now(),
         Ok(n) => {

@@ -8,7 +8,6 @@ pub mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -205,7 +204,7 @@ impl Route {
         let (parts, body) = req.into_parts();
         let client_ip = rules.client_ip(conn.peer.ip(), &parts.headers);
         let query = parts.uri.query().unwrap_or("");
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         let mut values = Values {
             identity: None,
             body: &Value::Null,
@@ -437,11 +436,6 @@ fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<B
     resp
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// `tokengate mint`: what `route` answers for a caller with id `user_id` and the given
 /// `SOURCE=VALUE` inputs. Returns the status and the body text.
 pub async fn preview(
@@ -483,7 +477,7 @@ pub async fn preview(
         captures: &captures,
         headers: &headers,
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        now: unix_now(),
+        now: crate::clock::unix_now(),
         tokens: &[],
         first: None,
         error: None,
