@@ -189,6 +189,7 @@ impl App {
         shutdown.cancelled().await;
         state.set_ready(false);
         let grace = state.gateway.load().config.limits.shutdown_grace.0;
+        let shutdown_started = tokio::time::Instant::now();
         tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: draining in-flight requests and tunnels");
         let drain = async {
             let _ = public_task.await;
@@ -204,24 +205,25 @@ impl App {
         if let Some(reloads) = reloads {
             reloads.abort();
         }
-        drain_ledgers(&state).await;
+        // The ledger's queue gets what is left of the grace (a second at least).
+        drain_ledgers(&state, grace.saturating_sub(shutdown_started.elapsed()).max(LEDGER_DRAIN_MIN)).await;
         admin_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
         tracing::info!("stopped");
     }
 }
 
-/// How long shutdown waits for the ledger to commit what is queued (SPEC §6: records written
-/// before SIGTERM are on disk when the process exits).
-const LEDGER_DRAIN: Duration = Duration::from_secs(10);
+/// The least time shutdown gives the ledger to commit what is queued, however long the
+/// requests took (SPEC §6: records written before SIGTERM are on disk when the process exits).
+const LEDGER_DRAIN_MIN: Duration = Duration::from_secs(1);
 
-async fn drain_ledgers(state: &State) {
+async fn drain_ledgers(state: &State, deadline: Duration) {
     for ledger in state.stores.ledgers.live() {
-        match ledger.drain(LEDGER_DRAIN).await {
+        match ledger.drain(deadline).await {
             Ok(()) => tracing::info!("ledger: every queued record is committed"),
             Err(waiting) => tracing::error!(
                 waiting,
-                wait_s = LEDGER_DRAIN.as_secs(),
+                wait_s = deadline.as_secs_f64(),
                 "ledger: records still queued at exit are lost (the database did not take them in time)"
             ),
         }

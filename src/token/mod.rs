@@ -68,6 +68,13 @@ pub struct Route {
     ledger: Option<Recorder>,
 }
 
+/// Whether an answer's tokens go to the ledger (`tokengate mint` previews record nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Ledger,
+    Nothing,
+}
+
 /// What a token route decided, for the access log (a response extension).
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -245,7 +252,7 @@ impl Route {
         if let Err(e) = check_limits(&self.user_limits, &limit_input(identity.id()), metrics) {
             return self.outcome(self.error(&e, &values), Some("allow"), &e);
         }
-        let mut resp = self.answer(&values, &identity, metrics).await;
+        let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
         resp.extensions_mut().insert(Outcome { auth: Some("allow"), limited: None });
         resp
     }
@@ -262,9 +269,16 @@ impl Route {
 
     /// Mints the route's tokens for `identity`, records them in the ledger, and renders the
     /// route's response (or its error shape). A full ledger queue refuses before minting.
-    pub async fn answer(&self, values: &Values<'_>, identity: &Identity, metrics: &Metrics) -> Response<Body> {
+    pub async fn answer(
+        &self,
+        values: &Values<'_>,
+        identity: &Identity,
+        metrics: &Metrics,
+        record: Record,
+    ) -> Response<Body> {
         let values = Values { identity: Some(identity), ..*values };
-        let reserved = match self.ledger.as_ref().map(Recorder::reserve).transpose() {
+        let ledger = self.ledger.as_ref().filter(|_| record == Record::Ledger);
+        let reserved = match ledger.map(Recorder::reserve).transpose() {
             Ok(reserved) => reserved,
             Err(e) => return self.error(&Error::Ledger(e), &values),
         };
@@ -272,7 +286,7 @@ impl Route {
             Ok(m) => m,
             Err(e) => return self.error(&e, &values),
         };
-        if let (Some(reserved), Some(recorder)) = (reserved, &self.ledger) {
+        if let (Some(reserved), Some(recorder)) = (reserved, ledger) {
             let entry = record::entry(self, recorder, &minted, identity, values.now);
             if let Err(e) = reserved.record(entry).await {
                 tracing::warn!(route = %self.name, error = %e, "minted tokens not answered: the ledger did not take them");
@@ -482,7 +496,8 @@ pub async fn preview(
         first: None,
         error: None,
     };
-    let resp = route.answer(&values, &Identity(identity), &Metrics::new()).await;
+    // A preview mints nothing anyone receives: nothing to record.
+    let resp = route.answer(&values, &Identity(identity), &Metrics::new(), Record::Nothing).await;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))

@@ -194,6 +194,25 @@ fn keygen_jwks_and_mint() {
     assert!(String::from_utf8_lossy(&missing.stdout).contains("missing required field: phone"));
 }
 
+#[test]
+fn mint_previews_a_ledger_route_at_once_and_records_nothing() {
+    let dir = temp_dir("cli-mint-ledger");
+    let db = dir.join("ledger.db");
+    let started = std::time::Instant::now();
+    let out = tokengate()
+        .args(["mint", "--config", "config/telesign.yaml", "--route", "telesign-xid", "--user-id", "-"])
+        .args(["--set", "path.phone=15555550000", "--set", "path.xid=x-1"])
+        .env("TELESIGN_CUSTOMER_ID", "C")
+        .env("TELESIGN_KEY", "a2V5")
+        .env("TOKENGATE_LEDGER", &db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(crate::seeds::parts(&String::from_utf8_lossy(&out.stdout)).1["xid"], "x-1");
+    assert!(started.elapsed() < Duration::from_secs(3), "no wait for a commit that cannot come");
+    assert!(!db.exists(), "a preview opens no ledger");
+}
+
 #[tokio::test]
 async fn demo_logs_in_and_fetches_a_token_as_its_curl_lines_say() {
     use tokio::io::AsyncBufReadExt;
