@@ -55,7 +55,11 @@ fn jti(token: &str) -> String {
 async fn records_users_and_lookups_on_postgres_without_the_token_text() {
     let schema = Schema::new("records").await;
     let b = backend::spawn().await;
-    let bin = Binary::start("pg-records", &b.url(), &orders_config(&schema.ledger("")), &[]).await;
+    // The URL (a secret: it holds the password) from a file, as Kubernetes mounts it.
+    let secrets = crate::common::temp_dir("pg-records-secret");
+    std::fs::write(secrets.join("ledger-url"), format!("{}\n", schema.url)).unwrap();
+    let ledger = format!("  type: postgres\n  url_file: {}\n", secrets.join("ledger-url").display());
+    let bin = Binary::start("pg-records", &b.url(), &orders_config(&ledger), &[]).await;
     let ann = mint(&bin, "ann", "p-1").await;
     mint(&bin, "bob", "p-2").await;
     mint(&bin, "ann", "p-3").await;
