@@ -1,5 +1,5 @@
 //! Ledger look-ups on the admin listener (SPEC §4, §6): `GET /admin/tokens/{jti}`,
-//! `GET /admin/tokens?<claim>=…&user=…&route=…&limit=…&cursor=…` (newest first) and
+//! `GET /admin/tokens?<claim>=…&user=…&route=…&sha256=…&limit=…&cursor=…` (newest first) and
 //! `GET /admin/users/{id}`. JSON; 404 when unknown or when there is no ledger.
 
 use http::{Response, StatusCode};
@@ -104,6 +104,7 @@ fn parse(query: &str, recorded: &[String]) -> Result<Search, String> {
         match name.as_str() {
             "user" => search.user = Some(value),
             "route" => search.route = Some(value),
+            "sha256" => search.sha256 = Some(value.to_ascii_lowercase()),
             "limit" => {
                 search.limit = value
                     .parse()
@@ -118,7 +119,7 @@ fn parse(query: &str, recorded: &[String]) -> Result<Search, String> {
             other => {
                 let known = if recorded.is_empty() { "none".to_owned() } else { recorded.join(", ") };
                 return Err(format!(
-                    "unknown filter {other:?}: use user, route, limit, cursor or a recorded claim ({known})"
+                    "unknown filter {other:?}: use user, route, sha256, limit, cursor or a recorded claim ({known})"
                 ));
             }
         }

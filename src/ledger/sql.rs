@@ -25,6 +25,8 @@ pub struct Search {
     pub claims: Vec<(String, String)>,
     pub user: Option<String>,
     pub route: Option<String>,
+    /// The SHA-256 of a token (lowercase hex): which record a token someone holds is.
+    pub sha256: Option<String>,
     pub before: Option<i64>,
     pub limit: u32,
 }
@@ -51,6 +53,9 @@ impl Search {
         }
         if let Some(route) = &self.route {
             bind(&mut sql, " AND route = ?", Param::Text(route.clone()));
+        }
+        if let Some(sha256) = &self.sha256 {
+            bind(&mut sql, " AND sha256 = ?", Param::Text(sha256.clone()));
         }
         if let Some(before) = self.before {
             bind(&mut sql, " AND id < ?", Param::Int(before));
@@ -92,6 +97,7 @@ mod tests {
             claims: vec![("xid".into(), "x1".into())],
             user: Some("u".into()),
             route: None,
+            sha256: None,
             before: Some(10),
             limit: 5000,
         };

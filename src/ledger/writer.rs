@@ -16,7 +16,7 @@ use crate::logging::chain;
 use crate::metrics::LedgerMetrics;
 
 /// Answers committed in one transaction at most.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 4096;
 /// Expired records deleted per statement: small, so writes are never held up for long.
 const PURGE_BATCH: u32 = 1000;
 /// Longest wait between two looks for expired records.

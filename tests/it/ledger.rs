@@ -153,6 +153,8 @@ async fn telesign_tokens_are_found_by_xid_and_phone_with_their_hash_and_never_th
     assert_eq!(by_phone.len(), 2, "{by_phone:?}");
     assert_eq!(by_phone[1]["claims"]["xid"], "xid-aaa", "newest first");
     assert!(uuid::Uuid::parse_str(by_phone[0]["claims"]["xid"].as_str().unwrap()).is_ok(), "the generated xid");
+    let (_, by_hash) = admin(&bin, &format!("/admin/tokens?sha256={}", sha256_hex(&first).to_uppercase())).await;
+    assert_eq!(by_hash["tokens"][0]["claims"]["xid"], "xid-aaa", "which record a token someone holds is");
     let (_, other) = admin(&bin, "/admin/tokens?xid=xid-bbb&phn=15555550002").await;
     assert_eq!(other["tokens"].as_array().unwrap().len(), 1);
     let (_, none) = admin(&bin, "/admin/tokens?xid=xid-bbb&phn=15555550001").await;
