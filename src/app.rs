@@ -86,6 +86,9 @@ impl App {
     /// Compiles the config, binds both listeners and sets up the process state. `overrides`
     /// (the command line) apply to this load and to every reload.
     pub async fn bind(loaded: Loaded, overrides: Overrides) -> Result<Self, StartError> {
+        // Clients that build their TLS config from the process default (the Redis client's
+        // `rediss://`) get the same aws-lc-rs provider as everything else.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let path = loaded.path.clone();
         let origin = path.as_ref().map_or_else(|| "config".to_owned(), |p| p.display().to_string());
         let stores = Stores::default();
@@ -100,7 +103,7 @@ impl App {
         let (admin, admin_addr) = bind(gateway.config.admin_listen).await?;
         let metrics = Metrics::new();
         metrics.config_in_service(gateway.hash());
-        gateway.start_ledger(&metrics);
+        gateway.start_background(&metrics);
         let state = Arc::new(State::new(gateway, stores, metrics));
         let reloader = path.map(|path| Reloader::new(state.clone(), path, overrides));
         Ok(Self {
@@ -184,6 +187,7 @@ impl App {
             admin_stop.clone(),
         ));
         let reloads = reloader.map(|r| tokio::spawn(r.run(shutdown.clone())));
+        let revocations = tokio::spawn(crate::shared::revoke::listen(state.clone()));
         state.set_ready(true);
 
         shutdown.cancelled().await;
@@ -205,6 +209,7 @@ impl App {
         if let Some(reloads) = reloads {
             reloads.abort();
         }
+        revocations.abort();
         // The ledger's queue gets what is left of the grace (a second at least).
         drain_ledgers(&state, grace.saturating_sub(shutdown_started.elapsed()).max(LEDGER_DRAIN_MIN)).await;
         admin_stop.cancel();

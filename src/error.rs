@@ -47,6 +47,9 @@ pub enum Error {
     /// The ledger cannot take or commit the record of the tokens this answer would carry.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// Redis cannot answer and `shared_state.on_error` is `deny`.
+    #[error("the shared state (Redis) is unavailable")]
+    SharedStateUnavailable,
 }
 
 impl Error {
@@ -74,7 +77,7 @@ impl Error {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Refused(_) => StatusCode::BAD_REQUEST,
-            Self::Ledger(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Ledger(_) | Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -94,6 +97,7 @@ impl Error {
             Self::Refused(Refusal::Connect) => "method_not_allowed",
             Self::Refused(_) => "invalid_request",
             Self::Ledger(_) => "ledger_unavailable",
+            Self::SharedStateUnavailable => "shared_state_unavailable",
         }
     }
 
@@ -115,6 +119,7 @@ impl Error {
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
             Self::Refused(r) => r.message(),
             Self::Ledger(_) => "tokens cannot be recorded right now, retry later",
+            Self::SharedStateUnavailable => "rate limits cannot be checked right now, retry later",
         })
     }
 
@@ -156,7 +161,7 @@ pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
             h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
             h.insert("ratelimit-reset", HeaderValue::from(secs(decision.reset)));
         }
-        Error::Ledger(_) => {
+        Error::Ledger(_) | Error::SharedStateUnavailable => {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         Error::Refused(refusal) => {

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::ratelimit::RateLimit;
 use crate::server::{ConnLimits, ConnSettings};
+use crate::shared::{Shared, SharedShape};
 use crate::stores::Stores;
 use crate::tls::{self, Tls, TlsError};
 use crate::token::{Compiled, Routes};
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub tls: Option<Tls>,
     /// The ledger (top-level `ledger`), shared with every route; long-lived, in `Stores`.
     pub ledger: Option<Ledger>,
+    /// Redis (`shared_state`), for the token routes' limits and for revocation.
+    pub shared: Option<Shared>,
     /// How the public and admin listeners treat new connections.
     pub public: Arc<ConnSettings>,
     pub admin: Arc<ConnSettings>,
@@ -87,10 +90,23 @@ impl Gateway {
             }
             None => None,
         };
+        let shared = match &config.shared_state {
+            Some(cfg) => {
+                stores.shared.try_take(SharedShape::of(cfg), || Shared::new(cfg)).map_err(|e| errors.push(e)).ok()
+            }
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
-        let compiled = Compiled { keys: &keys, hooks: &hooks, limits: &limits, ledger: ledger.as_ref() };
+        let on_error = config.shared_state.as_ref().map(|s| s.on_error).unwrap_or_default();
+        let compiled = Compiled {
+            keys: &keys,
+            hooks: &hooks,
+            limits: &limits,
+            ledger: ledger.as_ref(),
+            shared: shared.as_ref().map(|s| (s, on_error)),
+        };
         let routes = Routes::build(&config, &compiled, &stores.tokens)?;
         let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
         let jwks = Bytes::from(keys.jwks().to_string());
@@ -105,15 +121,19 @@ impl Gateway {
         let settings = |tls: Option<&Tls>| Arc::new(ConnSettings::new(limits, tls.map(|t| t.acceptor.clone())));
         let (public, admin) = (settings(tls.as_ref()), settings(None));
         let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools).map_err(|e| vec![e])?;
-        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, ledger, public, admin })
+        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, ledger, shared, public, admin })
     }
 
     /// Called once this config is in service: applies its ledger settings and starts the
-    /// ledger's writer if it is new (`check` never calls it, so it opens nothing).
-    pub fn start_ledger(&self, metrics: &Metrics) {
+    /// ledger's writer and the Redis connection if they are new (`check` never calls it, so
+    /// it opens nothing).
+    pub fn start_background(&self, metrics: &Metrics) {
         if let (Some(ledger), Some(cfg)) = (&self.ledger, &self.config.ledger) {
             ledger.configure(cfg);
             ledger.start(&metrics.ledger);
+        }
+        if let Some(shared) = &self.shared {
+            shared.start(&metrics.shared);
         }
     }
 

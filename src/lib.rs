@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod shared;
 pub mod shelf;
 pub mod stack;
 pub mod state;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub config_reload_duration_seconds: Histogram,
     pub open_connections: IntGauge,
     pub ledger: LedgerMetrics,
+    pub shared: SharedMetrics,
     /// Pre-resolved handles for forwarded traffic (`route="proxy"`), the hot path.
     pub proxy: RouteMetrics,
 }
@@ -46,6 +47,18 @@ pub struct LedgerMetrics {
     pub errors: IntCounter,
     /// Answers waiting in the queue to be written.
     pub queue_depth: IntGauge,
+}
+
+/// Redis shared state (SPEC §7).
+#[derive(Clone)]
+pub struct SharedMetrics {
+    /// 1 while Redis answers, 0 while the circuit breaker skips it.
+    pub up: IntGauge,
+    /// Failed Redis calls, by kind: timeout, connection, script.
+    pub errors: IntCounterVec,
+    pub duration: Histogram,
+    /// What a limit did without Redis, by limit and decision (local, allow, deny).
+    pub fallback: IntCounterVec,
 }
 
 /// One route's request counter and latency histogram, resolved once instead of hashing
@@ -192,6 +205,26 @@ impl Metrics {
                     IntGauge::new("tokengate_ledger_queue_depth", "Answers waiting to be written to the ledger"),
                 ),
             },
+            shared: SharedMetrics {
+                up: register(
+                    &r,
+                    IntGauge::new("tokengate_shared_state_up", "1 while Redis answers; 0 while it is skipped"),
+                ),
+                errors: counter(&r, "tokengate_shared_state_errors_total", "Failed Redis calls, by kind", &["kind"]),
+                duration: register(
+                    &r,
+                    Histogram::with_opts(
+                        HistogramOpts::new("tokengate_shared_state_duration_seconds", "Redis call latency")
+                            .buckets(BUCKETS.to_vec()),
+                    ),
+                ),
+                fallback: counter(
+                    &r,
+                    "tokengate_shared_state_fallback_total",
+                    "Limit checks decided without Redis, by limit and on_error decision",
+                    &["limit", "decision"],
+                ),
+            },
             registry: r,
         };
         // Known, bounded label values start at 0 so rate() and alerts see them from the start.
@@ -200,6 +233,9 @@ impl Metrics {
         }
         for kind in ["connect", "timeout", "protocol"] {
             m.upstream_errors_total.with_label_values(&[kind]);
+        }
+        for kind in ["timeout", "connection", "script"] {
+            m.shared.errors.with_label_values(&[kind]);
         }
         m
     }

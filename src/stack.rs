@@ -17,7 +17,8 @@ use crate::proxy::{headers, ConnInfo};
 use crate::ratelimit::LimitInput;
 use crate::server::{Reply, Service};
 use crate::state::State;
-use crate::token::{check_limits, Outcome};
+use crate::token::limits::check_limits;
+use crate::token::Outcome;
 use crate::wire::request::RequestHead;
 
 /// The `route` label for forwarded traffic.

@@ -11,6 +11,7 @@ use crate::auth::{AuthCache, AuthShape, HookStores, JwksShape};
 use crate::ledger::{Ledger, LedgerShape};
 use crate::proxy::pool::{Pool, PoolKey};
 use crate::ratelimit::{LimitShape, LimitStore};
+use crate::shared::{Shared, SharedShape};
 use crate::shelf::{Shelf, Turnover};
 use crate::token::{TokenCache, TokenShape};
 
@@ -24,6 +25,8 @@ pub struct Stores {
     pub pools: Shelf<PoolKey, Pool>,
     /// The ledger: its queue, writer task and database connections.
     pub ledgers: Shelf<LedgerShape, Ledger>,
+    /// The Redis connection of `shared_state`, and its circuit breaker.
+    pub shared: Shelf<SharedShape, Shared>,
     /// One build at a time: a shelf tells the takes of one build from those of another only
     /// by time.
     building: Mutex<()>,
@@ -51,7 +54,8 @@ impl Stores {
         HookStores { caches: &self.auth, pools: &self.pools, jwks: &self.jwks }
     }
 
-    /// Forgets every cached identity and token of `user_id` (logout, `/admin/revoke`).
+    /// Forgets every cached identity and token of `user_id` on this replica (logout,
+    /// `/admin/revoke`; with `shared_state`, every replica does on the revocation message).
     pub fn forget_user(&self, user_id: &str) {
         for cache in self.auth.live() {
             cache.forget_user(user_id);
@@ -68,6 +72,7 @@ impl Stores {
         self.tokens.abandon();
         self.pools.abandon();
         self.ledgers.abandon();
+        self.shared.abandon();
     }
 }
 
@@ -85,6 +90,7 @@ impl Build<'_> {
         let s = self.stores;
         s.jwks.commit();
         s.ledgers.commit();
+        s.shared.commit();
         Summary {
             limits: s.limits.commit(),
             auth_caches: s.auth.commit(),

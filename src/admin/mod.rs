@@ -89,9 +89,15 @@ async fn revoke(state: &State, req: Request<RequestBody>) -> Response<Body> {
         return json_error(StatusCode::BAD_REQUEST, "invalid_request", "expected {\"user\": \"<id>\"}");
     };
     state.stores.forget_user(&user);
-    tracing::info!(user = %user, "revoked cached identities and tokens");
-    let mut resp =
-        text(StatusCode::OK, "application/json", serde_json::json!({ "revoked": user }).to_string().into_bytes());
+    // With shared state, every replica forgets it too (they subscribe to revocations).
+    let shared = state.gateway.load().shared.clone();
+    let everywhere = match shared {
+        Some(shared) => shared.publish_revoke(&user).await,
+        None => false,
+    };
+    tracing::info!(user = %user, every_replica = everywhere, "revoked cached identities and tokens");
+    let answer = serde_json::json!({ "revoked": user, "every_replica": everywhere });
+    let mut resp = text(StatusCode::OK, "application/json", answer.to_string().into_bytes());
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

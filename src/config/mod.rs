@@ -525,18 +525,25 @@ pub struct LedgerConfig {
     pub commit_timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SharedStateType {
+    /// One Redis server (`url`).
     Redis,
+    /// A Redis Cluster (`urls`: some of its nodes).
+    RedisCluster,
 }
 
+/// What token routes do while Redis cannot be used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
+    /// Each replica applies its own limits (the default).
     #[default]
     Local,
+    /// No limit applies.
     Allow,
+    /// 503 `shared_state_unavailable`.
     Deny,
 }
 
@@ -545,7 +552,28 @@ pub enum OnError {
 pub struct SharedStateConfig {
     #[serde(rename = "type")]
     pub kind: SharedStateType,
-    pub url: Secret,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (type redis).
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Nodes of the cluster (type redis_cluster).
+    #[serde(default)]
+    pub urls: Vec<Secret>,
     #[serde(default)]
     pub on_error: OnError,
+    /// Per Redis call; after a failure, Redis is skipped until a background probe succeeds.
+    #[serde(default = "d50ms")]
+    pub timeout: Duration,
+    /// HMAC key (at least 16 bytes) for key names and for the identities cached in Redis.
+    pub secret: Secret,
+    /// Prepended to every key and channel, so several deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn d50ms() -> Duration {
+    Duration(std::time::Duration::from_millis(50))
+}
+
+fn default_key_prefix() -> String {
+    "tokengate:".to_owned()
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::{AuthHookType, Config, FieldError, LedgerType};
+use super::{AuthHookType, Config, FieldError, LedgerType, SharedStateType};
 
 /// hyper refuses a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
@@ -236,6 +236,43 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         }
         if l.retention.is_some_and(|r| r.0.is_zero()) {
             err("ledger.retention".into(), "must be above zero (leave it out to keep every record)".into());
+        }
+    }
+    if let Some(st) = &c.shared_state {
+        match st.kind {
+            SharedStateType::Redis => match &st.url {
+                None => err("shared_state.url".into(), "missing required key for type redis".into()),
+                Some(url) => {
+                    if let Err(reason) = crate::shared::check_url(url.expose()) {
+                        err("shared_state.url".into(), reason);
+                    }
+                }
+            },
+            SharedStateType::RedisCluster if st.urls.is_empty() => {
+                err("shared_state.urls".into(), "missing required key for type redis_cluster".into())
+            }
+            SharedStateType::RedisCluster => {
+                for (i, url) in st.urls.iter().enumerate() {
+                    if let Err(reason) = crate::shared::check_url(url.expose()) {
+                        err(format!("shared_state.urls[{i}]"), reason);
+                    }
+                }
+            }
+        }
+        if st.kind == SharedStateType::Redis && !st.urls.is_empty() {
+            err("shared_state.urls".into(), "is for type redis_cluster; type redis takes `url`".into());
+        }
+        if st.kind == SharedStateType::RedisCluster && st.url.is_some() {
+            err("shared_state.url".into(), "is for type redis; type redis_cluster takes `urls`".into());
+        }
+        if st.secret.expose().len() < 16 {
+            err(
+                "shared_state.secret".into(),
+                "must be at least 16 bytes (it keys the HMACs of what Redis holds)".into(),
+            );
+        }
+        if st.timeout.0.is_zero() || st.timeout.0 > std::time::Duration::from_secs(10) {
+            err("shared_state.timeout".into(), "must be above zero and at most 10s".into());
         }
     }
     errs

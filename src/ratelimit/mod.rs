@@ -33,6 +33,21 @@ enum KeyKind {
     Header(HeaderName),
 }
 
+/// The bytes a request is counted under (an address's octets, a user id, a header value).
+pub enum LimitKey<'a> {
+    Ip([u8; 16], usize),
+    Bytes(&'a [u8]),
+}
+
+impl AsRef<[u8]> for LimitKey<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Ip(bytes, len) => &bytes[..*len],
+            Self::Bytes(b) => b,
+        }
+    }
+}
+
 /// What a limit may key on, for one request.
 pub struct LimitInput<'a> {
     pub client_ip: IpAddr,
@@ -122,17 +137,38 @@ impl RateLimit {
 
     /// Counts one request against this limit.
     pub fn check(&self, input: &LimitInput<'_>) -> Decision {
+        self.check_key(self.key_of(input).as_ref())
+    }
+
+    /// What this limit counts a request under.
+    pub fn key_of<'a>(&self, input: &LimitInput<'a>) -> LimitKey<'a> {
         match &self.kind {
-            KeyKind::ClientIp => match input.client_ip {
-                IpAddr::V4(ip) => self.check_key(&ip.octets()),
-                IpAddr::V6(ip) => self.check_key(&ip.octets()),
-            },
-            KeyKind::User => self.check_key(input.user.unwrap_or_default().as_bytes()),
-            KeyKind::Route => self.check_key(input.route.as_bytes()),
-            KeyKind::Global => self.check_key(b""),
+            KeyKind::ClientIp => {
+                let mut bytes = [0u8; 16];
+                let len = match input.client_ip {
+                    IpAddr::V4(ip) => {
+                        bytes[..4].copy_from_slice(&ip.octets());
+                        4
+                    }
+                    IpAddr::V6(ip) => {
+                        bytes.copy_from_slice(&ip.octets());
+                        16
+                    }
+                };
+                LimitKey::Ip(bytes, len)
+            }
+            KeyKind::User => LimitKey::Bytes(input.user.unwrap_or_default().as_bytes()),
+            KeyKind::Route => LimitKey::Bytes(input.route.as_bytes()),
+            KeyKind::Global => LimitKey::Bytes(b""),
             // A missing header shares one bucket: leaving it out must not escape the limit.
-            KeyKind::Header(h) => self.check_key(input.headers.get(h).map(|v| v.as_bytes()).unwrap_or_default()),
+            KeyKind::Header(h) => LimitKey::Bytes(input.headers.get(h).map(|v| v.as_bytes()).unwrap_or_default()),
         }
+    }
+
+    /// What makes this limit's counters what they are (name, key kind, quota), as text: the
+    /// Redis key includes it, so a changed quota starts fresh there too.
+    pub fn shape_text(&self) -> String {
+        format!("{}\u{0}{:?}\u{0}{}\u{0}{}", self.name, self.kind, self.quota.emission_ns, self.quota.burst)
     }
 
     /// Counts one request for `key`.

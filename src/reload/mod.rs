@@ -75,7 +75,7 @@ pub fn reload(state: &State, path: &Path, overrides: &Overrides) -> Result<Appli
     let gateway = Arc::new(gateway);
     state.gateway.store(gateway.clone());
     let stores = build.commit();
-    gateway.start_ledger(&state.metrics);
+    gateway.start_background(&state.metrics);
     // A raised `max_connections` lets waiting accept loops go on.
     state.public_slots.recheck();
     state.admin_slots.recheck();

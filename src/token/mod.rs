@@ -2,6 +2,7 @@
 //! → template inputs (400) → mint (or reuse) → respond. Every answer carries
 //! `Cache-Control: no-store`; errors use the route's `error_response` shape.
 
+pub mod limits;
 pub mod mint;
 mod record;
 pub mod request;
@@ -16,13 +17,14 @@ use serde_json::Value;
 
 use crate::auth::{AuthError, AuthRequest, Hook, Identity};
 use crate::body::{self, Body, ClientBodyError, ClientFault, RequestBody};
-use crate::config::{Config, FieldError, RouteConfig};
+use crate::config::{Config, FieldError, OnError, RouteConfig};
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, Recorder};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ForwardRules};
 use crate::ratelimit::{LimitInput, RateLimit};
+use crate::shared::Shared;
 use crate::shelf::Shelf;
 use crate::template::{Scope, Source, Template};
 use mint::{Minted, Noted, TokenSpec};
@@ -66,6 +68,8 @@ pub struct Route {
     user_limits: Vec<Arc<RateLimit>>,
     /// Where minted tokens are recorded (the top-level `ledger`), with this route's claims.
     ledger: Option<Recorder>,
+    /// Redis, where this route's limits are counted across replicas, and what to do without.
+    shared: Option<(Shared, OnError)>,
 }
 
 /// Whether an answer's tokens go to the ledger (`tokengate mint` previews record nothing).
@@ -112,7 +116,7 @@ impl Route {
         compiled: &Compiled<'_>,
         caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, FieldError> {
-        let Compiled { keys, hooks, limits, ledger } = compiled;
+        let Compiled { keys, hooks, limits, ledger, shared } = compiled;
         let at = |key: &str| format!("routes[{i}].{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
         let methods: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
@@ -184,6 +188,7 @@ impl Route {
         };
         Ok(Self {
             ledger,
+            shared: shared.map(|(s, on_error)| (s.clone(), on_error)),
             pre_auth_limits,
             user_limits,
             name: cfg.name.clone(),
@@ -230,7 +235,8 @@ impl Route {
         };
         values.body = &body;
         let limit_input = |user| LimitInput { client_ip, user, route: &self.name, headers: &parts.headers };
-        if let Err(e) = check_limits(&self.pre_auth_limits, &limit_input(None), metrics) {
+        let shared = self.shared.as_ref();
+        if let Err(e) = limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
             return self.outcome(self.error(&e, &values), None, &e);
         }
         let identity =
@@ -249,7 +255,7 @@ impl Route {
                     return self.outcome(self.error(&err, &values), Some(outcome), &err);
                 }
             };
-        if let Err(e) = check_limits(&self.user_limits, &limit_input(identity.id()), metrics) {
+        if let Err(e) = limits::check(&self.user_limits, &limit_input(identity.id()), shared, metrics).await {
             return self.outcome(self.error(&e, &values), Some("allow"), &e);
         }
         let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
@@ -393,7 +399,6 @@ impl Route {
     }
 }
 
-/// Counts the request against each limit in order; the first refusal wins.
 /// Behind an anonymous hook there is no user: a `user.*` input or a per-user limit is a
 /// mistake `check` names, not a request-time 500.
 fn refuse_user_inputs(
@@ -417,17 +422,6 @@ fn refuse_user_inputs(
     }
     if let Some(j) = limits.iter().position(|l| l.is_user_keyed()) {
         return Err(FieldError::new(at(&format!("rate_limits[{j}]")), format!("is keyed by user: {why}")));
-    }
-    Ok(())
-}
-
-pub fn check_limits(limits: &[Arc<RateLimit>], input: &LimitInput<'_>, metrics: &Metrics) -> Result<(), Error> {
-    for limit in limits {
-        let decision = limit.check(input);
-        if !decision.allowed {
-            metrics.rate_limited_total.with_label_values(&[&limit.name]).inc();
-            return Err(Error::RateLimited { limit: limit.name.clone(), burst: limit.quota.burst, decision });
-        }
     }
     Ok(())
 }
@@ -510,6 +504,8 @@ pub struct Compiled<'a> {
     pub limits: &'a HashMap<String, Arc<RateLimit>>,
     /// The ledger every route records in, when the config has one.
     pub ledger: Option<&'a Ledger>,
+    /// Redis for the routes' limits (`shared_state`), and its `on_error`.
+    pub shared: Option<(&'a Shared, OnError)>,
 }
 
 impl Routes {

@@ -20,6 +20,8 @@ mod relay;
 mod reload;
 mod rotation;
 mod seeds;
+#[cfg(feature = "services")]
+mod shared_state;
 mod shutdown;
 mod slow_clients;
 mod streaming;

@@ -1,0 +1,312 @@
+//! Several replicas sharing limits and revocation through real Redis servers (feature
+//! `services`): the one at `TOKENGATE_TEST_REDIS_URL` (a key prefix per test), and servers
+//! of the tests' own, killed, paused and restarted on free loopback ports.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::common::{backend, client, closed_port, Binary};
+
+fn shared_redis() -> String {
+    std::env::var("TOKENGATE_TEST_REDIS_URL")
+        .expect("feature services: set TOKENGATE_TEST_REDIS_URL (redis://127.0.0.1:6379)")
+}
+
+fn prefix(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("tgtest-{tag}-{}-{}:", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A token route with a per-user limit of `rate` per minute, the user named by a header, and
+/// one behind the backend's session endpoint (cached) for revocation.
+fn config(url: &str, prefix: &str, on_error: &str, rate: u32) -> String {
+    format!(
+        r#"keys:
+  - {{ id: k, algorithm: HS256, secret: shared-state-test-key }}
+auth_hooks:
+  hdr:
+    type: none
+    identity: {{ id: header:x-user-id }}
+  session:
+    type: http
+    url: ${{TG_SESSION_URL}}
+    forward_headers: [cookie]
+    identity: {{ id: body:/id }}
+    cache: {{ ttl: 5m, negative_ttl: 1s }}
+rate_limits:
+  per_user: {{ key: user, rate: {rate}, per: 1m }}
+shared_state:
+  type: redis
+  url: "{url}"
+  secret: shared-state-test-secret-0123
+  key_prefix: "{prefix}"
+  on_error: {on_error}
+routes:
+  - name: t
+    path: /t
+    methods: [POST]
+    auth: hdr
+    rate_limits: [per_user]
+    tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: "{{{{ user.id }}}}" }} }} }}
+    response: {{ body: {{ token: "{{{{ tokens.token }}}}" }} }}
+  - name: s
+    path: /s
+    methods: [POST]
+    auth: session
+    tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: "{{{{ user.id }}}}" }} }} }}
+    response: {{ body: {{ token: "{{{{ tokens.token }}}}" }} }}
+"#
+    )
+}
+
+async fn replica(name: &str, b: &backend::Backend, yaml: &str) -> Binary {
+    let dir = crate::common::temp_dir(name);
+    let config = dir.join("tokengate.yaml");
+    let (addr, admin) = (closed_port(), closed_port());
+    std::fs::write(&config, format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {}\n{yaml}", b.url()))
+        .unwrap();
+    let session = format!("{}/api/me", b.url());
+    let bin = Binary::spawn(&dir, &config, addr, admin, &[], &[("TG_SESSION_URL", session.as_str())]).await;
+    wait_up(&bin, 1.0).await;
+    bin
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0)
+}
+
+/// Waits until `tokengate_shared_state_up` is `want` (5 s at most).
+async fn wait_up(bin: &Binary, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
+        if metric(&text, "tokengate_shared_state_up") == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "shared_state_up never {want}; logs:\n{}", bin.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn mint(bin: &Binary, user: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let r = client::request(bin.addr, Method::POST, "/t", &[("x-user-id", user)], Bytes::new()).await.unwrap();
+    (r.status.as_u16(), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_per_user_limit_holds_across_three_replicas() {
+    let b = backend::spawn().await;
+    let yaml = config(&shared_redis(), &prefix("limit"), "local", 5);
+    let replicas =
+        [replica("ss-a", &b, &yaml).await, replica("ss-b", &b, &yaml).await, replica("ss-c", &b, &yaml).await];
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        statuses.push(mint(&replicas[i % 3], "alternating").await.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10, "{statuses:?}");
+    assert_eq!(&statuses[..5], [200; 5], "the first five, whichever replica");
+
+    // Thirty at once, ten per replica.
+    let mut all = Vec::new();
+    for i in 0..30 {
+        let addr = replicas[i % 3].addr;
+        all.push(tokio::spawn(async move {
+            client::request(addr, Method::POST, "/t", &[("x-user-id", "at-once")], Bytes::new()).await.unwrap().status
+        }));
+    }
+    let mut ok = 0;
+    for h in all {
+        if h.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5, "exactly five of thirty concurrent requests");
+    let r =
+        client::request(replicas[1].addr, Method::POST, "/t", &[("x-user-id", "at-once")], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit-limit") == Some("5"), "the local 429 headers");
+}
+
+#[tokio::test]
+async fn redis_holds_no_user_id_in_clear_and_its_keys_expire() {
+    let b = backend::spawn().await;
+    let p = prefix("keys");
+    let bin = replica("ss-keys", &b, &config(&shared_redis(), &p, "local", 5)).await;
+    assert_eq!(mint(&bin, "alice-in-clear").await.0, 200);
+    let client = redis::Client::open(shared_redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{p}*")).query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].contains("alice") && !keys[0].contains("127.0.0.1"), "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 13_000, "expires once as good as new (12 s + 1 s): {ttl}");
+}
+
+#[tokio::test]
+async fn a_revoke_on_one_replica_reaches_the_others_within_a_second() {
+    let b = backend::spawn().await;
+    let yaml = config(&shared_redis(), &prefix("revoke"), "local", 100);
+    let replicas =
+        [replica("ss-rv-a", &b, &yaml).await, replica("ss-rv-b", &b, &yaml).await, replica("ss-rv-c", &b, &yaml).await];
+    let session = |bin: &Binary| {
+        let addr = bin.addr;
+        async move {
+            let r =
+                client::request(addr, Method::POST, "/s", &[("cookie", "session=rita")], Bytes::new()).await.unwrap();
+            assert_eq!(r.status, 200);
+        }
+    };
+    for bin in &replicas {
+        session(bin).await;
+        session(bin).await;
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 3, "each replica asked once, then used its cache");
+    let r = client::request(
+        replicas[0].admin,
+        Method::POST,
+        "/admin/revoke",
+        &[("content-type", "application/json")],
+        Bytes::from_static(br#"{"user":"rita"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json()["every_replica"], true, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for bin in &replicas[1..] {
+        session(bin).await;
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 5, "B and C forgot rita within 1 s");
+}
+
+/// A Redis server of the test's own, on a free loopback port.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal_quietly();
+        self.kill();
+    }
+}
+
+impl OwnRedis {
+    fn signal_quietly(&self) {
+        let _ = Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
+    }
+}
+
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+#[tokio::test]
+async fn a_dead_or_hanging_redis_falls_back_without_latency_and_shared_limits_resume() {
+    let b = backend::spawn().await;
+    let port = closed_port().port();
+    let mut redis = OwnRedis::start(port);
+    let p = prefix("fault");
+    let local = replica("ss-local", &b, &config(&redis.url(), &p, "local", 3)).await;
+    let allow = replica("ss-allow", &b, &config(&redis.url(), &p, "allow", 3)).await;
+    let deny = replica("ss-deny", &b, &config(&redis.url(), &p, "deny", 3)).await;
+
+    // Hanging (SIGSTOP): the first call waits for the 50 ms timeout, the rest skip Redis.
+    redis.signal("STOP");
+    let mut latencies = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let (status, took) = mint(&local, "hung").await;
+        statuses.push(status);
+        latencies.push(took);
+    }
+    assert!(p99(latencies[1..].to_vec()) < Duration::from_millis(100), "{latencies:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "local limits apply: {statuses:?}");
+    wait_up(&local, 0.0).await;
+    redis.signal("CONT");
+    wait_up(&local, 1.0).await;
+
+    // Dead (SIGKILL).
+    redis.kill();
+    let mut latencies = Vec::new();
+    for _ in 0..40 {
+        let (_, took) = mint(&local, "dead").await;
+        latencies.push(took);
+    }
+    assert!(p99(latencies[1..].to_vec()) < Duration::from_millis(100), "{latencies:?}");
+    let mut allowed = Vec::new();
+    for _ in 0..10 {
+        allowed.push(mint(&allow, "dead").await.0);
+    }
+    assert_eq!(allowed[1..], [200; 9], "on_error allow: no limit applies");
+    let mut denied = Vec::new();
+    for _ in 0..5 {
+        let r = client::request(deny.addr, Method::POST, "/t", &[("x-user-id", "dead")], Bytes::new()).await.unwrap();
+        denied.push((r.status.as_u16(), r.json()["error"].as_str().map(str::to_owned)));
+    }
+    assert!(
+        denied[1..].iter().all(|(s, e)| *s == 503 && e.as_deref() == Some("shared_state_unavailable")),
+        "on_error deny: {denied:?}"
+    );
+    for bin in [&local, &allow, &deny] {
+        let r = client::get(bin.addr, "/", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "forwarded traffic never needs Redis");
+    }
+    let text = client::get(local.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(
+        metric(&text, "tokengate_shared_state_fallback_total{decision=\"local\",limit=\"per_user\"}") > 0.0,
+        "{text}"
+    );
+
+    // Restarted: shared limits resume without restarting tokengate.
+    let _redis = OwnRedis::start(port);
+    for bin in [&local, &allow, &deny] {
+        wait_up(bin, 1.0).await;
+    }
+    let mut statuses = Vec::new();
+    for bin in [&local, &allow, &deny, &local, &allow, &deny] {
+        statuses.push(mint(bin, "after-restart").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "one limit of 3 across the three again");
+}
