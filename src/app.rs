@@ -187,7 +187,7 @@ impl App {
             admin_stop.clone(),
         ));
         let reloads = reloader.map(|r| tokio::spawn(r.run(shutdown.clone())));
-        let revocations = tokio::spawn(crate::shared::revoke::listen(state.clone()));
+        let revocations = tokio::spawn(crate::revocations::listen(state.clone()));
         state.set_ready(true);
 
         shutdown.cancelled().await;

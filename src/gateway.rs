@@ -59,7 +59,13 @@ impl Gateway {
             errors.extend(e);
             KeyRing::default()
         });
-        let hook_stores = stores.hooks();
+        let shared = match &config.shared_state {
+            Some(cfg) => {
+                stores.shared.try_take(SharedShape::of(cfg), || Shared::new(cfg)).map_err(|e| errors.push(e)).ok()
+            }
+            None => None,
+        };
+        let hook_stores = stores.hooks(shared.as_ref());
         let mut hooks = HashMap::new();
         for (name, cfg) in &config.auth_hooks {
             match Hook::build(name, cfg, config.upstream.connect_timeout.0, &hook_stores) {
@@ -87,12 +93,6 @@ impl Gateway {
         let ledger = match &config.ledger {
             Some(cfg) => {
                 stores.ledgers.try_take(LedgerShape::of(cfg), || Ledger::new(cfg)).map_err(|e| errors.push(e)).ok()
-            }
-            None => None,
-        };
-        let shared = match &config.shared_state {
-            Some(cfg) => {
-                stores.shared.try_take(SharedShape::of(cfg), || Shared::new(cfg)).map_err(|e| errors.push(e)).ok()
             }
             None => None,
         };

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod revocations;
 pub mod server;
 pub mod shared;
 pub mod shelf;

@@ -54,7 +54,8 @@ pub struct LedgerMetrics {
 pub struct SharedMetrics {
     /// 1 while Redis answers, 0 while the circuit breaker skips it.
     pub up: IntGauge,
-    /// Failed Redis calls, by kind: timeout, connection, script.
+    /// Failed Redis calls, by kind: timeout, connection, script; and bad_mac, an entry that
+    /// failed its MAC.
     pub errors: IntCounterVec,
     pub duration: Histogram,
     /// What a limit did without Redis, by limit and decision (local, allow, deny).
@@ -234,7 +235,7 @@ impl Metrics {
         for kind in ["connect", "timeout", "protocol"] {
             m.upstream_errors_total.with_label_values(&[kind]);
         }
-        for kind in ["timeout", "connection", "script"] {
+        for kind in ["timeout", "connection", "script", "bad_mac"] {
             m.shared.errors.with_label_values(&[kind]);
         }
         m

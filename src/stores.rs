@@ -49,9 +49,9 @@ impl Stores {
         Build { stores: self, _one_at_a_time: guard, committed: false }
     }
 
-    /// The shelves auth hooks take from.
-    pub fn hooks(&self) -> HookStores<'_> {
-        HookStores { caches: &self.auth, pools: &self.pools, jwks: &self.jwks }
+    /// The shelves auth hooks take from, and the shared state their caches use.
+    pub fn hooks<'a>(&'a self, shared: Option<&'a Shared>) -> HookStores<'a> {
+        HookStores { caches: &self.auth, pools: &self.pools, jwks: &self.jwks, shared }
     }
 
     /// Forgets every cached identity and token of `user_id` on this replica (logout,

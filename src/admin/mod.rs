@@ -88,13 +88,14 @@ async fn revoke(state: &State, req: Request<RequestBody>) -> Response<Body> {
     let Some(user) = user.filter(|u| !u.is_empty()) else {
         return json_error(StatusCode::BAD_REQUEST, "invalid_request", "expected {\"user\": \"<id>\"}");
     };
-    state.stores.forget_user(&user);
-    // With shared state, every replica forgets it too (they subscribe to revocations).
+    // With shared state: first out of Redis, then every replica forgets it too (they
+    // subscribe to revocations), this one included.
     let shared = state.gateway.load().shared.clone();
     let everywhere = match shared {
-        Some(shared) => shared.publish_revoke(&user).await,
+        Some(shared) => shared.revoke(&user).await,
         None => false,
     };
+    state.stores.forget_user(&user);
     tracing::info!(user = %user, every_replica = everywhere, "revoked cached identities and tokens");
     let answer = serde_json::json!({ "revoked": user, "every_replica": everywhere });
     let mut resp = text(StatusCode::OK, "application/json", answer.to_string().into_bytes());

@@ -23,6 +23,7 @@ use crate::body::UpstreamBody;
 use crate::config::{AuthHookConfig, AuthHookType, FieldError, HttpUrl, Secret};
 use crate::metrics::Metrics;
 use crate::proxy::pool::{Pool, PoolKey};
+use crate::shared::Shared;
 use crate::shelf::Shelf;
 pub use cache::AuthCache;
 pub use identity::{Identity, IdentitySource};
@@ -76,6 +77,10 @@ struct HttpHook {
     timeout: Duration,
     pool: Pool,
     cache: Arc<AuthCache>,
+    /// The Redis tier behind `cache` (`shared_state`), scoped to this hook's shape.
+    shared: Option<(Shared, String)>,
+    ttl: Duration,
+    negative_ttl: Duration,
 }
 
 /// Where a `jwt` hook's verification keys come from.
@@ -137,6 +142,8 @@ pub struct HookStores<'a> {
     pub caches: &'a Shelf<AuthShape, Arc<AuthCache>>,
     pub pools: &'a Shelf<PoolKey, Pool>,
     pub jwks: &'a Shelf<JwksShape, Arc<jwks::JwksKeys>>,
+    /// Redis, the second tier of the session hooks' caches.
+    pub shared: Option<&'a Shared>,
 }
 
 /// Session endpoints and IdPs are kept alive this long between calls.
@@ -189,6 +196,8 @@ impl Hook {
                     max_entries: c.max_entries,
                     max_negative_entries: c.negative_entries(),
                 };
+                // Replicas share entries only between hooks of the same shape.
+                let scope = format!("{shape:?}");
                 let cache = stores
                     .caches
                     .try_take(shape, || {
@@ -196,7 +205,9 @@ impl Hook {
                     })
                     .map_err(|e| at("cache", e))?;
                 let pool = pool_for(&url, "url")?;
-                Kind::Http(Box::new(HttpHook { pool, url, method, forward, timeout, cache }))
+                let shared = stores.shared.map(|s| (s.clone(), scope));
+                let (ttl, negative_ttl) = (c.ttl.0, c.negative_ttl.0);
+                Kind::Http(Box::new(HttpHook { pool, url, method, forward, timeout, cache, shared, ttl, negative_ttl }))
             }
             AuthHookType::ApiKey => Kind::ApiKey {
                 header: cfg
@@ -259,12 +270,26 @@ impl Hook {
         let result = match &self.kind {
             Kind::Http(hook) => {
                 let key = hook.cache.key(&hook.forward, req.headers);
-                let call = || hook.call(&self.name, &self.identity, req.headers, metrics);
+                let from_redis = std::sync::atomic::AtomicBool::new(false);
+                let call = || async {
+                    let Some((shared, scope)) = &hook.shared else {
+                        return hook.call(&self.name, &self.identity, req.headers, metrics).await;
+                    };
+                    let redis_key = shared.key("auth", &hook.credential(scope, req.headers));
+                    if let Some(decision) = shared.cache_get(&redis_key).await.and_then(shared_entry) {
+                        from_redis.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(decision);
+                    }
+                    let answer = hook.call(&self.name, &self.identity, req.headers, metrics).await;
+                    hook.share(shared, &redis_key, &answer).await;
+                    answer
+                };
                 let (outcome, called) = hook.cache.get_or_call(key, call).await;
-                let result_label = if called { "miss" } else { "hit" };
+                let asked = called && !from_redis.load(std::sync::atomic::Ordering::Relaxed);
+                let result_label = if asked { "miss" } else { "hit" };
                 metrics.auth_cache_total.with_label_values(&[&self.name, result_label]).inc();
                 // `auth_hook_total` counts the hook's own decisions; a cache hit is none.
-                return if called { self.count(outcome, metrics) } else { outcome };
+                return if asked { self.count(outcome, metrics) } else { outcome };
             }
             Kind::ApiKey { header, keys } => {
                 let presented = req.headers.get(header).map(HeaderValue::as_bytes).unwrap_or_default();
@@ -326,7 +351,47 @@ impl Hook {
     }
 }
 
+/// The decision in an entry another replica stored: `{"deny": true}` (Some(None)), or
+/// `{"identity": {...}}` with an `id` (Some(Some)); anything else is no decision.
+fn shared_entry(entry: Value) -> Option<Option<Arc<Identity>>> {
+    if entry.get("deny") == Some(&Value::Bool(true)) {
+        return Some(None);
+    }
+    match entry.get("identity") {
+        Some(Value::Object(map)) if map.get("id").is_some_and(Value::is_string) => {
+            Some(Some(Arc::new(Identity(map.clone()))))
+        }
+        _ => None,
+    }
+}
+
 impl HttpHook {
+    /// What the Redis key of a request's credentials is made of: the hook's shape and every
+    /// forwarded header's name and values (the key is their HMAC, never the values).
+    fn credential<'a>(&'a self, scope: &'a str, headers: &'a HeaderMap) -> Vec<&'a [u8]> {
+        let mut parts = vec![scope.as_bytes()];
+        for name in &self.forward {
+            parts.push(name.as_str().as_bytes());
+            parts.extend(headers.get_all(name).iter().map(HeaderValue::as_bytes));
+        }
+        parts
+    }
+
+    /// Stores the hook's answer for the other replicas: an allow for `ttl`, a deny for
+    /// `negative_ttl`; a failure never.
+    async fn share(&self, shared: &Shared, redis_key: &str, answer: &Result<Option<Arc<Identity>>, String>) {
+        match answer {
+            Ok(Some(identity)) => {
+                let entry = serde_json::json!({ "identity": Value::Object(identity.0.clone()) });
+                shared.cache_put(redis_key, &entry, self.ttl, identity.id()).await;
+            }
+            Ok(None) => {
+                shared.cache_put(redis_key, &serde_json::json!({ "deny": true }), self.negative_ttl, None).await
+            }
+            Err(_) => {}
+        }
+    }
+
     /// One subrequest to the session endpoint: Ok(Some) allow, Ok(None) deny, Err fail.
     async fn call(
         &self,

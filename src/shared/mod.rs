@@ -7,6 +7,7 @@
 //! traffic never gets here. The handle lives in `Stores`, so a reload keeps the connection.
 
 mod breaker;
+mod cache;
 pub mod limits;
 pub mod revoke;
 
@@ -208,6 +209,13 @@ impl Conn {
         match self {
             Self::Single(c) => cmd.query_async(c).await,
             Self::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn pipeline<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        match self {
+            Self::Single(c) => pipe.query_async(c).await,
+            Self::Cluster(c) => pipe.query_async(c).await,
         }
     }
 

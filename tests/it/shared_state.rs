@@ -148,40 +148,68 @@ async fn redis_holds_no_user_id_in_clear_and_its_keys_expire() {
     assert!(ttl > 0 && ttl <= 13_000, "expires once as good as new (12 s + 1 s): {ttl}");
 }
 
+async fn session_token(bin: &Binary, cookie: &str) -> serde_json::Value {
+    let r = client::request(bin.addr, Method::POST, "/s", &[("cookie", cookie)], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    crate::seeds::parts(r.json()["token"].as_str().unwrap()).1
+}
+
+async fn revoke(bin: &Binary, user: &str) {
+    let body = Bytes::from(serde_json::json!({ "user": user }).to_string());
+    let r = client::request(bin.admin, Method::POST, "/admin/revoke", &[("content-type", "application/json")], body)
+        .await
+        .unwrap();
+    assert_eq!(r.json()["every_replica"], true, "{}", r.text());
+}
+
 #[tokio::test]
-async fn a_revoke_on_one_replica_reaches_the_others_within_a_second() {
+async fn an_identity_checked_by_one_replica_serves_the_others_and_a_revoke_reaches_all() {
     let b = backend::spawn().await;
     let yaml = config(&shared_redis(), &prefix("revoke"), "local", 100);
     let replicas =
         [replica("ss-rv-a", &b, &yaml).await, replica("ss-rv-b", &b, &yaml).await, replica("ss-rv-c", &b, &yaml).await];
-    let session = |bin: &Binary| {
-        let addr = bin.addr;
-        async move {
-            let r =
-                client::request(addr, Method::POST, "/s", &[("cookie", "session=rita")], Bytes::new()).await.unwrap();
-            assert_eq!(r.status, 200);
-        }
-    };
+    let calls = || b.session_calls.load(Ordering::SeqCst);
     for bin in &replicas {
-        session(bin).await;
-        session(bin).await;
+        assert_eq!(session_token(bin, "session=rita").await["sub"], "rita");
+        session_token(bin, "session=rita").await;
     }
-    assert_eq!(b.session_calls.load(Ordering::SeqCst), 3, "each replica asked once, then used its cache");
-    let r = client::request(
-        replicas[0].admin,
-        Method::POST,
-        "/admin/revoke",
-        &[("content-type", "application/json")],
-        Bytes::from_static(br#"{"user":"rita"}"#),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.json()["every_replica"], true, "{}", r.text());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    for bin in &replicas[1..] {
-        session(bin).await;
-    }
-    assert_eq!(b.session_calls.load(Ordering::SeqCst), 5, "B and C forgot rita within 1 s");
+    assert_eq!(calls(), 1, "A asked the session endpoint; B and C used what A put in Redis");
+
+    revoke(&replicas[0], "rita").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session_token(&replicas[2], "session=rita").await;
+    assert_eq!(calls(), 2, "C forgot rita (locally and in Redis) within 1 s");
+    session_token(&replicas[1], "session=rita").await;
+    assert_eq!(calls(), 2, "B uses what C stored again");
+
+    revoke(&replicas[0], "rita").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session_token(&replicas[1], "session=rita").await;
+    assert_eq!(calls(), 3, "B forgot rita within 1 s");
+}
+
+#[tokio::test]
+async fn an_identity_forged_into_redis_without_the_secret_is_not_accepted() {
+    let b = backend::spawn().await;
+    let p = prefix("forged");
+    let yaml = config(&shared_redis(), &p, "local", 100);
+    let (a, other) = (replica("ss-forge-a", &b, &yaml).await, replica("ss-forge-b", &b, &yaml).await);
+    session_token(&a, "session=victor").await;
+    let client = redis::Client::open(shared_redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{p}auth:*")).query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let stored: String = redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    assert!(!stored.contains("session=victor"), "the credential is not in Redis");
+    // Someone with write access to Redis, without the secret: another identity, the old MAC.
+    let (mac, json) = stored.split_once('.').unwrap();
+    let forged = format!("{mac}.{}", json.replace("victor", "mallory"));
+    let _: () = redis::cmd("SET").arg(&keys[0]).arg(forged).arg("PX").arg(60_000).query_async(&mut conn).await.unwrap();
+    let before = b.session_calls.load(Ordering::SeqCst);
+    assert_eq!(session_token(&other, "session=victor").await["sub"], "victor", "the forged identity is a miss");
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), before + 1, "so B asked the session endpoint");
+    let text = client::get(other.admin, "/metrics", &[]).await.unwrap().text();
+    assert_eq!(metric(&text, "tokengate_shared_state_errors_total{kind=\"bad_mac\"}"), 1.0, "{text}");
 }
 
 /// A Redis server of the test's own, on a free loopback port.
