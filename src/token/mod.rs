@@ -6,6 +6,7 @@ pub mod limits;
 pub mod mint;
 mod record;
 pub mod request;
+mod reuse;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::ratelimit::{LimitInput, RateLimit};
 use crate::shared::Shared;
 use crate::shelf::Shelf;
 use crate::template::{Scope, Source, Template};
-use mint::{Minted, Noted, TokenSpec};
+use mint::{Minted, TokenSpec};
 use request::{PathPattern, Values};
 
 /// Reused tokens held per route.
@@ -288,7 +289,7 @@ impl Route {
             Ok(reserved) => reserved,
             Err(e) => return self.error(&Error::Ledger(e), &values),
         };
-        let minted = match self.mint_all(&values, identity, metrics) {
+        let minted = match self.mint_all(&values, identity, metrics).await {
             Ok(m) => m,
             Err(e) => return self.error(&e, &values),
         };
@@ -336,42 +337,6 @@ impl Route {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&bytes).map_err(|_| Error::InvalidRequest("request body is not valid JSON".into()))
-    }
-
-    /// Mints every token of the route, reusing cached ones with over half their lifetime left.
-    /// With a ledger, each fresh one comes with what the ledger records of it (a reused one
-    /// was recorded when it was minted).
-    fn mint_all(
-        &self,
-        values: &Values<'_>,
-        identity: &Identity,
-        metrics: &Metrics,
-    ) -> Result<Vec<(Minted, Option<Noted>)>, Error> {
-        let user = identity.id().unwrap_or_default();
-        self.tokens
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
-                if let (Some(cache), Some(key)) = (&self.cache, &key) {
-                    if let Some(hit) = cache.get(key).filter(|m| values.now < m.iat + spec.ttl() / 2) {
-                        metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
-                        return Ok((hit, None));
-                    }
-                    metrics.token_cache_total.with_label_values(&[&self.name, "miss"]).inc();
-                }
-                let note = self.ledger.as_ref().map(|l| if i == 0 { l.record.as_slice() } else { &[] });
-                let (minted, noted) = spec.mint_noting(values, values.now, note)?;
-                metrics
-                    .tokens_minted_total
-                    .with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()])
-                    .inc();
-                if let (Some(cache), Some(key)) = (&self.cache, key) {
-                    cache.insert(key, minted.clone());
-                }
-                Ok((minted, noted))
-            })
-            .collect()
     }
 
     /// The error in this route's `error_response` shape (or the default JSON body).

@@ -59,6 +59,13 @@ routes:
     auth: session
     tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: "{{{{ user.id }}}}" }} }} }}
     response: {{ body: {{ token: "{{{{ tokens.token }}}}" }} }}
+  - name: c
+    path: /c
+    methods: [POST]
+    auth: session
+    cache_tokens: true
+    tokens: {{ token: {{ key: k, ttl: 1h, claims: {{ sub: "{{{{ user.id }}}}" }} }} }}
+    response: {{ body: {{ token: "{{{{ tokens.token }}}}" }} }}
 "#
     )
 }
@@ -337,4 +344,31 @@ async fn a_dead_or_hanging_redis_falls_back_without_latency_and_shared_limits_re
         statuses.push(mint(bin, "after-restart").await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "one limit of 3 across the three again");
+}
+
+#[tokio::test]
+async fn a_token_cached_by_one_replica_is_reused_by_the_others() {
+    let b = backend::spawn().await;
+    let yaml = config(&shared_redis(), &prefix("tokens"), "local", 100);
+    let (a, other) = (replica("ss-tok-a", &b, &yaml).await, replica("ss-tok-b", &b, &yaml).await);
+    let cached = |bin: &Binary| {
+        let addr = bin.addr;
+        async move {
+            let r =
+                client::request(addr, Method::POST, "/c", &[("cookie", "session=tess")], Bytes::new()).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = cached(&a).await;
+    assert_eq!(cached(&other).await, first, "B answers with the token A minted");
+    let text = client::get(other.admin, "/metrics", &[]).await.unwrap().text();
+    assert_eq!(
+        metric(&text, "tokengate_tokens_minted_total{alg=\"HS256\",route=\"c\",token=\"token\"}"),
+        -1.0,
+        "B minted none"
+    );
+    revoke(&a, "tess").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_ne!(cached(&other).await, first, "a revoked user's cached token is gone everywhere");
 }

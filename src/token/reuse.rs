@@ -1,0 +1,83 @@
+//! Minting a route's tokens, reusing cached ones (`cache_tokens`) while over half their
+//! lifetime is left: from this replica's cache, else (with `shared_state`) from the one in
+//! Redis that every replica fills, each entry under an HMAC. A reused token was recorded in the
+//! ledger by whoever minted it.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::mint::{Minted, Noted, TokenSpec};
+use super::request::Values;
+use super::Route;
+use crate::auth::Identity;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+impl Route {
+    /// Every token of the route, each fresh one with what the ledger records of it.
+    pub(super) async fn mint_all(
+        &self,
+        values: &Values<'_>,
+        identity: &Identity,
+        metrics: &Metrics,
+    ) -> Result<Vec<(Minted, Option<Noted>)>, Error> {
+        let user = identity.id().unwrap_or_default();
+        let mut minted = Vec::with_capacity(self.tokens.len());
+        for (i, spec) in self.tokens.iter().enumerate() {
+            let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
+            if let Some(key) = &key {
+                if let Some(hit) = self.reuse(spec, key, values.now).await {
+                    metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
+                    minted.push((hit, None));
+                    continue;
+                }
+                metrics.token_cache_total.with_label_values(&[&self.name, "miss"]).inc();
+            }
+            let note = self.ledger.as_ref().map(|l| if i == 0 { l.record.as_slice() } else { &[] });
+            let (token, noted) = spec.mint_noting(values, values.now, note)?;
+            metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
+            if let Some(key) = key {
+                self.keep(spec, key, &token, identity.id(), values.now).await;
+            }
+            minted.push((token, noted));
+        }
+        Ok(minted)
+    }
+
+    /// A cached token with over half its lifetime left: this replica's, else the shared one.
+    async fn reuse(&self, spec: &TokenSpec, key: &str, now: u64) -> Option<Minted> {
+        let fresh = |m: &Minted| now < m.iat + spec.ttl() / 2;
+        if let Some(hit) = self.cache.as_ref()?.get(key).filter(fresh) {
+            return Some(hit);
+        }
+        let (shared, _) = self.shared.as_ref()?;
+        let entry = shared.cache_get(&shared.key("token", &[key.as_bytes()])).await?;
+        let token = Minted {
+            token: Arc::from(entry.get("token")?.as_str()?),
+            iat: entry.get("iat")?.as_u64()?,
+            exp: entry.get("exp")?.as_u64()?,
+        };
+        let token = Some(token).filter(fresh)?;
+        if let Some(cache) = &self.cache {
+            cache.insert(key.to_owned(), token.clone());
+        }
+        Some(token)
+    }
+
+    /// Caches a fresh token here and, with shared state, for the other replicas until its
+    /// half-life (listed under the user, for revocation).
+    async fn keep(&self, spec: &TokenSpec, key: String, token: &Minted, user: Option<&str>, now: u64) {
+        if let Some((shared, _)) = &self.shared {
+            let left = (token.iat + spec.ttl() / 2).saturating_sub(now);
+            if left > 0 {
+                let entry: Value = json!({ "token": &*token.token, "iat": token.iat, "exp": token.exp });
+                let redis_key = shared.key("token", &[key.as_bytes()]);
+                shared.cache_put(&redis_key, &entry, std::time::Duration::from_secs(left), user).await;
+            }
+        }
+        if let Some(cache) = &self.cache {
+            cache.insert(key, token.clone());
+        }
+    }
+}
