@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks deploy/kubernetes/ with real tools (CI runs it):
-#   kubectl kustomize           renders the base
+#   kubectl kustomize           renders the base and the replicas overlay (Redis shared state)
 #   kubernetes-validate 1.30    every rendered object against the Kubernetes 1.30 OpenAPI
 #                               schemas (native sidecars are on by default since 1.29),
 #                               strict: an unknown field fails; the ServiceMonitor (a CRD)
@@ -24,15 +24,22 @@ install kv kubernetes-validate==1.33.1
 install checkov checkov==3.2.469
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-kubectl kustomize deploy/kubernetes/base >"$dir/rendered.yaml"
-echo "kubectl kustomize: $(grep -c '^kind:' "$dir/rendered.yaml") objects"
-PYTHONPATH="$tools/kv" "$tools/kv/bin/kubernetes-validate" -k 1.30.0 --strict "$dir/rendered.yaml"
-# CKV_K8S_21: the base leaves the namespace to whoever applies it (README).
-PYTHONPATH="$tools/checkov" BC_SKIP_MAPPING=TRUE "$tools/checkov/bin/checkov" -d "$dir" \
-  --framework kubernetes --compact --quiet --skip-download --skip-check CKV_K8S_21 2>/dev/null |
-  tee "$dir/checkov.log"
-grep -q 'Failed checks: 0,' "$dir/checkov.log"
-mkdir -p "$dir/keys"
+mkdir -p "$dir/keys" "$dir/redis"
 printf 'a-chat-key-for-the-check-of-the-base' >"$dir/keys/chat.key"
-sed "s|/etc/tokengate/keys/|$dir/keys/|" deploy/kubernetes/base/tokengate.yaml >"$dir/tokengate.yaml"
-"$binary" check --config "$dir/tokengate.yaml"
+printf 'redis://redis:6379/0' >"$dir/redis/url"
+printf 'an-hmac-key-for-the-check-of-the-overlay' >"$dir/redis/secret"
+for target in base overlays/replicas; do
+  out="$dir/$(echo "$target" | tr / -)"
+  mkdir -p "$out"
+  kubectl kustomize "deploy/kubernetes/$target" >"$out/rendered.yaml"
+  echo "kubectl kustomize $target: $(grep -c '^kind:' "$out/rendered.yaml") objects"
+  PYTHONPATH="$tools/kv" "$tools/kv/bin/kubernetes-validate" -k 1.30.0 --strict "$out/rendered.yaml"
+  # CKV_K8S_21: the base leaves the namespace to whoever applies it (README).
+  PYTHONPATH="$tools/checkov" BC_SKIP_MAPPING=TRUE "$tools/checkov/bin/checkov" -d "$out" \
+    --framework kubernetes --compact --quiet --skip-download --skip-check CKV_K8S_21 2>/dev/null |
+    tee "$out/checkov.log"
+  grep -q 'Failed checks: 0,' "$out/checkov.log"
+  sed "s|/etc/tokengate/keys/|$dir/keys/|; s|/etc/tokengate/redis/|$dir/redis/|" \
+    "deploy/kubernetes/$target/tokengate.yaml" >"$out/tokengate.yaml"
+  "$binary" check --config "$out/tokengate.yaml"
+done

@@ -372,3 +372,105 @@ async fn a_token_cached_by_one_replica_is_reused_by_the_others() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_ne!(cached(&other).await, first, "a revoked user's cached token is gone everywhere");
 }
+
+/// A three-node Redis Cluster of the test's own (no replicas), in its own directory.
+struct OwnCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+}
+
+impl OwnCluster {
+    fn start() -> OwnCluster {
+        let dir = crate::common::temp_dir("redis-cluster");
+        let ports: Vec<u16> = (0..3).map(|_| closed_port().port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let p = port.to_string();
+                Command::new("redis-server")
+                    .args(["--port", &p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{p}.conf")])
+                    .current_dir(&dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server")
+            })
+            .collect();
+        for port in &ports {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = Command::new("redis-cli").args(["-p", &ports[0].to_string(), "cluster", "info"]).output().unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnCluster { nodes, ports }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn limits_hold_across_replicas_on_a_redis_cluster() {
+    let cluster = OwnCluster::start();
+    let b = backend::spawn().await;
+    let urls: Vec<String> = cluster.ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+    let yaml = config("unused", &prefix("cluster"), "deny", 5)
+        .replace("  type: redis\n  url: \"unused\"\n", &format!("  type: redis_cluster\n  urls: [{}]\n", urls.join(", ")));
+    let (a, other) = (replica("ss-cl-a", &b, &yaml).await, replica("ss-cl-b", &b, &yaml).await);
+    // Users whose keys land on different shards: each gets its own five.
+    for user in ["u1", "u2", "u3", "u4"] {
+        let mut statuses = Vec::new();
+        for i in 0..8 {
+            statuses.push(mint(if i % 2 == 0 { &a } else { &other }, user).await.0);
+        }
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "{user}");
+    }
+}
+
+#[test]
+fn check_names_each_shared_state_mistake_by_its_key_path() {
+    let dir = crate::common::temp_dir("ss-check");
+    let cases = [
+        ("  type: redis\n  secret: 0123456789abcdef\n", "shared_state.url: missing required key for type redis"),
+        ("  type: redis_cluster\n  secret: 0123456789abcdef\n", "shared_state.urls: missing required key for type redis_cluster"),
+        ("  type: redis\n  url: \"http://x\"\n  secret: 0123456789abcdef\n", "shared_state.url: not a valid Redis URL"),
+        ("  type: redis\n  url: redis://127.0.0.1\n  secret: short\n", "shared_state.secret: must be at least 16 bytes"),
+        ("  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  timeout: 0s\n", "shared_state.timeout: must be above zero"),
+        ("  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  on_error: panic\n", "shared_state.on_error: unknown variant `panic`"),
+        ("  type: memcached\n", "shared_state.type: unknown variant `memcached`"),
+    ];
+    for (i, (section, expected)) in cases.iter().enumerate() {
+        let file = dir.join(format!("c{i}.yaml"));
+        std::fs::write(&file, format!("upstream:\n  url: http://127.0.0.1:3000\nshared_state:\n{section}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tokengate")).args(["check", "--config"]).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{section}: {err}");
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        assert!(!err.contains("0123456789abcdef"), "the secret is never printed");
+    }
+}
