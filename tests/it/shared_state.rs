@@ -414,7 +414,8 @@ impl OwnCluster {
         assert!(created.success(), "redis-cli --cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let info = Command::new("redis-cli").args(["-p", &ports[0].to_string(), "cluster", "info"]).output().unwrap();
+            let info =
+                Command::new("redis-cli").args(["-p", &ports[0].to_string(), "cluster", "info"]).output().unwrap();
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                 break;
             }
@@ -439,8 +440,10 @@ async fn limits_hold_across_replicas_on_a_redis_cluster() {
     let cluster = OwnCluster::start();
     let b = backend::spawn().await;
     let urls: Vec<String> = cluster.ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
-    let yaml = config("unused", &prefix("cluster"), "deny", 5)
-        .replace("  type: redis\n  url: \"unused\"\n", &format!("  type: redis_cluster\n  urls: [{}]\n", urls.join(", ")));
+    let yaml = config("unused", &prefix("cluster"), "deny", 5).replace(
+        "  type: redis\n  url: \"unused\"\n",
+        &format!("  type: redis_cluster\n  urls: [{}]\n", urls.join(", ")),
+    );
     let (a, other) = (replica("ss-cl-a", &b, &yaml).await, replica("ss-cl-b", &b, &yaml).await);
     // Users whose keys land on different shards: each gets its own five.
     for user in ["u1", "u2", "u3", "u4"] {
@@ -457,17 +460,30 @@ fn check_names_each_shared_state_mistake_by_its_key_path() {
     let dir = crate::common::temp_dir("ss-check");
     let cases = [
         ("  type: redis\n  secret: 0123456789abcdef\n", "shared_state.url: missing required key for type redis"),
-        ("  type: redis_cluster\n  secret: 0123456789abcdef\n", "shared_state.urls: missing required key for type redis_cluster"),
+        (
+            "  type: redis_cluster\n  secret: 0123456789abcdef\n",
+            "shared_state.urls: missing required key for type redis_cluster",
+        ),
         ("  type: redis\n  url: \"http://x\"\n  secret: 0123456789abcdef\n", "shared_state.url: not a valid Redis URL"),
-        ("  type: redis\n  url: redis://127.0.0.1\n  secret: short\n", "shared_state.secret: must be at least 16 bytes"),
-        ("  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  timeout: 0s\n", "shared_state.timeout: must be above zero"),
-        ("  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  on_error: panic\n", "shared_state.on_error: unknown variant `panic`"),
+        (
+            "  type: redis\n  url: redis://127.0.0.1\n  secret: short\n",
+            "shared_state.secret: must be at least 16 bytes",
+        ),
+        (
+            "  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  timeout: 0s\n",
+            "shared_state.timeout: must be above zero",
+        ),
+        (
+            "  type: redis\n  url: redis://127.0.0.1\n  secret: 0123456789abcdef\n  on_error: panic\n",
+            "shared_state.on_error: unknown variant `panic`",
+        ),
         ("  type: memcached\n", "shared_state.type: unknown variant `memcached`"),
     ];
     for (i, (section, expected)) in cases.iter().enumerate() {
         let file = dir.join(format!("c{i}.yaml"));
         std::fs::write(&file, format!("upstream:\n  url: http://127.0.0.1:3000\nshared_state:\n{section}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_tokengate")).args(["check", "--config"]).arg(&file).output().unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_tokengate")).args(["check", "--config"]).arg(&file).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{section}: {err}");
         assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
