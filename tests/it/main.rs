@@ -14,6 +14,8 @@ mod ledger;
 mod ledger_postgres;
 mod logs;
 mod metrics;
+#[cfg(feature = "services")]
+mod nginx;
 mod ratelimit;
 mod refused;
 mod relay;
