@@ -5,6 +5,8 @@ mod common;
 
 mod admin;
 mod cli;
+#[cfg(feature = "services")]
+mod conformance;
 mod downstream_wire;
 mod errors;
 mod forward;

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Mints a token with a vendor's own server SDK, for tests/it/conformance.rs.
+
+Usage: mint.py VENDOR < inputs.json   (prints the token)
+The inputs are the same the test gives tokengate: keys, ids and the user.
+"""
+
+import json
+import sys
+import time
+
+
+def contactsmanager(i):
+    from contactsmanager import ContactsManagerClient
+
+    client = ContactsManagerClient(api_key=i["api_key"], api_secret=i["api_secret"], org_id=i["org_id"])
+    return client.generate_token(i["user_id"], device_info=i["device_info"])["token"]
+
+
+def twilio(i):
+    from twilio.jwt.access_token import AccessToken
+    from twilio.jwt.access_token.grants import ChatGrant
+
+    token = AccessToken(i["account_sid"], i["api_key_sid"], i["api_key_secret"], identity=i["user_id"], ttl=3600)
+    token.add_grant(ChatGrant(service_sid=i["service_sid"]))
+    jwt = token.to_jwt()
+    return jwt.decode() if isinstance(jwt, bytes) else jwt
+
+
+def stream(i):
+    from stream_chat import StreamChat
+
+    now = int(time.time())
+    client = StreamChat(api_key=i["api_key"], api_secret=i["api_secret"])
+    # tokengate's profile gives the token a lifetime (24 h); the SDK takes one as exp/iat.
+    return client.create_token(i["user_id"], exp=now + 86400, iat=now)
+
+
+if __name__ == "__main__":
+    vendor = sys.argv[1]
+    print(globals()[vendor](json.load(sys.stdin)))

@@ -1,0 +1,161 @@
+//! Vendor profiles against the vendors' own server SDKs (feature `services`; the SDKs are
+//! pip-installed, pinned in tests/conformance/requirements.txt, under target/): for the same
+//! inputs, tokengate running the shipped `config/*.yaml` and the SDK must produce tokens with
+//! the same header fields, every claim the SDK sets with the same JSON type and (where it is
+//! deterministic) the same value, and the same lifetime.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+use crate::common::{backend, Binary};
+use crate::seeds::{parts, verify_hs256};
+
+/// Where the pinned SDKs are installed (once per requirements file).
+fn sdks() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let requirements = root.join("tests/conformance/requirements.txt");
+        let dir = root.join("target/conformance-sdks");
+        let stamp = dir.join(".requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).unwrap();
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            let ok = Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
+                .arg(&dir)
+                .arg("-r")
+                .arg(&requirements)
+                .status()
+                .expect("python3 -m pip")
+                .success();
+            assert!(ok, "pip install -r {} failed", requirements.display());
+            std::fs::write(&stamp, wanted).unwrap();
+        }
+        dir
+    })
+}
+
+/// A token minted by `vendor`'s SDK (tests/conformance/mint.py) for `inputs`.
+fn sdk_token(vendor: &str, inputs: &Value) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/mint.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(vendor)
+        .env("PYTHONPATH", sdks())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(inputs.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{vendor} SDK failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The lifetime a token states: `exp` minus `iat`, or minus `nbf` without one.
+fn lifetime(claims: &Value) -> i64 {
+    let start = claims.get("iat").or_else(|| claims.get("nbf")).and_then(Value::as_i64).unwrap_or(0);
+    claims["exp"].as_i64().unwrap_or(0) - start
+}
+
+/// Requires `ours` to match `theirs` (see the module); `varying` claims (nonces, times) are
+/// compared by type only, times within 5 s.
+fn conforms(vendor: &str, ours: &str, theirs: &str, varying: &[&str]) {
+    let (our_header, our_claims) = parts(ours);
+    let (their_header, their_claims) = parts(theirs);
+    assert_eq!(our_header, their_header, "{vendor}: header fields");
+    for (name, value) in their_claims.as_object().unwrap() {
+        let Some(ours) = our_claims.get(name) else {
+            panic!("{vendor}: the SDK sets {name:?}, tokengate does not: {our_claims}");
+        };
+        assert_eq!(json_type(ours), json_type(value), "{vendor}: type of {name:?}");
+        match name.as_str() {
+            "iat" | "exp" | "nbf" => {
+                let drift = ours.as_i64().unwrap() - value.as_i64().unwrap();
+                assert!(drift.abs() <= 5, "{vendor}: {name} {ours} vs {value}");
+            }
+            n if varying.contains(&n) => {}
+            _ => assert_eq!(ours, value, "{vendor}: {name:?}"),
+        }
+    }
+    assert_eq!(lifetime(&our_claims), lifetime(&their_claims), "{vendor}: lifetime");
+}
+
+async fn post(bin: &Binary, path: &str, body: Value) -> Value {
+    let headers = [("cookie", "session=conf-user"), ("content-type", "application/json")];
+    let r = crate::common::client::request(bin.addr, http::Method::POST, path, &headers, body.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn contactsmanager_matches_the_contactsmanager_sdk() {
+    sdks();
+    let b = backend::spawn().await;
+    let envs = [("CM_API_KEY", "cm-key-1"), ("CM_API_SECRET", "cm-secret-0123456789"), ("CM_ORGANIZATION_ID", "org-7")];
+    let bin = Binary::start_file("conf-cm", "config/contactsmanager.yaml", &b.url(), &envs).await;
+    let device = json!({"deviceName": "Pixel", "os": "android"});
+    let ours = post(&bin, "/generate-token", json!({"deviceInfo": device})).await["token"].as_str().unwrap().to_owned();
+    let theirs = sdk_token(
+        "contactsmanager",
+        &json!({"api_key": "cm-key-1", "api_secret": "cm-secret-0123456789", "org_id": "org-7", "user_id": "conf-user", "device_info": device}),
+    );
+    conforms("contactsmanager", &ours, &theirs, &["jti"]);
+    verify_hs256(&ours, b"cm-secret-0123456789");
+}
+
+#[tokio::test]
+async fn twilio_matches_the_twilio_helper_library() {
+    sdks();
+    let b = backend::spawn().await;
+    let envs = [
+        ("TWILIO_ACCOUNT_SID", "AC0123"),
+        ("TWILIO_API_KEY_SID", "SK0123"),
+        ("TWILIO_API_KEY_SECRET", "twilio-secret-0123"),
+        ("TWILIO_CONVERSATIONS_SERVICE_SID", "IS0123"),
+    ];
+    let bin = Binary::start_file("conf-twilio", "config/twilio.yaml", &b.url(), &envs).await;
+    let ours = post(&bin, "/api/twilio/token", json!({})).await["token"].as_str().unwrap().to_owned();
+    let theirs = sdk_token(
+        "twilio",
+        &json!({"account_sid": "AC0123", "api_key_sid": "SK0123", "api_key_secret": "twilio-secret-0123", "service_sid": "IS0123", "user_id": "conf-user"}),
+    );
+    // jti is `<key sid>-<now>`: the same but for the second it was minted in.
+    conforms("twilio", &ours, &theirs, &["jti"]);
+    assert!(parts(&ours).1["jti"].as_str().unwrap().starts_with("SK0123-"));
+    verify_hs256(&ours, b"twilio-secret-0123");
+}
+
+#[tokio::test]
+async fn stream_matches_the_stream_chat_sdk() {
+    sdks();
+    let b = backend::spawn().await;
+    let envs = [("STREAM_API_KEY", "stream-key"), ("STREAM_API_SECRET", "stream-secret-0123")];
+    let bin = Binary::start_file("conf-stream", "config/stream.yaml", &b.url(), &envs).await;
+    let ours = post(&bin, "/api/stream/token", json!({})).await["token"].as_str().unwrap().to_owned();
+    let theirs = sdk_token(
+        "stream",
+        &json!({"api_key": "stream-key", "api_secret": "stream-secret-0123", "user_id": "conf-user"}),
+    );
+    conforms("stream", &ours, &theirs, &[]);
+    verify_hs256(&ours, b"stream-secret-0123");
+}
