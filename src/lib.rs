@@ -19,6 +19,7 @@ pub mod keys;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod profiles;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -63,6 +63,36 @@ enum Command {
     },
     /// Print the public JWK set of the config's keys.
     Jwks,
+    /// Print a ready, commented config for a vendor (`--list` for all of them).
+    Init {
+        /// A profile name (see --list).
+        vendor: Option<String>,
+        /// List the profiles, one line each, with the environment variables they read.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+/// `tokengate init`: a profile's config on stdout, or the list of them.
+fn init(vendor: Option<&str>, list: bool) -> ExitCode {
+    use tokengate::profiles::{find, PROFILES};
+    match (vendor, list) {
+        (None, true) => {
+            for p in PROFILES {
+                let env = p.required_env().join(", ");
+                println!("{:<18} {}  [env: {}]", p.name, p.summary, if env.is_empty() { "none" } else { &env });
+            }
+            ExitCode::SUCCESS
+        }
+        (Some(name), false) => match find(name) {
+            Some(p) => {
+                print!("{}", p.text);
+                ExitCode::SUCCESS
+            }
+            None => usage(&format!("no profile named {name:?}; `tokengate init --list` lists them")),
+        },
+        _ => usage("init takes a profile name, or --list"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -117,6 +147,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Keygen { alg, out } => keygen(alg, out.as_deref()),
+        Command::Init { vendor, list } => init(vendor.as_deref(), *list),
         Command::Jwks => {
             let Some(path) = &cli.config else { return usage("jwks needs --config FILE (or TOKENGATE_CONFIG)") };
             match tokengate::gateway::load(path) {

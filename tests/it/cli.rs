@@ -274,3 +274,45 @@ async fn demo_logs_in_and_fetches_a_token_as_its_curl_lines_say() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn init_prints_every_shipped_profile_and_each_checks_once_its_env_is_set() {
+    let dir = temp_dir("cli-init");
+    let shipped: Vec<String> = std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let list = tokengate().args(["init", "--list"]).output().unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8(list.stdout).unwrap();
+    let pem = dir.join("es256.pem");
+    std::fs::write(&pem, tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap()).unwrap();
+    for name in shipped.iter().map(String::as_str).chain(["blank"]) {
+        assert!(list.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing from:\n{list}");
+        let profile = tokengate::profiles::find(name).unwrap_or_else(|| panic!("no profile for config/{name}.yaml"));
+        let out = tokengate().args(["init", name]).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), profile.text, "init prints the shipped file");
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, profile.text).unwrap();
+        let unset = tokengate().args(["check", "--config"]).arg(&file).env_clear().output().unwrap();
+        let required = profile.required_env();
+        if let Some(first) = required.first() {
+            assert!(String::from_utf8_lossy(&unset.stderr).contains(first), "{name}: check names {first} when unset");
+        }
+        let mut check = tokengate();
+        check.args(["check", "--config"]).arg(&file).env_clear();
+        for var in &required {
+            let value = match *var {
+                v if v.ends_with("_FILE") => pem.display().to_string(),
+                "TELESIGN_KEY" => "dGVsZXNpZ24ta2V5LWZvci10aGUtdGVzdA==".to_owned(),
+                _ => "a-value-for-the-init-test-0123456789".to_owned(),
+            };
+            check.env(var, value);
+        }
+        let out = check.output().unwrap();
+        assert!(out.status.success(), "{name} with {required:?} set: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let unknown = tokengate().args(["init", "nope"]).output().unwrap();
+    assert!(!unknown.status.success());
+}
