@@ -30,6 +30,7 @@ pub const PROFILES: &[Profile] = &[
     profile!("centrifugo", "Centrifugo connection token, HS256"),
     profile!("centrifugo-es256", "Centrifugo connection token, ES256 verified through the JWK set"),
     profile!("twilio", "Twilio Access Token (Conversations chat grant)"),
+    profile!("livekit", "LiveKit access token: join a room (video grants), TokenVerifier-checked"),
 ];
 
 const BLANK: &str = r#"# tokengate: forwards every request to the app, and answers the token routes below itself.

@@ -36,6 +36,23 @@ def stream(i):
     return client.create_token(i["user_id"], exp=now + 86400, iat=now)
 
 
+def livekit(i):
+    from livekit import api
+
+    grants = api.VideoGrants(room_join=True, room=i["room"])
+    token = api.AccessToken(i["api_key"], i["api_secret"]).with_identity(i["user_id"]).with_name(i["name"])
+    return token.with_grants(grants).to_jwt()
+
+
+def livekit_verify(i):
+    """Verifies tokengate's token with the SDK's own TokenVerifier; prints what it read."""
+    from livekit import api
+
+    claims = api.TokenVerifier(i["api_key"], i["api_secret"]).verify(i["token"])
+    return json.dumps({"identity": claims.identity, "name": claims.name, "room": claims.video.room,
+                       "room_join": claims.video.room_join})
+
+
 if __name__ == "__main__":
-    vendor = sys.argv[1]
+    vendor = sys.argv[1].replace("-", "_")
     print(globals()[vendor](json.load(sys.stdin)))

@@ -76,6 +76,9 @@ fn every_shipped_config_passes_check() {
                 ("TWILIO_API_KEY_SID", "k"),
                 ("TWILIO_API_KEY_SECRET", "s"),
                 ("TWILIO_CONVERSATIONS_SERVICE_SID", "c"),
+                ("LIVEKIT_API_KEY", "k"),
+                ("LIVEKIT_API_SECRET", "s"),
+                ("LIVEKIT_URL", "wss://x"),
             ])
             .output()
             .unwrap();

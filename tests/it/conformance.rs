@@ -159,3 +159,21 @@ async fn stream_matches_the_stream_chat_sdk() {
     conforms("stream", &ours, &theirs, &[]);
     verify_hs256(&ours, b"stream-secret-0123");
 }
+
+#[tokio::test]
+async fn livekit_matches_livekit_api_and_its_token_verifier_accepts_it() {
+    sdks();
+    let b = backend::spawn().await;
+    let secret = "livekit-secret-0123456789abcdefghij";
+    let envs = [("LIVEKIT_API_KEY", "APIkey1"), ("LIVEKIT_API_SECRET", secret), ("LIVEKIT_URL", "wss://lk.example")];
+    let bin = Binary::start_file("conf-livekit", "config/livekit.yaml", &b.url(), &envs).await;
+    let answer = post(&bin, "/api/livekit/token", json!({"room": "room-1"})).await;
+    assert_eq!(answer["url"], "wss://lk.example");
+    let ours = answer["token"].as_str().unwrap().to_owned();
+    let inputs = json!({"api_key": "APIkey1", "api_secret": secret, "user_id": "conf-user", "name": "Name conf-user", "room": "room-1"});
+    conforms("livekit", &ours, &sdk_token("livekit", &inputs), &[]);
+    let read = sdk_token("livekit-verify", &json!({"api_key": "APIkey1", "api_secret": secret, "token": ours}));
+    let read: Value = serde_json::from_str(&read).unwrap();
+    assert_eq!(read, json!({"identity": "conf-user", "name": "Name conf-user", "room": "room-1", "room_join": true}));
+    verify_hs256(&ours, secret.as_bytes());
+}

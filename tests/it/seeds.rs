@@ -255,3 +255,21 @@ async fn twilio_access_token() {
     assert_eq!(payload["grants"]["identity"], "hal");
     assert_eq!(payload["grants"]["chat"]["service_sid"], "IS89");
 }
+
+#[tokio::test]
+async fn livekit_room_token() {
+    let b = backend::spawn().await;
+    let secret = "livekit-secret-for-the-seed-test-0123";
+    let envs = [("LIVEKIT_API_KEY", "APIseed"), ("LIVEKIT_API_SECRET", secret), ("LIVEKIT_URL", "wss://lk.test")];
+    let bin = Binary::start_file("seed-livekit", "config/livekit.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/livekit/token", &[("cookie", "session=lena")], r#"{"room":"standup"}"#).await.json();
+    let claims = verify_hs256(j["token"].as_str().unwrap(), secret.as_bytes());
+    assert_eq!(claims.issuer.as_deref(), Some("APIseed"));
+    assert_eq!(claims.subject.as_deref(), Some("lena"));
+    assert_eq!(claims.custom["video"]["room"], "standup");
+    assert_eq!(claims.custom["video"]["roomJoin"], true);
+    let (_, payload) = parts(j["token"].as_str().unwrap());
+    assert_eq!(payload["exp"].as_u64().unwrap() - payload["nbf"].as_u64().unwrap(), 6 * 3600);
+    let r = post(bin.addr, "/api/livekit/token", &[("cookie", "session=lena")], "{}").await;
+    assert_eq!(r.status, 400, "a room is required");
+}
