@@ -16,6 +16,10 @@ use crate::config::{Algorithm, FieldError, KeyConfig};
 /// A loaded signing key. Never printed: `Debug` shows only the id and algorithm.
 pub struct SigningKey {
     pub id: String,
+    /// The `kid` tokens name it by: the id, or a service account's `private_key_id`.
+    pub kid: String,
+    /// A service account's `client_email` (what `{{ key.client_email }}` says).
+    pub client_email: Option<String>,
     pub algorithm: Algorithm,
     pub retired: bool,
     /// Short SHA-256 of the key material, so a rotated key never matches a cached token.
@@ -86,6 +90,16 @@ impl Algorithm {
 impl SigningKey {
     /// Loads one key; the error names what is wrong (the caller adds the key path).
     pub fn load(cfg: &KeyConfig) -> Result<Self, String> {
+        let account = cfg.service_account.as_ref().map(|json| ServiceAccount::parse(json.expose())).transpose()?;
+        let with_pem;
+        let cfg = match &account {
+            Some(a) => {
+                with_pem = KeyConfig { private_key: Some(a.private_key.clone()), ..cfg.clone() };
+                &with_pem
+            }
+            None => cfg,
+        };
+        let kid = account.as_ref().map_or_else(|| cfg.id.clone(), |a| a.private_key_id.clone());
         let (signer, material): (Signer, Vec<u8>) = if cfg.algorithm.is_hmac() {
             let bytes = match (&cfg.secret, &cfg.secret_base64) {
                 (Some(s), _) => s.expose().as_bytes().to_vec(),
@@ -137,10 +151,20 @@ impl SigningKey {
             };
             (signer, der.secret_der().to_vec())
         };
-        let jwk = if cfg.algorithm.is_hmac() { None } else { Some(public_jwk(cfg)?) };
+        let jwk = if cfg.algorithm.is_hmac() { None } else { Some(public_jwk(cfg, &kid)?) };
         let hash = digest::digest(&digest::SHA256, &material);
         let fingerprint = hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self { id: cfg.id.clone(), algorithm: cfg.algorithm, retired: cfg.retired, fingerprint, jwk, signer })
+        let client_email = account.map(|a| a.client_email);
+        Ok(Self {
+            id: cfg.id.clone(),
+            kid,
+            client_email,
+            algorithm: cfg.algorithm,
+            retired: cfg.retired,
+            fingerprint,
+            jwk,
+            signer,
+        })
     }
 
     /// Signs `message` (the JWS signing input) and returns the raw signature bytes.
@@ -160,7 +184,7 @@ impl SigningKey {
 }
 
 /// The public JWK of an asymmetric key, via jsonwebtoken's JWK support.
-fn public_jwk(cfg: &KeyConfig) -> Result<serde_json::Value, String> {
+fn public_jwk(cfg: &KeyConfig, kid: &str) -> Result<serde_json::Value, String> {
     let pem = cfg.private_key.as_ref().map(|p| p.expose().as_bytes()).unwrap_or_default();
     let key = match cfg.algorithm {
         Algorithm::ES256 | Algorithm::ES384 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
@@ -170,9 +194,38 @@ fn public_jwk(cfg: &KeyConfig) -> Result<serde_json::Value, String> {
     .map_err(|e| format!("cannot derive the public key: {e}"))?;
     let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, cfg.algorithm.to_jsonwebtoken())
         .map_err(|e| format!("cannot derive the public key: {e}"))?;
-    jwk.common.key_id = Some(cfg.id.clone());
+    jwk.common.key_id = Some(kid.to_owned());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     serde_json::to_value(&jwk).map_err(|e| e.to_string())
+}
+
+/// The fields of a Google service-account key file that signing needs.
+struct ServiceAccount {
+    private_key: crate::config::Secret,
+    private_key_id: String,
+    client_email: String,
+}
+
+impl ServiceAccount {
+    fn parse(json: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|_| "service_account_file is not JSON (expected the key file Google issues)".to_owned())?;
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("service_account_file has no {name:?}"))
+        };
+        if v.get("type").and_then(serde_json::Value::as_str) != Some("service_account") {
+            return Err("service_account_file is not a service-account key (\"type\": \"service_account\")".into());
+        }
+        Ok(Self {
+            private_key: crate::config::Secret::new(field("private_key")?),
+            private_key_id: field("private_key_id")?,
+            client_email: field("client_email")?,
+        })
+    }
 }
 
 /// Every configured key by id.
@@ -266,6 +319,7 @@ mod tests {
             secret: secret.map(Secret::new),
             secret_base64: None,
             private_key: pem.map(Secret::new),
+            service_account: None,
             retired: false,
         }
     }
@@ -293,5 +347,29 @@ mod tests {
         let p384 = generate_pem(Algorithm::ES384).unwrap();
         let err = SigningKey::load(&key(Algorithm::ES256, Some(p384), None)).unwrap_err();
         assert!(err.contains("not a valid ES256 private key"), "{err}");
+    }
+
+    #[test]
+    fn a_service_account_file_gives_the_key_its_kid_and_email() {
+        let pem = generate_pem(Algorithm::RS256).unwrap();
+        let json = serde_json::json!({
+            "type": "service_account", "private_key_id": "kid-9", "private_key": pem,
+            "client_email": "svc@p.iam.gserviceaccount.com",
+        });
+        let mut cfg = key(Algorithm::RS256, None, None);
+        cfg.service_account = Some(Secret::new(json.to_string()));
+        let k = SigningKey::load(&cfg).unwrap();
+        assert_eq!((k.id.as_str(), k.kid.as_str()), ("k", "kid-9"));
+        assert_eq!(k.client_email.as_deref(), Some("svc@p.iam.gserviceaccount.com"));
+        assert_eq!(k.jwk.as_ref().unwrap()["kid"], "kid-9", "the JWK names the same kid");
+        for (bad, says) in [
+            ("not json".to_owned(), "is not JSON"),
+            (serde_json::json!({"type": "authorized_user"}).to_string(), "not a service-account key"),
+            (serde_json::json!({"type": "service_account", "private_key": "x"}).to_string(), "no \"private_key_id\""),
+        ] {
+            cfg.service_account = Some(Secret::new(bad));
+            let err = SigningKey::load(&cfg).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

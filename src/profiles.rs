@@ -30,6 +30,7 @@ pub const PROFILES: &[Profile] = &[
     profile!("centrifugo", "Centrifugo connection token, HS256"),
     profile!("centrifugo-es256", "Centrifugo connection token, ES256 verified through the JWK set"),
     profile!("twilio", "Twilio Access Token (Conversations chat grant)"),
+    profile!("firebase", "Firebase Auth custom token, RS256 with the service-account key file Google issues"),
     profile!("livekit", "LiveKit access token: join a room (video grants), TokenVerifier-checked"),
 ];
 

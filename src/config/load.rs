@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::Config;
 
 /// Secret keys that have a `<key>_file` twin reading the value from a file.
-const FILE_TWINS: &[&str] = &["admin_token", "secret", "secret_base64", "private_key", "keys", "url"];
+const FILE_TWINS: &[&str] =
+    &["admin_token", "secret", "secret_base64", "private_key", "service_account", "keys", "url"];
 
 /// Stop collecting after this many errors: the rest are usually echoes of the first.
 const MAX_ERRORS: usize = 50;

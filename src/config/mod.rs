@@ -266,6 +266,11 @@ pub struct KeyConfig {
     /// PEM private key inline (`private_key_file` reads it from a file).
     #[serde(default)]
     pub private_key: Option<Secret>,
+    /// A Google service-account key, the JSON file Google issues (`service_account_file`):
+    /// its `private_key` signs (RS256), its `private_key_id` is the `kid`, and claims may say
+    /// `{{ key.client_email }}`.
+    #[serde(default)]
+    pub service_account: Option<Secret>,
     /// No longer signs, but stays in the JWK set.
     #[serde(default)]
     pub retired: bool,

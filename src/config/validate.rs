@@ -58,12 +58,17 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         if !key_ids.insert(k.id.as_str()) {
             err(at("id"), format!("duplicate key id {:?}", k.id));
         }
-        let material = [k.secret.is_some(), k.secret_base64.is_some(), k.private_key.is_some()];
+        let material =
+            [k.secret.is_some(), k.secret_base64.is_some(), k.private_key.is_some() || k.service_account.is_some()];
         if material.iter().filter(|m| **m).count() != 1 {
-            err(at("id"), "give exactly one of secret, secret_base64, private_key(_file)".into());
+            err(at("id"), "give exactly one of secret, secret_base64, private_key(_file), service_account_file".into());
         } else if k.algorithm.is_hmac() && k.private_key.is_some() {
             err(at("private_key"), format!("{:?} is an HMAC algorithm: use secret or secret_base64", k.algorithm));
-        } else if !k.algorithm.is_hmac() && k.private_key.is_none() {
+        } else if k.service_account.is_some() && k.private_key.is_some() {
+            err(at("service_account"), "give either private_key(_file) or service_account_file, not both".into());
+        } else if k.service_account.is_some() && !matches!(k.algorithm, super::Algorithm::RS256) {
+            err(at("algorithm"), "a Google service-account key signs RS256".into());
+        } else if !k.algorithm.is_hmac() && k.private_key.is_none() && k.service_account.is_none() {
             err(at("algorithm"), format!("{:?} needs private_key_file (a PEM private key)", k.algorithm));
         }
         if let Some(b64) = &k.secret_base64 {

@@ -46,19 +46,38 @@ pub struct TokenSpec {
     shape: String,
 }
 
+/// The key's own fields, known at load: `{{ key.client_email }}` (a service account's) is
+/// written into the claims before they compile.
+fn with_key_fields(claims: &Value, key: &SigningKey) -> Result<Value, String> {
+    const EMAIL: &str = "{{ key.client_email }}";
+    Ok(match claims {
+        Value::String(s) if s.contains(EMAIL) => match &key.client_email {
+            Some(email) => Value::String(s.replace(EMAIL, email)),
+            None => return Err(format!("{EMAIL}: key {:?} is not a service_account_file key", key.id)),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|v| with_key_fields(v, key)).collect::<Result<_, _>>()?),
+        Value::Object(map) => Value::Object(
+            map.iter().map(|(k, v)| Ok((k.clone(), with_key_fields(v, key)?))).collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
 impl TokenSpec {
     pub fn build(name: &str, cfg: &TokenConfig, keys: &KeyRing, at: &str) -> Result<Self, FieldError> {
         let key = keys
             .get(&cfg.key)
             .cloned()
             .ok_or_else(|| FieldError::new(format!("{at}.key"), format!("no key with id {:?}", cfg.key)))?;
-        let claims = Template::compile(&Value::Object(cfg.claims.clone()), Scope::Claims, &format!("{at}.claims"))
+        let claims_value = with_key_fields(&Value::Object(cfg.claims.clone()), &key)
+            .map_err(|reason| FieldError::new(format!("{at}.claims"), reason))?;
+        let claims = Template::compile(&claims_value, Scope::Claims, &format!("{at}.claims"))
             .map_err(|(path, reason)| FieldError::new(path, reason))?;
         let mut header = Map::new();
         header.insert("alg".into(), Value::String(key.algorithm.name().into()));
         header.insert("typ".into(), Value::String("JWT".into()));
         if cfg.kid {
-            header.insert("kid".into(), Value::String(key.id.clone()));
+            header.insert("kid".into(), Value::String(key.kid.clone()));
         }
         for (k, v) in &cfg.header {
             if k == "alg" {
@@ -187,6 +206,7 @@ mod tests {
             secret: Some(Secret::new(secret)),
             secret_base64: None,
             private_key: None,
+            service_account: None,
             retired: false,
         };
         let ring = KeyRing::load(&[key]).unwrap();

@@ -53,6 +53,25 @@ def livekit_verify(i):
                        "room_join": claims.video.room_join})
 
 
+def firebase(i):
+    import firebase_admin
+    from firebase_admin import auth, credentials
+
+    app = firebase_admin.initialize_app(credentials.Certificate(i["service_account"]), name="conformance")
+    token = auth.create_custom_token(i["user_id"], i["developer_claims"], app=app)
+    return token.decode() if isinstance(token, bytes) else token
+
+
+def firebase_verify(i):
+    """Verifies a custom token with PyJWT against the service account's public key."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(i["service_account"]["private_key"].encode(), None).public_key()
+    aud = "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit"
+    return json.dumps(jwt.decode(i["token"], key, algorithms=["RS256"], audience=aud))
+
+
 if __name__ == "__main__":
     vendor = sys.argv[1].replace("-", "_")
     print(globals()[vendor](json.load(sys.stdin)))

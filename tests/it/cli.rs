@@ -49,6 +49,7 @@ fn every_shipped_config_passes_check() {
     let keys = temp_dir("cli-shipped-configs");
     let es256 = keys.join("es256.pem");
     std::fs::write(&es256, tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap()).unwrap();
+    let account = service_account_file(&keys);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -79,6 +80,7 @@ fn every_shipped_config_passes_check() {
                 ("LIVEKIT_API_KEY", "k"),
                 ("LIVEKIT_API_SECRET", "s"),
                 ("LIVEKIT_URL", "wss://x"),
+                ("FIREBASE_SERVICE_ACCOUNT_FILE", account.to_str().unwrap()),
             ])
             .output()
             .unwrap();
@@ -307,6 +309,7 @@ fn init_prints_every_shipped_profile_and_each_checks_once_its_env_is_set() {
         check.args(["check", "--config"]).arg(&file).env_clear();
         for var in &required {
             let value = match *var {
+                "FIREBASE_SERVICE_ACCOUNT_FILE" => service_account_file(&dir).display().to_string(),
                 v if v.ends_with("_FILE") => pem.display().to_string(),
                 "TELESIGN_KEY" => "dGVsZXNpZ24ta2V5LWZvci10aGUtdGVzdA==".to_owned(),
                 _ => "a-value-for-the-init-test-0123456789".to_owned(),
@@ -318,4 +321,19 @@ fn init_prints_every_shipped_profile_and_each_checks_once_its_env_is_set() {
     }
     let unknown = tokengate().args(["init", "nope"]).output().unwrap();
     assert!(!unknown.status.success());
+}
+
+/// A Google service-account key file (the JSON Google issues) with a fresh RSA key.
+pub fn service_account_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let pem = tokengate::keys::generate_pem(tokengate::config::Algorithm::RS256).unwrap();
+    let account = serde_json::json!({
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "key-id-1",
+        "private_key": pem,
+        "client_email": "svc@p.iam.gserviceaccount.com",
+    });
+    let file = dir.join("service-account.json");
+    std::fs::write(&file, account.to_string()).unwrap();
+    file
 }

@@ -273,3 +273,31 @@ async fn livekit_room_token() {
     let r = post(bin.addr, "/api/livekit/token", &[("cookie", "session=lena")], "{}").await;
     assert_eq!(r.status, 400, "a room is required");
 }
+
+#[tokio::test]
+async fn firebase_custom_token_from_the_service_account_file() {
+    use jwt_simple::prelude::*;
+    let b = backend::spawn().await;
+    let dir = crate::common::temp_dir("seed-firebase");
+    let file = crate::cli::service_account_file(&dir);
+    let account: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let envs = [("FIREBASE_SERVICE_ACCOUNT_FILE", file.to_str().unwrap())];
+    let bin = Binary::start_file("seed-firebase", "config/firebase.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/firebase/token", &[("cookie", "session=fiona")], "").await.json();
+    let token = j["token"].as_str().unwrap();
+    let (header, payload) = parts(token);
+    assert_eq!(header, serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "key-id-1"}));
+    let public = RS256KeyPair::from_pem(account["private_key"].as_str().unwrap()).unwrap().public_key();
+    let options = VerificationOptions {
+        allowed_audiences: Some(HashSet::from_strings(&[
+            "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit",
+        ])),
+        ..Default::default()
+    };
+    let claims = public.verify_token::<Value>(token, Some(options)).unwrap();
+    assert_eq!(claims.issuer.as_deref(), Some("svc@p.iam.gserviceaccount.com"));
+    assert_eq!(claims.subject.as_deref(), Some("svc@p.iam.gserviceaccount.com"));
+    assert_eq!(claims.custom["uid"], "fiona");
+    assert_eq!(claims.custom["claims"]["name"], "Name fiona");
+    assert_eq!(payload["exp"].as_u64().unwrap() - payload["iat"].as_u64().unwrap(), 3600);
+}
