@@ -34,7 +34,15 @@ fn key(alg: Algorithm) -> KeyConfig {
     } else {
         (None, Some(Secret::new(generate_pem(alg).unwrap())))
     };
-    KeyConfig { id: alg.name().into(), algorithm: alg, secret, secret_base64: None, private_key, retired: false }
+    KeyConfig {
+        id: alg.name().into(),
+        algorithm: alg,
+        secret,
+        secret_base64: None,
+        private_key,
+        service_account: None,
+        retired: false,
+    }
 }
 
 fn bench(c: &mut Criterion) {
