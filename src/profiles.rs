@@ -31,6 +31,8 @@ pub const PROFILES: &[Profile] = &[
     profile!("centrifugo-es256", "Centrifugo connection token, ES256 verified through the JWK set"),
     profile!("twilio", "Twilio Access Token (Conversations chat grant)"),
     profile!("firebase", "Firebase Auth custom token, RS256 with the service-account key file Google issues"),
+    profile!("supabase", "Supabase user JWT (role/aud authenticated) for row-level security"),
+    profile!("ably", "Ably JWT for a client SDK's authUrl (clientId, capability, kid = key name)"),
     profile!("livekit", "LiveKit access token: join a room (video grants), TokenVerifier-checked"),
 ];
 

@@ -81,6 +81,10 @@ fn every_shipped_config_passes_check() {
                 ("LIVEKIT_API_SECRET", "s"),
                 ("LIVEKIT_URL", "wss://x"),
                 ("FIREBASE_SERVICE_ACCOUNT_FILE", account.to_str().unwrap()),
+                ("SUPABASE_URL", "https://x.supabase.co"),
+                ("SUPABASE_JWT_SECRET", "s"),
+                ("ABLY_KEY_NAME", "a.k"),
+                ("ABLY_KEY_SECRET", "s"),
             ])
             .output()
             .unwrap();

@@ -301,3 +301,41 @@ async fn firebase_custom_token_from_the_service_account_file() {
     assert_eq!(claims.custom["claims"]["name"], "Name fiona");
     assert_eq!(payload["exp"].as_u64().unwrap() - payload["iat"].as_u64().unwrap(), 3600);
 }
+
+#[tokio::test]
+async fn supabase_user_jwt() {
+    let b = backend::spawn().await;
+    let secret = "super-secret-jwt-token-with-at-least-32-characters";
+    let envs = [("SUPABASE_URL", "https://abcd.supabase.co"), ("SUPABASE_JWT_SECRET", secret)];
+    let bin = Binary::start_file("seed-supabase", "config/supabase.yaml", &b.url(), &envs).await;
+    let j = post(bin.addr, "/api/supabase/token", &[("cookie", "session=sam")], "").await.json();
+    assert_eq!((j["token_type"].as_str(), j["expires_in"].as_u64()), (Some("bearer"), Some(3600)));
+    let token = j["access_token"].as_str().unwrap();
+    let key = HS256Key::from_bytes(secret.as_bytes());
+    let options = VerificationOptions {
+        allowed_audiences: Some(HashSet::from_strings(&["authenticated"])),
+        allowed_issuers: Some(HashSet::from_strings(&["https://abcd.supabase.co/auth/v1"])),
+        ..Default::default()
+    };
+    let claims = key.verify_token::<Value>(token, Some(options)).unwrap();
+    assert_eq!(claims.subject.as_deref(), Some("sam"));
+    assert_eq!(claims.custom["role"], "authenticated");
+    assert_eq!(claims.custom["email"], "sam@example.com");
+    assert_eq!(parts(token).0, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+}
+
+#[tokio::test]
+async fn ably_jwt_for_an_auth_url() {
+    let b = backend::spawn().await;
+    let envs = [("ABLY_KEY_NAME", "appId1.keyId1"), ("ABLY_KEY_SECRET", "ably-key-secret-0123")];
+    let bin = Binary::start_file("seed-ably", "config/ably.yaml", &b.url(), &envs).await;
+    let r = client::get(bin.addr, "/api/ably/token", &[("cookie", "session=abe")]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/jwt"));
+    let token = r.text();
+    let claims = verify_hs256(&token, b"ably-key-secret-0123");
+    assert_eq!(claims.custom["x-ably-clientId"], "abe");
+    let capability: Value = serde_json::from_str(claims.custom["x-ably-capability"].as_str().unwrap()).unwrap();
+    assert_eq!(capability, serde_json::json!({"chat:*": ["subscribe", "publish", "presence"]}));
+    assert_eq!(parts(&token).0, serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "appId1.keyId1"}));
+}
