@@ -40,6 +40,7 @@ fn key(alg: Algorithm) -> KeyConfig {
         secret,
         secret_base64: None,
         private_key,
+        private_key_base64: None,
         service_account: None,
         retired: false,
     }

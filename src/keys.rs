@@ -91,10 +91,21 @@ impl SigningKey {
     /// Loads one key; the error names what is wrong (the caller adds the key path).
     pub fn load(cfg: &KeyConfig) -> Result<Self, String> {
         let account = cfg.service_account.as_ref().map(|json| ServiceAccount::parse(json.expose())).transpose()?;
+        let from_base64 = match &cfg.private_key_base64 {
+            Some(b64) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.expose().trim())
+                    .ok()
+                    .and_then(|pem| String::from_utf8(pem).ok())
+                    .map(crate::config::Secret::new)
+                    .ok_or("private_key_base64 is not a base64-encoded PEM key")?,
+            ),
+            None => None,
+        };
         let with_pem;
-        let cfg = match &account {
-            Some(a) => {
-                with_pem = KeyConfig { private_key: Some(a.private_key.clone()), ..cfg.clone() };
+        let cfg = match account.as_ref().map(|a| a.private_key.clone()).or(from_base64) {
+            Some(pem) => {
+                with_pem = KeyConfig { private_key: Some(pem), ..cfg.clone() };
                 &with_pem
             }
             None => cfg,
@@ -319,6 +330,7 @@ mod tests {
             secret: secret.map(Secret::new),
             secret_base64: None,
             private_key: pem.map(Secret::new),
+            private_key_base64: None,
             service_account: None,
             retired: false,
         }

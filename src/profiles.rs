@@ -33,6 +33,7 @@ pub const PROFILES: &[Profile] = &[
     profile!("firebase", "Firebase Auth custom token, RS256 with the service-account key file Google issues"),
     profile!("supabase", "Supabase user JWT (role/aud authenticated) for row-level security"),
     profile!("ably", "Ably JWT for a client SDK's authUrl (clientId, capability, kid = key name)"),
+    profile!("mux", "Mux signed playback tokens (video, thumbnail, storyboard) for a playback ID"),
     profile!("livekit", "LiveKit access token: join a room (video grants), TokenVerifier-checked"),
 ];
 

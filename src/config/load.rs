@@ -10,7 +10,7 @@ use super::Config;
 
 /// Secret keys that have a `<key>_file` twin reading the value from a file.
 const FILE_TWINS: &[&str] =
-    &["admin_token", "secret", "secret_base64", "private_key", "service_account", "keys", "url"];
+    &["admin_token", "secret", "secret_base64", "private_key", "private_key_base64", "service_account", "keys", "url"];
 
 /// Stop collecting after this many errors: the rest are usually echoes of the first.
 const MAX_ERRORS: usize = 50;

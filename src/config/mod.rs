@@ -266,6 +266,9 @@ pub struct KeyConfig {
     /// PEM private key inline (`private_key_file` reads it from a file).
     #[serde(default)]
     pub private_key: Option<Secret>,
+    /// PEM private key, base64-encoded as some vendors hand it out (Mux's signing keys).
+    #[serde(default)]
+    pub private_key_base64: Option<Secret>,
     /// A Google service-account key, the JSON file Google issues (`service_account_file`):
     /// its `private_key` signs (RS256), its `private_key_id` is the `kid`, and claims may say
     /// `{{ key.client_email }}`.

@@ -58,17 +58,20 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         if !key_ids.insert(k.id.as_str()) {
             err(at("id"), format!("duplicate key id {:?}", k.id));
         }
-        let material =
-            [k.secret.is_some(), k.secret_base64.is_some(), k.private_key.is_some() || k.service_account.is_some()];
+        let pem = [&k.private_key, &k.private_key_base64, &k.service_account].iter().filter(|m| m.is_some()).count();
+        let material = [k.secret.is_some(), k.secret_base64.is_some(), pem > 0];
         if material.iter().filter(|m| **m).count() != 1 {
             err(at("id"), "give exactly one of secret, secret_base64, private_key(_file), service_account_file".into());
-        } else if k.algorithm.is_hmac() && k.private_key.is_some() {
+        } else if k.algorithm.is_hmac() && pem > 0 {
             err(at("private_key"), format!("{:?} is an HMAC algorithm: use secret or secret_base64", k.algorithm));
-        } else if k.service_account.is_some() && k.private_key.is_some() {
-            err(at("service_account"), "give either private_key(_file) or service_account_file, not both".into());
+        } else if pem > 1 {
+            err(
+                at("private_key"),
+                "give one of private_key(_file), private_key_base64(_file), service_account_file".into(),
+            );
         } else if k.service_account.is_some() && !matches!(k.algorithm, super::Algorithm::RS256) {
             err(at("algorithm"), "a Google service-account key signs RS256".into());
-        } else if !k.algorithm.is_hmac() && k.private_key.is_none() && k.service_account.is_none() {
+        } else if !k.algorithm.is_hmac() && pem == 0 {
             err(at("algorithm"), format!("{:?} needs private_key_file (a PEM private key)", k.algorithm));
         }
         if let Some(b64) = &k.secret_base64 {

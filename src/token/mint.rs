@@ -206,6 +206,7 @@ mod tests {
             secret: Some(Secret::new(secret)),
             secret_base64: None,
             private_key: None,
+            private_key_base64: None,
             service_account: None,
             retired: false,
         };

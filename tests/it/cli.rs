@@ -50,6 +50,10 @@ fn every_shipped_config_passes_check() {
     let es256 = keys.join("es256.pem");
     std::fs::write(&es256, tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap()).unwrap();
     let account = service_account_file(&keys);
+    let mux_key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        tokengate::keys::generate_pem(tokengate::config::Algorithm::RS256).unwrap(),
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -85,6 +89,8 @@ fn every_shipped_config_passes_check() {
                 ("SUPABASE_JWT_SECRET", "s"),
                 ("ABLY_KEY_NAME", "a.k"),
                 ("ABLY_KEY_SECRET", "s"),
+                ("MUX_SIGNING_KEY_ID", "k"),
+                ("MUX_SIGNING_KEY_PRIVATE_KEY", &mux_key),
             ])
             .output()
             .unwrap();
@@ -296,6 +302,8 @@ fn init_prints_every_shipped_profile_and_each_checks_once_its_env_is_set() {
     let list = String::from_utf8(list.stdout).unwrap();
     let pem = dir.join("es256.pem");
     std::fs::write(&pem, tokengate::keys::generate_pem(tokengate::config::Algorithm::ES256).unwrap()).unwrap();
+    let rsa = dir.join("rsa.pem");
+    std::fs::write(&rsa, tokengate::keys::generate_pem(tokengate::config::Algorithm::RS256).unwrap()).unwrap();
     for name in shipped.iter().map(String::as_str).chain(["blank"]) {
         assert!(list.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing from:\n{list}");
         let profile = tokengate::profiles::find(name).unwrap_or_else(|| panic!("no profile for config/{name}.yaml"));
@@ -316,6 +324,9 @@ fn init_prints_every_shipped_profile_and_each_checks_once_its_env_is_set() {
                 "FIREBASE_SERVICE_ACCOUNT_FILE" => service_account_file(&dir).display().to_string(),
                 v if v.ends_with("_FILE") => pem.display().to_string(),
                 "TELESIGN_KEY" => "dGVsZXNpZ24ta2V5LWZvci10aGUtdGVzdA==".to_owned(),
+                "MUX_SIGNING_KEY_PRIVATE_KEY" => {
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(&rsa).unwrap())
+                }
                 _ => "a-value-for-the-init-test-0123456789".to_owned(),
             };
             check.env(var, value);

@@ -339,3 +339,25 @@ async fn ably_jwt_for_an_auth_url() {
     assert_eq!(capability, serde_json::json!({"chat:*": ["subscribe", "publish", "presence"]}));
     assert_eq!(parts(&token).0, serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "appId1.keyId1"}));
 }
+
+#[tokio::test]
+async fn mux_signed_playback_tokens() {
+    let b = backend::spawn().await;
+    let pem = tokengate::keys::generate_pem(tokengate::config::Algorithm::RS256).unwrap();
+    let key_base64 = base64::engine::general_purpose::STANDARD.encode(&pem);
+    let envs = [("MUX_SIGNING_KEY_ID", "sk-1"), ("MUX_SIGNING_KEY_PRIVATE_KEY", key_base64.as_str())];
+    let bin = Binary::start_file("seed-mux", "config/mux.yaml", &b.url(), &envs).await;
+    let r = client::get(bin.addr, "/api/mux/playback/pb-9", &[("cookie", "session=max")]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let public = RS256KeyPair::from_pem(&pem).unwrap().public_key();
+    for (name, aud) in [("video", "v"), ("thumbnail", "t"), ("storyboard", "s")] {
+        let token = j["tokens"][name].as_str().unwrap();
+        let options =
+            VerificationOptions { allowed_audiences: Some(HashSet::from_strings(&[aud])), ..Default::default() };
+        let claims = public.verify_token::<Value>(token, Some(options)).unwrap();
+        assert_eq!(claims.subject.as_deref(), Some("pb-9"), "{name}");
+        assert_eq!(claims.custom["kid"], "sk-1", "{name}: the signing key id, as a claim");
+        assert_eq!(parts(token).0, serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+    }
+}
