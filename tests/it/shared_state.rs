@@ -298,6 +298,9 @@ async fn a_dead_or_hanging_redis_falls_back_without_latency_and_shared_limits_re
     }
     assert!(p99(latencies[1..].to_vec()) < Duration::from_millis(100), "{latencies:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "local limits apply: {statuses:?}");
+    let text = client::get(local.admin, "/metrics", &[]).await.unwrap().text();
+    let timeouts = metric(&text, "tokengate_shared_state_errors_total{kind=\"timeout\"}");
+    assert_eq!(timeouts, 1.0, "only the first request waited for Redis; the breaker skipped it for the rest");
     wait_up(&local, 0.0).await;
     redis.signal("CONT");
     wait_up(&local, 1.0).await;
