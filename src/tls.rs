@@ -108,6 +108,29 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
+/// The system's roots and the certificates of `ca_file` as one PEM bundle (for clients that
+/// take their trust as PEM, such as the Redis client); errors as `client_config`'s.
+pub fn roots_pem(ca_file: &Path) -> Result<Vec<u8>, TlsError> {
+    use base64::Engine;
+    let extra = read(ca_file)?;
+    let added = CertificateDer::pem_slice_iter(&extra).filter_map(Result::ok).count();
+    if added == 0 {
+        return Err(TlsError::Ca { path: ca_file.display().to_string() });
+    }
+    let mut pem = Vec::new();
+    for cert in system_roots() {
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    pem.extend_from_slice(&extra);
+    Ok(pem)
+}
+
 /// A client for `host` (a name or an IP address, brackets allowed) trusting the system's roots
 /// and, when given, the certificates in `ca_file`.
 pub fn client(host: &str, ca_file: Option<&Path>) -> Result<TlsClient, TlsError> {

@@ -573,6 +573,9 @@ pub struct SharedStateConfig {
     pub timeout: Duration,
     /// HMAC key (at least 16 bytes) for key names and for the identities cached in Redis.
     pub secret: Secret,
+    /// For `rediss://`: certificates trusted in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,

@@ -44,13 +44,17 @@ pub struct SharedShape(String);
 impl SharedShape {
     pub fn of(cfg: &SharedStateConfig) -> Self {
         let urls: Vec<&str> = cfg.url.iter().chain(&cfg.urls).map(|u| u.expose()).collect();
+        // A CA file's content, not only its path: a rotated CA is a new connection.
+        let ca = cfg.ca_file.as_ref().and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
+        let ca = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca);
         Self(format!(
-            "{:?}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            "{:?}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}",
             cfg.kind,
             urls.join("\u{1}"),
             cfg.secret.expose(),
             cfg.key_prefix,
-            cfg.timeout.0.as_micros()
+            cfg.timeout.0.as_micros(),
+            ca.as_ref()
         ))
     }
 }
@@ -89,22 +93,34 @@ impl Shared {
     /// A handle for `cfg` (validated). Nothing connects until `start`.
     pub fn new(cfg: &SharedStateConfig) -> Result<Self, crate::config::FieldError> {
         let bad = |at: &str| crate::config::FieldError::new(at, "not a valid Redis URL");
+        let roots = match &cfg.ca_file {
+            Some(file) => Some(
+                crate::tls::roots_pem(file)
+                    .map_err(|e| crate::config::FieldError::new("shared_state.ca_file", crate::logging::chain(&e)))?,
+            ),
+            None => None,
+        };
+        let certs = || redis::TlsCertificates { client_tls: None, root_cert: roots.clone() };
+        let open = |url: &str| match roots {
+            Some(_) => redis::Client::build_with_tls(url, certs()),
+            None => redis::Client::open(url),
+        };
         let (target, pubsub) = match cfg.kind {
             SharedStateType::Redis => {
                 let url = cfg.url.as_ref().map(|u| u.expose()).unwrap_or_default();
-                let client = redis::Client::open(url).map_err(|_| bad("shared_state.url"))?;
+                let client = open(url).map_err(|_| bad("shared_state.url"))?;
                 (Target::Single(client.clone()), client)
             }
             SharedStateType::RedisCluster => {
                 let urls: Vec<&str> = cfg.urls.iter().map(|u| u.expose()).collect();
-                let first = redis::Client::open(urls.first().copied().unwrap_or_default())
-                    .map_err(|_| bad("shared_state.urls[0]"))?;
-                let cluster = redis::cluster::ClusterClient::builder(urls)
+                let first = open(urls.first().copied().unwrap_or_default()).map_err(|_| bad("shared_state.urls[0]"))?;
+                let mut builder = redis::cluster::ClusterClient::builder(urls)
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(cfg.timeout.0)
-                    .build()
-                    .map_err(|_| bad("shared_state.urls"))?;
-                (Target::Cluster(cluster), first)
+                    .response_timeout(cfg.timeout.0);
+                if roots.is_some() {
+                    builder = builder.certs(certs());
+                }
+                (Target::Cluster(builder.build().map_err(|_| bad("shared_state.urls"))?), first)
             }
         };
         Ok(Self(Arc::new(Inner {

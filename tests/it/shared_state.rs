@@ -493,3 +493,71 @@ fn check_names_each_shared_state_mistake_by_its_key_path() {
         assert!(!err.contains("0123456789abcdef"), "the secret is never printed");
     }
 }
+
+#[tokio::test]
+async fn rediss_with_a_ca_file_shares_limits_and_an_unknown_issuer_falls_back() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = crate::common::temp_dir("redis-tls");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    for (name, pem) in [("ca.pem", ca.pem()), ("cert.pem", leaf.pem()), ("key.pem", key.serialize_pem())] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let port = closed_port().port();
+    let file = |n: &str| dir.join(n).display().to_string();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-cert-file", &file("cert.pem"), "--tls-key-file", &file("key.pem")])
+        .args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server (TLS) did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b = backend::spawn().await;
+    let url = format!("rediss://localhost:{port}");
+    let trusted = config(&url, &prefix("tls"), "deny", 4)
+        .replace("  on_error: deny\n", &format!("  on_error: deny\n  ca_file: {}\n", file("ca.pem")));
+    let (a, other) = (replica("ss-tls-a", &b, &trusted).await, replica("ss-tls-b", &b, &trusted).await);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(mint(if i % 2 == 0 { &a } else { &other }, "tls-user").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "one limit of 4 over TLS");
+
+    // Without the CA: the system roots do not know it, Redis is never used, `local` applies.
+    let untrusted = config(&url, &prefix("tls-unknown"), "local", 4);
+    let dir2 = crate::common::temp_dir("ss-tls-untrusted");
+    let config_file = dir2.join("tokengate.yaml");
+    let (addr, admin) = (closed_port(), closed_port());
+    std::fs::write(
+        &config_file,
+        format!("listen: {addr}\nadmin_listen: {admin}\nupstream:\n  url: {}\n{untrusted}", b.url()),
+    )
+    .unwrap();
+    let session = format!("{}/api/me", b.url());
+    let alone = Binary::spawn(&dir2, &config_file, addr, admin, &[], &[("TG_SESSION_URL", session.as_str())]).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let text = client::get(alone.admin, "/metrics", &[]).await.unwrap().text();
+    assert_eq!(metric(&text, "tokengate_shared_state_up"), 0.0, "an unknown issuer is never trusted");
+    assert_eq!(mint(&alone, "tls-user").await.0, 200, "local limits: a fresh count on this replica");
+    let _ = server.kill();
+    let _ = server.wait();
+}
