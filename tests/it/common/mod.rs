@@ -47,10 +47,19 @@ pub async fn spawn_app_yaml(yaml: &str) -> TestApp {
     TestApp { addr, admin, stop, state, task }
 }
 
-/// A port on loopback with nothing listening.
+/// A port on loopback with nothing listening, never one this process handed out before (the
+/// kernel may give a just-closed port again, and two listeners of one test must differ).
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// A fresh directory under the target dir, removed and recreated.
