@@ -26,6 +26,8 @@ pub enum Source {
     ExpiresAtIso,
     /// `error.message|code|status` (error_response only).
     Error(String),
+    /// `key.id|kid|client_email`: the signing key's own fields (token claims only).
+    Key(String),
     /// A quoted string or a JSON literal (`{}`, `[]`, `0`, `true`): always present.
     Literal(Value),
 }
@@ -34,9 +36,13 @@ impl Source {
     /// The name used in `missing required field: <name>`.
     pub fn field_name(&self) -> String {
         match self {
-            Self::User(f) | Self::Query(f) | Self::Path(f) | Self::Header(f) | Self::Token(f) | Self::Error(f) => {
-                f.clone()
-            }
+            Self::User(f)
+            | Self::Query(f)
+            | Self::Path(f)
+            | Self::Header(f)
+            | Self::Token(f)
+            | Self::Error(f)
+            | Self::Key(f) => f.clone(),
             Self::Body(p) => p.last().cloned().unwrap_or_default(),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -280,6 +286,8 @@ fn parse_source(s: &str, scope: Scope) -> Result<Source, String> {
                 Source::Token(f)
             } else if let Some(f) = field("error.") {
                 Source::Error(f)
+            } else if let Some(f) = field("key.") {
+                Source::Key(f)
             } else {
                 return Err(format!("unknown source {s:?}"));
             }
@@ -288,6 +296,7 @@ fn parse_source(s: &str, scope: Scope) -> Result<Source, String> {
     let allowed = match (&source, scope) {
         (Source::Token(_) | Source::ExpiresIn | Source::ExpiresAt | Source::ExpiresAtIso, s) => s == Scope::Response,
         (Source::Error(f), s) => s == Scope::Error && matches!(f.as_str(), "message" | "code" | "status"),
+        (Source::Key(f), s) => s == Scope::Claims && matches!(f.as_str(), "id" | "kid" | "client_email"),
         _ => true,
     };
     if !allowed {

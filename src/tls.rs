@@ -108,6 +108,17 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
+/// The hex SHA-256 of a CA file's content (empty without one, or when it cannot be read: the
+/// build that reads it reports that): what makes a rotated CA a new client.
+pub fn ca_digest(ca_file: Option<&Path>) -> String {
+    ca_file.and_then(|f| std::fs::read(f).ok()).map(|bytes| hex_sha256(&bytes)).unwrap_or_default()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The system's roots and the certificates of `ca_file` as one PEM bundle (for clients that
 /// take their trust as PEM, such as the Redis client); errors as `client_config`'s.
 pub fn roots_pem(ca_file: &Path) -> Result<Vec<u8>, TlsError> {
@@ -159,8 +170,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<(rustls::ClientConfig, St
         if added == 0 {
             return Err(TlsError::Ca { path: path.display().to_string() });
         }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pem);
-        ca_digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        ca_digest = hex_sha256(&pem);
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -59,9 +59,8 @@ impl LedgerShape {
             LedgerType::Postgres => cfg.url.as_ref().map(|u| u.expose().to_owned()).unwrap_or_default(),
         };
         // A CA file's content, not only its path: a rotated CA is a new connection.
-        let ca = cfg.ca_file.as_ref().and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
-        let ca = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca);
-        Self(format!("{:?}\u{0}{target}\u{0}{:?}\u{0}{}", cfg.kind, ca.as_ref(), cfg.queue_size))
+        let ca = crate::tls::ca_digest(cfg.ca_file.as_deref());
+        Self(format!("{:?}\u{0}{target}\u{0}{ca}\u{0}{}", cfg.kind, cfg.queue_size))
     }
 }
 

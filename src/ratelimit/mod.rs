@@ -64,6 +64,8 @@ pub struct RateLimit {
     pub quota: Quota,
     /// Keys tracked per shard at most (`max_keys` / shards).
     per_shard: usize,
+    /// Name, key kind and quota as text, for the Redis key (see `shape_text`).
+    shape_text: String,
     store: Arc<LimitStore>,
 }
 
@@ -121,10 +123,12 @@ impl RateLimit {
         let max_keys = usize::try_from(cfg.max_keys.unwrap_or(DEFAULT_MAX_KEYS)).unwrap_or(usize::MAX).max(SHARDS);
         let quota = Quota::new(cfg.rate, cfg.per.0, cfg.burst);
         let shape = LimitShape { name: name.to_owned(), key: cfg.key.clone(), quota };
+        let shape_text = format!("{name}\u{0}{kind:?}\u{0}{}\u{0}{}", quota.emission_ns, quota.burst);
         Ok(Self {
             name: name.to_owned(),
             kind,
             quota,
+            shape_text,
             per_shard: max_keys / SHARDS,
             store: stores.take(shape, Arc::default),
         })
@@ -167,8 +171,8 @@ impl RateLimit {
 
     /// What makes this limit's counters what they are (name, key kind, quota), as text: the
     /// Redis key includes it, so a changed quota starts fresh there too.
-    pub fn shape_text(&self) -> String {
-        format!("{}\u{0}{:?}\u{0}{}\u{0}{}", self.name, self.kind, self.quota.emission_ns, self.quota.burst)
+    pub fn shape_text(&self) -> &str {
+        &self.shape_text
     }
 
     /// Counts one request for `key`.

@@ -45,16 +45,14 @@ impl SharedShape {
     pub fn of(cfg: &SharedStateConfig) -> Self {
         let urls: Vec<&str> = cfg.url.iter().chain(&cfg.urls).map(|u| u.expose()).collect();
         // A CA file's content, not only its path: a rotated CA is a new connection.
-        let ca = cfg.ca_file.as_ref().and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
-        let ca = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca);
         Self(format!(
-            "{:?}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}",
+            "{:?}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             cfg.kind,
             urls.join("\u{1}"),
             cfg.secret.expose(),
             cfg.key_prefix,
             cfg.timeout.0.as_micros(),
-            ca.as_ref()
+            crate::tls::ca_digest(cfg.ca_file.as_deref())
         ))
     }
 }

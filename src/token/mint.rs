@@ -46,21 +46,29 @@ pub struct TokenSpec {
     shape: String,
 }
 
-/// The key's own fields, known at load: `{{ key.client_email }}` (a service account's) is
-/// written into the claims before they compile.
-fn with_key_fields(claims: &Value, key: &SigningKey) -> Result<Value, String> {
-    const EMAIL: &str = "{{ key.client_email }}";
-    Ok(match claims {
-        Value::String(s) if s.contains(EMAIL) => match &key.client_email {
-            Some(email) => Value::String(s.replace(EMAIL, email)),
-            None => return Err(format!("{EMAIL}: key {:?} is not a service_account_file key", key.id)),
-        },
-        Value::Array(items) => Value::Array(items.iter().map(|v| with_key_fields(v, key)).collect::<Result<_, _>>()?),
-        Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), with_key_fields(v, key)?))).collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
+/// A request's values, and the signing key's own fields (`key.id`, `key.kid`,
+/// `key.client_email`).
+struct WithKey<'a> {
+    key: &'a SigningKey,
+    values: &'a dyn Lookup,
+}
+
+impl Lookup for WithKey<'_> {
+    fn lookup(&self, source: &Source) -> Option<Value> {
+        match source {
+            Source::Key(field) => key_field(self.key, field).map(|v| Value::String(v.to_owned())),
+            other => self.values.lookup(other),
+        }
+    }
+}
+
+fn key_field<'k>(key: &'k SigningKey, field: &str) -> Option<&'k str> {
+    match field {
+        "id" => Some(&key.id),
+        "kid" => Some(&key.kid),
+        "client_email" => key.client_email.as_deref(),
+        _ => None,
+    }
 }
 
 impl TokenSpec {
@@ -69,9 +77,7 @@ impl TokenSpec {
             .get(&cfg.key)
             .cloned()
             .ok_or_else(|| FieldError::new(format!("{at}.key"), format!("no key with id {:?}", cfg.key)))?;
-        let claims_value = with_key_fields(&Value::Object(cfg.claims.clone()), &key)
-            .map_err(|reason| FieldError::new(format!("{at}.claims"), reason))?;
-        let claims = Template::compile(&claims_value, Scope::Claims, &format!("{at}.claims"))
+        let claims = Template::compile(&Value::Object(cfg.claims.clone()), Scope::Claims, &format!("{at}.claims"))
             .map_err(|(path, reason)| FieldError::new(path, reason))?;
         let mut header = Map::new();
         header.insert("alg".into(), Value::String(key.algorithm.name().into()));
@@ -100,6 +106,14 @@ impl TokenSpec {
         );
         let mut sources = Vec::new();
         claims.sources(&mut sources);
+        for source in &sources {
+            if let Source::Key(field) = source {
+                if key_field(&key, field).is_none() {
+                    let why = format!("key.{field}: key {:?} has none (only service_account_file keys do)", key.id);
+                    return Err(FieldError::new(format!("{at}.claims"), why));
+                }
+            }
+        }
         let fresh = sources.iter().any(Source::is_fresh);
         Ok(Self {
             name: name.to_owned(),
@@ -138,7 +152,8 @@ impl TokenSpec {
         now: u64,
         note: Option<&[String]>,
     ) -> Result<(Minted, Option<Noted>), Error> {
-        let mut claims = match self.claims.render(values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
+        let values = WithKey { key: &self.key, values };
+        let mut claims = match self.claims.render(&values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
             Value::Object(map) => map,
             _ => Map::new(),
         };
@@ -200,6 +215,10 @@ mod tests {
     }
 
     fn spec(secret: &str, claims: Value) -> TokenSpec {
+        try_spec(secret, claims).unwrap()
+    }
+
+    fn try_spec(secret: &str, claims: Value) -> Result<TokenSpec, FieldError> {
         let key = KeyConfig {
             id: "k".into(),
             algorithm: Algorithm::HS256,
@@ -213,7 +232,17 @@ mod tests {
         let ring = KeyRing::load(&[key]).unwrap();
         let cfg: TokenConfig =
             serde_json::from_value(serde_json::json!({"key": "k", "ttl": "1h", "claims": claims})).unwrap();
-        TokenSpec::build("t", &cfg, &ring, "test").unwrap()
+        TokenSpec::build("t", &cfg, &ring, "test")
+    }
+
+    #[test]
+    fn claims_read_the_signing_keys_own_fields() {
+        let minted = spec("s", serde_json::json!({"k": "{{ key.id }}/{{ key.kid }}"})).mint(&Ctx, 1000).unwrap();
+        let payload = minted.token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["k"], "k/k");
+        let err = try_spec("s", serde_json::json!({"iss": "{{ key.client_email }}"})).unwrap_err();
+        assert!(err.reason.contains("only service_account_file keys"), "{err:?}");
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl Lookup for Values<'_> {
                 })
             }
             Source::Literal(l) => Some(l.clone()),
+            // The signing key's fields: `TokenSpec::mint` answers them.
+            Source::Key(_) => None,
         }
     }
 }

@@ -26,8 +26,10 @@ impl Route {
         let mut minted = Vec::with_capacity(self.tokens.len());
         for (i, spec) in self.tokens.iter().enumerate() {
             let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
+            // The Redis tier's key, once per token.
+            let shared_key = key.as_ref().zip(self.shared.as_ref()).map(|(k, (s, _))| s.key("token", &[k.as_bytes()]));
             if let Some(key) = &key {
-                if let Some(hit) = self.reuse(spec, key, values.now).await {
+                if let Some(hit) = self.reuse(spec, key, shared_key.as_deref(), values.now).await {
                     metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
                     minted.push((hit, None));
                     continue;
@@ -38,7 +40,7 @@ impl Route {
             let (token, noted) = spec.mint_noting(values, values.now, note)?;
             metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
             if let Some(key) = key {
-                self.keep(spec, key, &token, identity.id(), values.now).await;
+                self.keep(spec, key, shared_key.as_deref(), &token, identity.id(), values.now).await;
             }
             minted.push((token, noted));
         }
@@ -46,13 +48,13 @@ impl Route {
     }
 
     /// A cached token with over half its lifetime left: this replica's, else the shared one.
-    async fn reuse(&self, spec: &TokenSpec, key: &str, now: u64) -> Option<Minted> {
+    async fn reuse(&self, spec: &TokenSpec, key: &str, shared_key: Option<&str>, now: u64) -> Option<Minted> {
         let fresh = |m: &Minted| now < m.iat + spec.ttl() / 2;
         if let Some(hit) = self.cache.as_ref()?.get(key).filter(fresh) {
             return Some(hit);
         }
         let (shared, _) = self.shared.as_ref()?;
-        let entry = shared.cache_get(&shared.key("token", &[key.as_bytes()])).await?;
+        let entry = shared.cache_get(shared_key?).await?;
         let token = Minted {
             token: Arc::from(entry.get("token")?.as_str()?),
             iat: entry.get("iat")?.as_u64()?,
@@ -67,13 +69,20 @@ impl Route {
 
     /// Caches a fresh token here and, with shared state, for the other replicas until its
     /// half-life (listed under the user, for revocation).
-    async fn keep(&self, spec: &TokenSpec, key: String, token: &Minted, user: Option<&str>, now: u64) {
-        if let Some((shared, _)) = &self.shared {
+    async fn keep(
+        &self,
+        spec: &TokenSpec,
+        key: String,
+        shared_key: Option<&str>,
+        token: &Minted,
+        user: Option<&str>,
+        now: u64,
+    ) {
+        if let (Some((shared, _)), Some(redis_key)) = (&self.shared, shared_key) {
             let left = (token.iat + spec.ttl() / 2).saturating_sub(now);
             if left > 0 {
                 let entry: Value = json!({ "token": &*token.token, "iat": token.iat, "exp": token.exp });
-                let redis_key = shared.key("token", &[key.as_bytes()]);
-                shared.cache_put(&redis_key, &entry, std::time::Duration::from_secs(left), user).await;
+                shared.cache_put(redis_key, &entry, std::time::Duration::from_secs(left), user).await;
             }
         }
         if let Some(cache) = &self.cache {

@@ -70,22 +70,23 @@ fn npm_sdks() -> &'static Path {
     })
 }
 
-/// A token minted by `vendor`'s SDK (tests/conformance/mint.py) for `inputs`.
-fn sdk_token(vendor: &str, inputs: &Value) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/mint.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(vendor)
-        .env("PYTHONPATH", sdks())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// What `cmd` prints given `inputs` as JSON on its standard input.
+fn run_with_input(mut cmd: Command, inputs: &Value, what: &str) -> String {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(inputs.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{vendor} SDK failed");
+    assert!(out.status.success(), "{what} failed");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A token minted by `vendor`'s SDK (tests/conformance/mint.py) for `inputs`.
+fn sdk_token(vendor: &str, inputs: &Value) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/mint.py"))
+        .arg(vendor)
+        .env("PYTHONPATH", sdks());
+    run_with_input(cmd, inputs, &format!("the {vendor} SDK"))
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -256,18 +257,9 @@ async fn mux_matches_the_mux_node_sdk_for_each_playback_url() {
     for (name, kind) in [("video", "video"), ("thumbnail", "thumbnail"), ("storyboard", "storyboard")] {
         let inputs =
             json!({"playback_id": "pb-123", "key_id": "signing-key-1", "key_base64": key_base64, "type": kind});
-        let mut child = Command::new("node")
-            .arg(&script)
-            .env("NODE_PATH", node_modules)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(inputs.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "mux-node failed");
-        let theirs = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mut cmd = Command::new("node");
+        cmd.arg(&script).env("NODE_PATH", node_modules);
+        let theirs = run_with_input(cmd, &inputs, "mux-node");
         conforms(&format!("mux {name}"), answer["tokens"][name].as_str().unwrap(), &theirs, &[]);
     }
 }
