@@ -1,17 +1,20 @@
-//! For the fuzz targets (`fuzz/`): the two ways a forwarded HTTP/1.1 request goes upstream,
-//! side by side. A body-less request is relayed from its head's bytes (`proxy::relay`); every
-//! other one goes through `http` types and `proxy::headers`. The rules are written twice, and
-//! the differential target keeps the two equal. Not part of the product's interface.
+//! For the fuzz targets (`fuzz/`): the two adapters of the SPEC §3 rules (`proxy::rules`) side
+//! by side. A body-less request and its answer are relayed as bytes (`proxy::relay`); every
+//! other message goes through `http` types (`proxy::headers`). The rules are written once; the
+//! differential target keeps the two adapters equal, requests and responses, `Connection` and
+//! every hop-by-hop field included. Not part of the product's interface.
 
 use bytes::BytesMut;
 use http::header::HeaderValue;
 
 use crate::admission;
 use crate::config::{ForwardingConfig, UpstreamConfig, XForwardedMode};
-use crate::proxy::relay::RequestId;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::rules::RequestId;
+use crate::proxy::{headers, relay, ConnInfo, Proxy};
 use crate::shelf::Shelf;
+use crate::wire::fields::Known;
 use crate::wire::request::{Parsed, RequestHead};
+use crate::wire::response;
 
 /// A proxy in front of a fixed upstream, under one `x_forwarded` mode.
 pub struct Forwarder {
@@ -43,9 +46,13 @@ impl Forwarder {
         let Parsed::Head(head) = RequestHead::parse(&buf) else { return None };
         admission::check_head(&head, &buf).ok()?;
         let head = head.take(&mut buf);
-        if !head.is_origin_form()
-            || head.fields.iter().any(|f| f.known.is_hop_by_hop() && f.known != crate::wire::fields::Known::Te)
-        {
+        // What the relay takes (server::h1's fast path): no body, no protocol switch.
+        let relayed_kind = |f: &crate::wire::fields::Field| match f.known {
+            Known::ContentLength => f.value(&head.bytes) == b"0",
+            Known::TransferEncoding | Known::Upgrade | Known::Expect => false,
+            _ => true,
+        };
+        if !head.is_origin_form() || !head.fields.iter().all(relayed_kind) {
             return None;
         }
         let name = &self.proxy.rules.request_id;
@@ -72,6 +79,32 @@ impl Forwarder {
             )
         };
         Some((fields(&relayed)?, fields(&typed)?))
+    }
+
+    /// For a response head an upstream could send to a GET (parsed, not a 101): the fields each
+    /// path gives the client, the request id included (both add the request's). None for any
+    /// other input.
+    pub fn responses(&self, raw: &[u8]) -> Option<(Fields, Fields)> {
+        let mut buf = BytesMut::from(raw);
+        let mut head = response::parse(&mut buf, &http::Method::GET).ok()??;
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return None;
+        }
+        let name = &self.proxy.rules.request_id;
+        let id = HeaderValue::from_static("fuzz-request-id");
+        let mut typed = head.to_response(1).ok()?;
+        headers::apply_response(&self.proxy.rules, typed.status(), typed.headers_mut(), false);
+        typed.headers_mut().insert(name.clone(), id.clone());
+        let typed =
+            typed.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect::<Fields>();
+        relay::drop_hop_fields(&mut head, &self.proxy.rules);
+        let mut relayed: Fields = head
+            .fields
+            .iter()
+            .map(|f| (String::from_utf8_lossy(f.name(&head.bytes)).to_ascii_lowercase(), f.value(&head.bytes).to_vec()))
+            .collect();
+        relayed.push((name.as_str().to_owned(), id.as_bytes().to_vec()));
+        Some((relayed, typed))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod error;
 #[doc(hidden)]
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod revocations;
+pub mod routing;
 pub mod server;
 pub mod shared;
 pub mod shelf;

@@ -1,5 +1,6 @@
 //! The relay (a head as bytes) and the `http`-types path must send the upstream the same
-//! fields, under every `x_forwarded` mode, trusted peer or not.
+//! fields, under every `x_forwarded` mode, trusted peer or not, and give the client the same
+//! fields of an upstream's answer. The same input is tried as a request and as a response.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -15,5 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let forwarder = &forwarders[usize::from(pick) % forwarders.len()];
     if let Some((relayed, typed)) = forwarder.both(raw) {
         assert_eq!(by_name(&relayed), by_name(&typed), "the two paths disagree on {:?}", String::from_utf8_lossy(raw));
+    }
+    if let Some((relayed, typed)) = forwarder.responses(raw) {
+        let raw = String::from_utf8_lossy(raw);
+        assert_eq!(by_name(&relayed), by_name(&typed), "the two paths disagree on the response {raw:?}");
     }
 });

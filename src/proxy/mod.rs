@@ -8,6 +8,7 @@ pub mod io;
 pub mod pool;
 pub mod pooled_body;
 pub mod relay;
+pub mod rules;
 mod upgrade;
 
 use std::future::Future;
@@ -24,8 +25,8 @@ use crate::body::{Body, RequestBody, UpstreamBody};
 use crate::config::{FieldError, ForwardingConfig, UpstreamConfig};
 use crate::error::Error;
 use crate::shelf::Shelf;
-pub use headers::ForwardRules;
 use pool::{Pool, PoolKey};
+pub use rules::ForwardRules;
 
 /// The pooled upstream connections and the rules for one config.
 pub struct Proxy {
@@ -101,12 +102,9 @@ impl Proxy {
                         None => upgrade::Upstream::Hyper(hyper::upgrade::on(&mut resp)),
                     };
                     tunnels.spawn(upgrade::tunnel(client_side, upstream_side));
-                    headers::strip_hop_by_hop(resp.headers_mut(), true, false, &self.rules.request_id);
+                    headers::apply_response(&self.rules, resp.status(), resp.headers_mut(), true);
                 }
-                _ => {
-                    headers::drop_misframed_length(resp.status(), resp.headers_mut());
-                    headers::strip_hop_by_hop(resp.headers_mut(), false, false, &self.rules.request_id);
-                }
+                _ => headers::apply_response(&self.rules, resp.status(), resp.headers_mut(), false),
             }
             Ok(resp.map(Either::Left))
         }
@@ -127,24 +125,20 @@ impl Proxy {
             join_cookies(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade, true, &self.rules.request_id);
         // An absolute-form target's host replaces `Host` (RFC 9112 §3.2.2); an HTTP/2 client
         // names the host in :authority; a client without either (HTTP/1.0) gets the
-        // upstream's own.
+        // upstream's own, which the rules add.
         let named = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host = match (named, parts.headers.get(header::HOST)) {
-            (Some(named), Some(_)) if !h2 => {
-                parts.headers.insert(header::HOST, named.clone());
-                Some(named)
+        match (named, parts.headers.contains_key(header::HOST)) {
+            (Some(named), true) if !h2 => {
+                parts.headers.insert(header::HOST, named);
             }
-            (_, Some(host)) => Some(host.clone()),
-            (named, None) => {
-                parts.headers.insert(header::HOST, named.clone().unwrap_or_else(|| self.host.clone()));
-                named
+            (Some(named), false) => {
+                parts.headers.insert(header::HOST, named);
             }
-        };
-        headers::remove_lookalikes(&mut parts.headers, &self.rules.request_id, self.rules.mode);
-        self.rules.apply_x_forwarded(&mut parts.headers, conn, host.as_ref());
+            _ => {}
+        }
+        headers::apply_request(&self.rules, &mut parts.headers, conn, upgrade, &self.host);
 
         // Origin-form request-target (RFC 9112 §3.2.1), as the client sent it.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {

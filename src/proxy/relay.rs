@@ -1,22 +1,20 @@
 //! Forwarded HTTP/1.1 requests without a body, relayed from the bytes of their head: the
-//! request goes upstream as the client sent it, less its hop-by-hop fields and with the
-//! `X-Forwarded-*` and request id fields of SPEC §3; the response head comes back the same
-//! way. No header map is built in either direction; the rules are those of `headers`, which
-//! the other requests (HTTP/2, bodies, upgrades) go through, and the forwarding tests run
-//! against both.
+//! bytes adapter of the SPEC §3 rules (`rules`). The request goes upstream as the client sent
+//! it, each field as the rules decide, then the fields they add; the response head comes back
+//! the same way. No header map is built in either direction. The other requests (HTTP/2,
+//! bodies, upgrades) take the `http`-types adapter (`headers`) over the same rules.
 
 use std::future::Future;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
-use smallvec::SmallVec;
 
 use super::h1::ExchangeError;
 use super::pool::PoolError;
+use super::rules::{ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
 use super::{ConnInfo, Proxy};
 use crate::body::PooledBody;
-use crate::config::XForwardedMode;
 use crate::error::Error;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::RequestHead;
@@ -31,13 +29,6 @@ pub struct Relayed {
     pub head: ResponseHead,
     pub added: Added,
     pub body: PooledBody,
-}
-
-/// The request id of a relayed request.
-pub struct RequestId {
-    pub value: HeaderValue,
-    /// Made by tokengate: the request goes upstream with it added.
-    pub generated: bool,
 }
 
 impl Proxy {
@@ -59,123 +50,57 @@ impl Proxy {
                 let unasked = ExchangeError::Head(HeadError::UnaskedUpgrade);
                 return Err(Error::upstream(PoolError::Exchange(unasked)));
             }
-            drop_hop_fields(&mut head, &self.rules.request_id);
+            drop_hop_fields(&mut head, &self.rules);
             Ok(Box::new(Relayed { head, added: [(self.rules.request_id.clone(), id.value.clone())], body }))
         }
     }
 
-    /// Writes the upstream request: the client's request line with HTTP/1.1, its fields in
-    /// order less the hop-by-hop ones (RFC 9110 §7.6.1), then `Host` when the client (HTTP/1.0)
-    /// sent none, `X-Forwarded-*` per the rules, and a generated request id.
+    /// Writes the upstream request: the client's request line with HTTP/1.1, then its fields
+    /// in order, each as the rules decide (`rules::RequestPlan`), then the fields they add.
     pub(crate) fn encode(&self, req: &RequestHead, conn: &ConnInfo, id: &RequestId, dst: &mut BytesMut) {
         let head = &req.bytes[..];
-        let named = fields::connection_named(head, &req.fields);
-        let mode = self.rules.mode;
-        // Only a trusted proxy may tell us the original scheme and host.
-        let trusted = !self.rules.trusted.is_empty() && self.rules.is_trusted(conn.peer.ip());
-        let mut host = None;
-        let mut prior_for: SmallVec<[&[u8]; 2]> = SmallVec::new();
-        let (mut kept_proto, mut kept_host, mut te_sent) = (false, false, false);
-
+        let facts = RequestFacts {
+            trusted: self.rules.trusts_peer(conn.peer.ip()),
+            upgrade: false,
+            id_generated: id.generated,
+        };
+        let connection = req.fields.iter().filter(|f| f.known == Known::Connection).map(|f| f.value(head));
+        let mut plan = RequestPlan::new(&self.rules, facts, connection);
         dst.put_slice(req.method.as_str().as_bytes());
         dst.put_u8(b' ');
         dst.put_slice(req.target());
         dst.put_slice(b" HTTP/1.1\r\n");
         for f in &req.fields {
             let (name, value) = (f.name(head), f.value(head));
-            if f.known == Known::Te {
-                // `TE: trailers` is how a client says it accepts trailers (RFC 9110 §10.1.4).
-                // Several `TE` fields are one list: it is said once.
-                if !te_sent && fields::tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers")) {
-                    dst.put_slice(b"te: trailers\r\n");
-                    te_sent = true;
-                }
-                continue;
-            }
-            // `Connection` may not name away the fields tokengate relies on or sets.
-            let protected =
-                matches!(f.known, Known::Host | Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost)
-                    || f.is(head, &self.rules.request_id);
-            if f.known.is_hop_by_hop() || (!protected && is_named(name, &named)) {
-                continue;
-            }
-            // Look-alikes of fields tokengate sets, folded into the same variable by CGI-style
-            // servers: never passed on (in `off` mode tokengate sets no X-Forwarded-*).
-            if fields::is_underscore_spelling(name, self.rules.request_id.as_str().as_bytes())
-                || (f.known == Known::XForwardedLookalike && mode != XForwardedMode::Off)
-            {
-                continue;
-            }
-            match (f.known, mode) {
-                (Known::Host, _) => host = Some(value),
-                (Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost, XForwardedMode::Replace)
-                | (Known::XForwardedOther, XForwardedMode::Replace) => continue,
-                (Known::XForwardedFor, XForwardedMode::Append) => {
-                    prior_for.push(value);
-                    continue;
-                }
-                (Known::XForwardedProto, XForwardedMode::Append) if !trusted => continue,
-                (Known::XForwardedProto, XForwardedMode::Append) => kept_proto = true,
-                (Known::XForwardedHost, XForwardedMode::Append) if !trusted => continue,
-                (Known::XForwardedHost, XForwardedMode::Append) => kept_host = true,
-                (Known::Other, _) if id.generated && f.is(head, &self.rules.request_id) => continue,
-                _ => {}
-            }
-            fields::put(dst, name, value);
-        }
-        if host.is_none() {
-            fields::put(dst, b"host", self.host.as_bytes());
-        }
-        let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-        match mode {
-            XForwardedMode::Off => {}
-            XForwardedMode::Replace => {
-                fields::put(dst, b"x-forwarded-for", conn.peer_ip.as_bytes());
-                fields::put(dst, b"x-forwarded-proto", proto);
-                if let Some(host) = host {
-                    fields::put(dst, b"x-forwarded-host", host);
-                }
-            }
-            XForwardedMode::Append => {
-                dst.put_slice(b"x-forwarded-for: ");
-                for prior in &prior_for {
-                    dst.put_slice(prior);
-                    dst.put_slice(b", ");
-                }
-                dst.put_slice(conn.peer_ip.as_bytes());
-                dst.put_slice(b"\r\n");
-                if !kept_proto {
-                    fields::put(dst, b"x-forwarded-proto", proto);
-                }
-                if let (Some(host), false) = (host, kept_host) {
-                    fields::put(dst, b"x-forwarded-host", host);
-                }
+            if plan.keep(f.known, name, value) {
+                fields::put(dst, name, value);
             }
         }
-        if id.generated {
-            fields::put(dst, self.rules.request_id.as_str().as_bytes(), id.value.as_bytes());
-        }
+        let peer = PeerFacts { ip: conn.peer_ip.as_bytes(), tls: conn.tls };
+        plan.added(self.host.as_bytes(), &peer, id, |name, pieces| put_pieces(dst, name, pieces));
         dst.put_slice(b"\r\n");
     }
 }
 
-/// Drops what the client must not get: the hop-by-hop fields (RFC 9110 §7.6.1) and those
-/// `Connection` names, a `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3), and the
-/// upstream's own request id (the client gets the request's).
-fn drop_hop_fields(head: &mut ResponseHead, request_id: &HeaderName) {
-    let bytes = &head.bytes[..];
-    let named = fields::connection_named(bytes, &head.fields);
-    // No content (RFC 9110 §8.6), or chunked framing that wins over the length.
-    let no_length = head.chunked_wins() || head.status.is_informational() || head.status == StatusCode::NO_CONTENT;
-    head.fields.retain(|f| {
-        !(f.known.is_hop_by_hop()
-            || (no_length && f.known == Known::ContentLength)
-            || is_named(f.name(bytes), &named)
-            || f.is(bytes, request_id))
-    });
+/// Appends one added field, its value's pieces joined with `, `.
+fn put_pieces(dst: &mut BytesMut, name: &[u8], pieces: &[&[u8]]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            dst.put_slice(b", ");
+        }
+        dst.put_slice(piece);
+    }
+    dst.put_slice(b"\r\n");
 }
 
-/// True when `name` is one of the fields `Connection` listed.
-fn is_named(name: &[u8], named: &[&[u8]]) -> bool {
-    named.iter().any(|n| n.eq_ignore_ascii_case(name))
+/// Drops what the client must not get, as the response rules decide (`rules::ResponsePlan`).
+pub(crate) fn drop_hop_fields(head: &mut ResponseHead, rules: &ForwardRules) {
+    // No content (RFC 9110 §8.6), or chunked framing that wins over the length.
+    let no_length = head.chunked_wins() || head.status.is_informational() || head.status == StatusCode::NO_CONTENT;
+    let bytes = &head.bytes[..];
+    let connection = head.fields.iter().filter(|f| f.known == Known::Connection).map(|f| f.value(bytes));
+    let plan = ResponsePlan::new(rules, ResponseFacts { upgrade: false, no_length }, connection);
+    head.fields.retain(|f| plan.keep(f.known, f.name(bytes)));
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::auth::{AuthError, AuthRequest, Hook, Identity};
 use crate::body::{self, Body, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{Config, FieldError, OnError, RouteConfig};
+use crate::context::RequestCtx;
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, Recorder};
@@ -78,13 +79,6 @@ pub struct Route {
 pub enum Record {
     Ledger,
     Nothing,
-}
-
-/// What a token route decided, for the access log (a response extension).
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    pub auth: Option<&'static str>,
-    pub limited: Option<String>,
 }
 
 impl std::fmt::Debug for Route {
@@ -213,9 +207,11 @@ impl Route {
         conn: &ConnInfo,
         rules: &ForwardRules,
         metrics: &Metrics,
+        ctx: &mut RequestCtx<'_>,
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let client_ip = rules.client_ip(conn.peer.ip(), &parts.headers);
+        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), &parts.headers);
+        ctx.client_ip = Some(client_ip);
         let query = parts.uri.query().unwrap_or("");
         let now = crate::clock::unix_now();
         let mut values = Values {
@@ -238,7 +234,8 @@ impl Route {
         let limit_input = |user| LimitInput { client_ip, user, route: &self.name, headers: &parts.headers };
         let shared = self.shared.as_ref();
         if let Err(e) = limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
-            return self.outcome(self.error(&e, &values), None, &e);
+            ctx.limited = limit_name(&e);
+            return self.error(&e, &values);
         }
         let identity =
             match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
@@ -252,26 +249,16 @@ impl Route {
                         }
                         AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
                     };
-                    let outcome = if matches!(err, Error::Unauthorized) { "deny" } else { "error" };
-                    return self.outcome(self.error(&err, &values), Some(outcome), &err);
+                    ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
+                    return self.error(&err, &values);
                 }
             };
+        ctx.auth = Some("allow");
         if let Err(e) = limits::check(&self.user_limits, &limit_input(identity.id()), shared, metrics).await {
-            return self.outcome(self.error(&e, &values), Some("allow"), &e);
+            ctx.limited = limit_name(&e);
+            return self.error(&e, &values);
         }
-        let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
-        resp.extensions_mut().insert(Outcome { auth: Some("allow"), limited: None });
-        resp
-    }
-
-    /// Records what was decided on an error response, for the access log.
-    fn outcome(&self, mut resp: Response<Body>, auth: Option<&'static str>, err: &Error) -> Response<Body> {
-        let limited = match err {
-            Error::RateLimited { limit, .. } => Some(limit.clone()),
-            _ => None,
-        };
-        resp.extensions_mut().insert(Outcome { auth, limited });
-        resp
+        self.answer(&values, &identity, metrics, Record::Ledger).await
     }
 
     /// Mints the route's tokens for `identity`, records them in the ledger, and renders the
@@ -471,6 +458,14 @@ pub struct Compiled<'a> {
     pub ledger: Option<&'a Ledger>,
     /// Redis for the routes' limits (`shared_state`), and its `on_error`.
     pub shared: Option<(&'a Shared, OnError)>,
+}
+
+/// The name of the limit that refused, for the request's context.
+fn limit_name(err: &Error) -> Option<String> {
+    match err {
+        Error::RateLimited { limit, .. } => Some(limit.clone()),
+        _ => None,
+    }
 }
 
 impl Routes {

@@ -62,19 +62,6 @@ impl Known {
             _ => Self::Other,
         }
     }
-
-    /// RFC 9110 §7.6.1: fields for one connection only, whatever `Connection` names besides.
-    pub fn is_hop_by_hop(self) -> bool {
-        matches!(
-            self,
-            Self::Connection
-                | Self::KeepAlive
-                | Self::ProxyConnection
-                | Self::Te
-                | Self::TransferEncoding
-                | Self::Upgrade
-        )
-    }
 }
 
 /// True when `name` is `field` spelled with an underscore where it has a hyphen, in any letter

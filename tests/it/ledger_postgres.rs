@@ -21,8 +21,7 @@ struct Schema {
 impl Schema {
     async fn new(tag: &str) -> Schema {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let base = std::env::var("TOKENGATE_TEST_POSTGRES_URL")
-            .expect("feature services: set TOKENGATE_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test)");
+        let base = crate::common::test_postgres_url();
         let (client, connection) = tokio_postgres::connect(&base, NoTls).await.expect("connect to PostgreSQL");
         tokio::spawn(connection);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -12,8 +12,7 @@ use http::Method;
 use crate::common::{backend, client, closed_port, Binary};
 
 fn shared_redis() -> String {
-    std::env::var("TOKENGATE_TEST_REDIS_URL")
-        .expect("feature services: set TOKENGATE_TEST_REDIS_URL (redis://127.0.0.1:6379)")
+    crate::common::test_redis_url()
 }
 
 fn prefix(tag: &str) -> String {

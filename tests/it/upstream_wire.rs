@@ -232,3 +232,38 @@ async fn a_length_beside_chunked_never_reaches_the_client_on_any_path() {
     assert!(raw.starts_with("HTTP/1.1 204"), "{raw}");
     assert!(!raw.to_ascii_lowercase().contains("content-length"), "{raw}");
 }
+
+/// RFC 9110 §7.6.1 in responses: what an upstream's `Connection` names is for its hop only, on
+/// the relay, on hyper's HTTP/1.1 reader and on HTTP/2 alike, `X-Forwarded-For` included (only
+/// requests carry the fields tokengate adds there); the client gets the request's id, never
+/// the upstream's.
+#[tokio::test]
+async fn fields_an_upstream_connection_names_never_reach_the_client() {
+    const NAMING: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-forwarded-for\r\n\
+        Connection: x-request-id, x-hop\r\nX-Forwarded-For: 6.6.6.6\r\nX-Request-Id: upstream-id\r\n\
+        X-Hop: 1\r\nX-Kept: yes\r\n\r\nok";
+    let up = scripted(vec![keep(NAMING); 3]).await;
+    let app = spawn_app(&up.url, "").await;
+
+    let relayed = client::get(app.addr, "/", &[("x-request-id", "client-id")]).await.unwrap();
+    let h2 = client::get_h2(app.addr, "/").await;
+    // Last: the scripted upstream does not read bodies.
+    let body = Bytes::from_static(b"hi");
+    let hyper = client::request(app.addr, Method::POST, "/", &[("x-request-id", "client-id-2")], body).await.unwrap();
+
+    for (engine, r, sent_id) in
+        [("relay", &relayed, Some("client-id")), ("http2", &h2, None), ("hyper", &hyper, Some("client-id-2"))]
+    {
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"), "{engine}");
+        assert_eq!(r.header("x-kept"), Some("yes"), "{engine}");
+        for gone in ["x-forwarded-for", "x-hop", "connection"] {
+            assert!(r.headers.get(gone).is_none(), "{engine} passed {gone}: {:?}", r.headers);
+        }
+        let ids: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{engine}: {ids:?}");
+        assert_ne!(ids[0], "upstream-id", "{engine}");
+        if let Some(sent) = sent_id {
+            assert_eq!(ids[0], sent, "{engine}");
+        }
+    }
+}

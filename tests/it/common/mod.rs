@@ -238,3 +238,18 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// The Redis the `services` tests share: `TOKENGATE_TEST_REDIS_URL`, else the local server
+/// every session and CI run has (the same default as `.ci/run`).
+#[cfg(feature = "services")]
+pub fn test_redis_url() -> String {
+    std::env::var("TOKENGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The PostgreSQL the `services` tests share: `TOKENGATE_TEST_POSTGRES_URL`, else the local
+/// server (the same default as `.ci/run`).
+#[cfg(feature = "services")]
+pub fn test_postgres_url() -> String {
+    std::env::var("TOKENGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
