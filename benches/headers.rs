@@ -1,5 +1,10 @@
 //! The SPEC §3 request rules over an `http::HeaderMap` (the path of HTTP/2 and of requests
 //! with a body): one plan per request, under each `x_forwarded` mode, and the request id.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::hint::black_box;
 

@@ -2,6 +2,11 @@
 //! stores, as the reloader does on a blocking-pool thread (the build is then dropped, as a
 //! refused one would be). For every shipped config, and for a generated one of 200 routes and
 //! 50 keys (30 HS256, 10 ES256, 10 RS256).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,10 @@
 //! The token route's hot pieces: minting per algorithm (keys parsed once), template rendering,
 //! and the auth-cache hit path.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;

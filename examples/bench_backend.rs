@@ -2,6 +2,11 @@
 //! `/api/me` answers a session endpoint's JSON; everything else `ok`.
 //!
 //! Usage: `bench_backend 127.0.0.1:3900`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::convert::Infallible;
 

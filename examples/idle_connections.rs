@@ -3,6 +3,11 @@
 //! and prints its RSS before, with them open, and 10 s after they close.
 //!
 //! Usage: `idle_connections ADDR PID h1|h2 [N]`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::time::Duration;
 

@@ -9,6 +9,11 @@
 //! every reload.
 //!
 //! Usage: `soak TOKENGATE_BINARY [SECONDS]` (default 600)
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -91,6 +91,7 @@ impl RouteMetrics {
 
 /// Registers `metric` on `r`. The names and labels are constants of this file, registered
 /// once at start-up, so an error is a bug in this file: it fails the first test that starts.
+#[allow(clippy::expect_used, reason = "start-up only, over this file's constants: a failure is a bug here")]
 fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<M>) -> M {
     let metric = metric.expect("valid metric");
     r.register(Box::new(metric.clone())).expect("unique metric");
@@ -107,6 +108,7 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 
 impl Metrics {
     /// Registers every metric (and the process collector) on a fresh registry.
+    #[allow(clippy::expect_used, reason = "start-up only: the process collector is registered once, first")]
     pub fn new() -> Self {
         let r = Registry::new();
         let open_connections =

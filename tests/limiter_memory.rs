@@ -1,5 +1,10 @@
 //! A flood of distinct keys cannot grow a limiter past its bound. Its own test binary, so the
 //! process RSS it reads is not shared with other tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark, example or test: a failure should stop it loudly"
+)]
 
 use std::time::{Duration, Instant};
 

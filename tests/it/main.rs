@@ -1,5 +1,6 @@
 //! Black-box tests: the real app on 127.0.0.1:0 (in-process or the real binary) in front of a
 //! fake backend, driven by real clients. One module per topic.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should stop them loudly")]
 
 mod common;
 
