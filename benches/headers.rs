@@ -11,8 +11,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokengate::config::{ForwardingConfig, XForwardedMode};
+use tokengate::conn_info::ConnInfo;
 use tokengate::proxy::headers::{apply_request, ensure_request_id};
-use tokengate::proxy::ConnInfo;
 use tokengate::proxy::ForwardRules;
 
 /// What a browser sends through a load balancer, give or take.

@@ -6,27 +6,30 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::logging::chain;
-use crate::proxy::pool::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::admission::Refusal;
 use crate::body::{self, Body, ClientFault};
 
+/// A cause carried without naming its module's type: the modules that raise these errors sit
+/// above this one (`proxy::pool`, `ledger`) and convert into `Error` themselves.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request that tokengate could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to upstream")]
-    UpstreamConnect(#[source] PoolError),
+    UpstreamConnect(#[source] Cause),
     #[error("upstream sent no response headers within {0:?}")]
     UpstreamTimeout(Duration),
     #[error("upstream request failed")]
-    UpstreamProtocol(#[source] PoolError),
+    UpstreamProtocol(#[source] Cause),
     #[error("method not allowed")]
     MethodNotAllowed { allow: HeaderValue },
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
     #[error("cannot read the request body")]
-    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    BodyRead(#[source] Cause),
     /// The client's body failed (too slow, malformed, cut short): the client's fault.
     #[error("the request body failed: {0:?}")]
     ClientBody(ClientFault),
@@ -46,22 +49,13 @@ pub enum Error {
     Refused(Refusal),
     /// The ledger cannot take or commit the record of the tokens this answer would carry.
     #[error(transparent)]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Ledger(Cause),
     /// Redis cannot answer and `shared_state.on_error` is `deny`.
     #[error("the shared state (Redis) is unavailable")]
     SharedStateUnavailable,
 }
 
 impl Error {
-    /// Classifies a client error from the upstream pool.
-    pub fn upstream(err: PoolError) -> Self {
-        if err.is_connect() {
-            Self::UpstreamConnect(err)
-        } else {
-            Self::UpstreamProtocol(err)
-        }
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,

@@ -9,8 +9,9 @@ use http::header::HeaderValue;
 
 use crate::admission;
 use crate::config::{ForwardingConfig, UpstreamConfig, XForwardedMode};
+use crate::conn_info::ConnInfo;
 use crate::proxy::rules::RequestId;
-use crate::proxy::{headers, relay, ConnInfo, Proxy};
+use crate::proxy::{headers, relay, Proxy};
 use crate::shelf::Shelf;
 use crate::wire::fields::Known;
 use crate::wire::request::{Parsed, RequestHead};
@@ -64,7 +65,7 @@ impl Forwarder {
         req.headers_mut().insert(name.clone(), id.value.clone());
         let req = self.proxy.upstream_request(req, &self.conn, false);
         let mut typed = BytesMut::new();
-        crate::proxy::h1::encode_request(&req, &[], &mut typed);
+        crate::wire::encode::encode_request(&req, &[], &mut typed);
         let fields = |wire: &[u8]| -> Option<Fields> {
             let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut parsed = httparse::Request::new(&mut headers);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod conn_info;
 pub mod context;
 pub mod demo;
 pub mod error;

@@ -10,12 +10,13 @@ use http::{HeaderValue, Method, Request, Response};
 
 use crate::admission::{self, Refusal};
 use crate::body::{Body, ClientFault, RequestBody};
+use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
 use crate::error::rescue;
 use crate::error::Error;
 use crate::gateway::Gateway;
+use crate::proxy::headers;
 use crate::proxy::rules::{self, RequestId};
-use crate::proxy::{headers, ConnInfo};
 use crate::ratelimit::LimitInput;
 use crate::routing::{self, Destination, PROXY_ROUTE};
 use crate::server::{Reply, Service};

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tokengate::proxy::h1::decode::{Decoded, Decoder};
+use tokengate::wire::decode::{Decoded, Decoder};
 
 /// Data, trailer count and whether the body ended well, decoding `wire` `step` bytes at a time.
 fn run(mut decoder: Decoder, wire: &[u8], step: usize) -> (Vec<u8>, usize, bool) {

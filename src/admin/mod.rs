@@ -7,8 +7,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::body::{self, Body, RequestBody};
+use crate::conn_info::ConnInfo;
 use crate::error::json_error;
-use crate::proxy::ConnInfo;
 use crate::state::State;
 
 mod ledger;

@@ -226,14 +226,11 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
             LedgerType::Postgres if l.path.is_some() => {
                 err("ledger.path".into(), "is for type sqlite; type postgres takes `url`".into())
             }
-            LedgerType::Postgres => match &l.url {
-                None => err("ledger.url".into(), "missing required key for type postgres".into()),
-                Some(url) => {
-                    if let Err(reason) = crate::ledger::check_postgres_url(url.expose()) {
-                        err("ledger.url".into(), reason);
-                    }
-                }
-            },
+            // The URL itself is checked where the ledger is built (`Ledger::new`).
+            LedgerType::Postgres if l.url.is_none() => {
+                err("ledger.url".into(), "missing required key for type postgres".into())
+            }
+            LedgerType::Postgres => {}
             LedgerType::Sqlite => {}
         }
         if !(1..=1_000_000).contains(&l.queue_size) {
@@ -248,24 +245,14 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
     }
     if let Some(st) = &c.shared_state {
         match st.kind {
-            SharedStateType::Redis => match &st.url {
-                None => err("shared_state.url".into(), "missing required key for type redis".into()),
-                Some(url) => {
-                    if let Err(reason) = crate::shared::check_url(url.expose()) {
-                        err("shared_state.url".into(), reason);
-                    }
-                }
-            },
+            // The URLs themselves are checked where the client is built (`Shared::new`).
+            SharedStateType::Redis if st.url.is_none() => {
+                err("shared_state.url".into(), "missing required key for type redis".into())
+            }
             SharedStateType::RedisCluster if st.urls.is_empty() => {
                 err("shared_state.urls".into(), "missing required key for type redis_cluster".into())
             }
-            SharedStateType::RedisCluster => {
-                for (i, url) in st.urls.iter().enumerate() {
-                    if let Err(reason) = crate::shared::check_url(url.expose()) {
-                        err(format!("shared_state.urls[{i}]"), reason);
-                    }
-                }
-            }
+            SharedStateType::Redis | SharedStateType::RedisCluster => {}
         }
         if st.kind == SharedStateType::Redis && !st.urls.is_empty() {
             err("shared_state.urls".into(), "is for type redis_cluster; type redis takes `url`".into());

@@ -101,6 +101,7 @@ impl Ledger {
             LedgerType::Sqlite => Db::Sqlite(sqlite::Sqlite::new(cfg.path.clone().unwrap_or_default())),
             LedgerType::Postgres => {
                 let url = cfg.url.as_ref().map(|u| u.expose()).unwrap_or_default();
+                check_postgres_url(url).map_err(|reason| FieldError::new("ledger.url", reason))?;
                 let db = postgres::Postgres::new(url, cfg.ca_file.as_deref())?;
                 Db::Postgres(Box::new(db))
             }
@@ -209,5 +210,12 @@ impl Reserved<'_> {
             Ok(Err(_)) => Err(LedgerError::Stopped),
             Err(_) => Err(LedgerError::CommitTimeout),
         }
+    }
+}
+
+impl From<LedgerError> for crate::error::Error {
+    /// The ledger cannot take or commit a record: 503 `ledger_unavailable`.
+    fn from(err: LedgerError) -> Self {
+        Self::Ledger(Box::new(err))
     }
 }

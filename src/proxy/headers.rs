@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
 use super::rules::{self, ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
-use super::ConnInfo;
+use crate::conn_info::ConnInfo;
 use crate::wire::fields::{self, Known};
 
 /// The request id, chosen once (`rules::choose_request_id`) and put in the request in place

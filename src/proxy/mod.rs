@@ -12,7 +12,6 @@ pub mod rules;
 mod upgrade;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, RequestBody, UpstreamBody};
 use crate::config::{FieldError, ForwardingConfig, UpstreamConfig};
+use crate::conn_info::ConnInfo;
 use crate::error::Error;
 use crate::shelf::Shelf;
 use pool::{Pool, PoolKey};
@@ -35,23 +35,6 @@ pub struct Proxy {
     host: HeaderValue,
     response_timeout: Duration,
     pub rules: ForwardRules,
-}
-
-/// What the connection knows about a request's origin.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// The peer's IP as a header value, formatted once per connection for `X-Forwarded-For`.
-    pub peer_ip: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        // An IP address in text is always a valid field value.
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { peer, tls, peer_ip }
-    }
 }
 
 impl Proxy {
@@ -91,7 +74,7 @@ impl Proxy {
         async move {
             let mut resp = match sent.await {
                 Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => return Err(Error::upstream(e)),
+                Ok(Err(e)) => return Err(Error::from(e)),
                 Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
             };
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

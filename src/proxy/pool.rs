@@ -244,3 +244,14 @@ impl Pool {
         Ok(sender)
     }
 }
+
+impl From<PoolError> for crate::error::Error {
+    /// Classifies a client error from the upstream pool: connecting, or the exchange after.
+    fn from(err: PoolError) -> Self {
+        if err.is_connect() {
+            Self::UpstreamConnect(Box::new(err))
+        } else {
+            Self::UpstreamProtocol(Box::new(err))
+        }
+    }
+}

@@ -10,10 +10,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::h1::decode::{DecodeError, Decoded, Decoder};
 use super::h1::Conn;
 use super::idle::Idle;
 use crate::body::UpstreamBody;
+use crate::wire::decode::{DecodeError, Decoded, Decoder};
 use crate::wire::response::ResponseHead;
 
 /// Why an upstream body broke off.

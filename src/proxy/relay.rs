@@ -13,8 +13,9 @@ use http::StatusCode;
 use super::h1::ExchangeError;
 use super::pool::PoolError;
 use super::rules::{ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
-use super::{ConnInfo, Proxy};
+use super::Proxy;
 use crate::body::PooledBody;
+use crate::conn_info::ConnInfo;
 use crate::error::Error;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::RequestHead;
@@ -43,12 +44,12 @@ impl Proxy {
         async move {
             let (mut head, body) = match tokio::time::timeout(self.response_timeout, exchange).await {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(Error::upstream(e)),
+                Ok(Err(e)) => return Err(Error::from(e)),
                 Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
             };
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 let unasked = ExchangeError::Head(HeadError::UnaskedUpgrade);
-                return Err(Error::upstream(PoolError::Exchange(unasked)));
+                return Err(Error::from(PoolError::Exchange(unasked)));
             }
             drop_hop_fields(&mut head, &self.rules);
             Ok(Box::new(Relayed { head, added: [(self.rules.request_id.clone(), id.value.clone())], body }))

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::prefixed::Prefixed;
 use super::{h1, ClientIo, ConnSettings, Service};
 use crate::body::{Body, ClientBody};
-use crate::proxy::ConnInfo;
+use crate::conn_info::ConnInfo;
 
 /// After a GOAWAY (or `Connection: close`) with nothing in flight, how long a client has to
 /// close before the connection is dropped.

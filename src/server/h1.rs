@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
 use crate::body::Body;
+use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
-use crate::proxy::ConnInfo;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
 

@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Refusal;
 use crate::body::{Body, RequestBody};
+use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
-use crate::proxy::ConnInfo;
 use crate::wire::request::RequestHead;
 use conn::Conn;
 pub use slots::Slots;

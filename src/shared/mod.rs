@@ -91,6 +91,16 @@ impl Shared {
     /// A handle for `cfg` (validated). Nothing connects until `start`.
     pub fn new(cfg: &SharedStateConfig) -> Result<Self, crate::config::FieldError> {
         let bad = |at: &str| crate::config::FieldError::new(at, "not a valid Redis URL");
+        let checked =
+            |at: String, url: &str| check_url(url).map_err(|reason| crate::config::FieldError::new(at, reason));
+        match cfg.kind {
+            SharedStateType::Redis => checked("shared_state.url".into(), cfg.url.as_ref().map_or("", |u| u.expose()))?,
+            SharedStateType::RedisCluster => {
+                for (i, url) in cfg.urls.iter().enumerate() {
+                    checked(format!("shared_state.urls[{i}]"), url.expose())?;
+                }
+            }
+        }
         let roots = match &cfg.ca_file {
             Some(file) => Some(
                 crate::tls::roots_pem(file)

@@ -19,12 +19,13 @@ use serde_json::Value;
 use crate::auth::{AuthError, AuthRequest, Hook, Identity};
 use crate::body::{self, Body, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{Config, FieldError, OnError, RouteConfig};
+use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
 use crate::error::{add_error_headers, Error};
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, Recorder};
 use crate::metrics::Metrics;
-use crate::proxy::{ConnInfo, ForwardRules};
+use crate::proxy::ForwardRules;
 use crate::ratelimit::{LimitInput, RateLimit};
 use crate::shared::Shared;
 use crate::shelf::Shelf;
@@ -274,7 +275,7 @@ impl Route {
         let ledger = self.ledger.as_ref().filter(|_| record == Record::Ledger);
         let reserved = match ledger.map(Recorder::reserve).transpose() {
             Ok(reserved) => reserved,
-            Err(e) => return self.error(&Error::Ledger(e), &values),
+            Err(e) => return self.error(&Error::from(e), &values),
         };
         let minted = match self.mint_all(&values, identity, metrics).await {
             Ok(m) => m,
@@ -284,7 +285,7 @@ impl Route {
             let entry = record::entry(self, recorder, &minted, identity, values.now);
             if let Err(e) = reserved.record(entry).await {
                 tracing::warn!(route = %self.name, error = %e, "minted tokens not answered: the ledger did not take them");
-                return self.error(&Error::Ledger(e), &values);
+                return self.error(&Error::from(e), &values);
             }
         }
         let minted: Vec<Minted> = minted.into_iter().map(|(m, _)| m).collect();

@@ -3,6 +3,8 @@
 //! are relayed from these without building header maps; `to_request` / `to_response` give the
 //! `http` types to the code paths that need them.
 
+pub mod decode;
+pub mod encode;
 pub mod fields;
 pub mod request;
 pub mod response;

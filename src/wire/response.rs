@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response, StatusCode, Version};
 
+use super::decode::Decoder;
 use super::fields::{self, Field, Fields, Known};
-use crate::proxy::h1::decode::Decoder;
 
 /// Most header fields accepted in a response head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;

@@ -5,14 +5,11 @@
 //! Requests with a streamed body go through hyper's client instead (see `pool`), which can
 //! send a body while the response is already arriving.
 
-pub mod decode;
-pub mod encode;
-
 use bytes::BytesMut;
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use encode::encode_request;
+pub use crate::wire::encode::encode_request;
 
 use super::io::UpstreamIo;
 use crate::wire::response::{self, HeadError, ResponseHead};
