@@ -1,0 +1,88 @@
+//! One request on a token route, top-down: body (405/413/400) → limits before the hook → auth
+//! hook (401/503) → per-user limits → answer. What was decided goes into the request's context.
+
+use http::{Request, Response};
+use serde_json::Value;
+
+use super::request::Values;
+use super::{limits, Record, Route};
+use crate::auth::{AuthError, AuthRequest};
+use crate::body::{Body, RequestBody};
+use crate::conn_info::ConnInfo;
+use crate::context::RequestCtx;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::proxy::ForwardRules;
+use crate::ratelimit::LimitInput;
+
+impl Route {
+    /// Serves one request on this route; every failure becomes the route's error shape.
+    pub async fn serve(
+        &self,
+        req: Request<RequestBody>,
+        captures: Vec<(String, String)>,
+        conn: &ConnInfo,
+        rules: &ForwardRules,
+        metrics: &Metrics,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), &parts.headers);
+        ctx.client_ip = Some(client_ip);
+        let query = parts.uri.query().unwrap_or("");
+        let now = crate::clock::unix_now();
+        let mut values = Values {
+            identity: None,
+            body: &Value::Null,
+            query,
+            captures: &captures,
+            headers: &parts.headers,
+            client_ip,
+            now,
+            tokens: &[],
+            first: None,
+            error: None,
+        };
+        let body = match self.read_body(&parts.method, &parts.headers, body).await {
+            Ok(body) => body,
+            Err(e) => return self.error(&e, &values),
+        };
+        values.body = &body;
+        let limit_input = |user| LimitInput { client_ip, user, route: &self.name, headers: &parts.headers };
+        let shared = self.shared.as_ref();
+        if let Err(e) = limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
+            ctx.limited = limit_name(&e);
+            return self.error(&e, &values);
+        }
+        let identity =
+            match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    let err = match e {
+                        AuthError::Denied => Error::Unauthorized,
+                        AuthError::Unavailable(cause) => {
+                            tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
+                            Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
+                        }
+                        AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
+                    };
+                    ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
+                    return self.error(&err, &values);
+                }
+            };
+        ctx.auth = Some("allow");
+        if let Err(e) = limits::check(&self.user_limits, &limit_input(identity.id()), shared, metrics).await {
+            ctx.limited = limit_name(&e);
+            return self.error(&e, &values);
+        }
+        self.answer(&values, &identity, metrics, Record::Ledger).await
+    }
+}
+
+/// The name of the limit that refused, for the request's context.
+fn limit_name(err: &Error) -> Option<String> {
+    match err {
+        Error::RateLimited { limit, .. } => Some(limit.clone()),
+        _ => None,
+    }
+}
