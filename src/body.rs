@@ -14,7 +14,8 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-pub use crate::proxy::pooled_body::PooledBody;
+/// An upstream response body: streamed from the pooled connection it arrives on.
+pub type PooledBody = crate::upstream::pooled_body::PooledBody<UpstreamBody>;
 
 /// A response: an upstream body streamed through, or one made by tokengate.
 pub type Body = Either<PooledBody, Full<Bytes>>;

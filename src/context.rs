@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode};
 
-use crate::routing::PROXY_ROUTE;
-use crate::state::State;
+use crate::metrics::Metrics;
+
+/// The `route` label of forwarded traffic.
+pub const PROXY_ROUTE: &str = "proxy";
 
 /// One request's context.
 #[derive(Debug)]
@@ -39,13 +41,13 @@ impl<'g> RequestCtx<'g> {
     }
 
     /// Metrics and the access log line of the answered request.
-    pub fn finish(&self, state: &State, status: StatusCode) {
+    pub fn finish(&self, metrics: &Metrics, status: StatusCode) {
         let elapsed = self.start.elapsed();
         if self.route == PROXY_ROUTE {
-            state.metrics.proxy.observe(status, elapsed);
+            metrics.proxy.observe(status, elapsed);
         } else {
-            state.metrics.requests_total.with_label_values(&[self.route, status.as_str()]).inc();
-            state.metrics.request_duration_seconds.with_label_values(&[self.route]).observe(elapsed.as_secs_f64());
+            metrics.requests_total.with_label_values(&[self.route, status.as_str()]).inc();
+            metrics.request_duration_seconds.with_label_values(&[self.route]).observe(elapsed.as_secs_f64());
         }
         tracing::info!(
             target: "tokengate::access",

@@ -36,6 +36,7 @@ pub mod stores;
 pub mod template;
 pub mod tls;
 pub mod token;
+pub mod upstream;
 pub mod wire;
 
 pub use app::App;

@@ -6,8 +6,7 @@
 use crate::gateway::Gateway;
 use crate::token::Route;
 
-/// The `route` label of forwarded traffic.
-pub const PROXY_ROUTE: &str = "proxy";
+use crate::context::PROXY_ROUTE;
 /// The `route` label of the public JWK set (`jwks_path`).
 pub const JWKS_ROUTE: &str = "jwks";
 

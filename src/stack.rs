@@ -12,13 +12,14 @@ use crate::admission::{self, Refusal};
 use crate::body::{Body, ClientFault, RequestBody};
 use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
+use crate::context::PROXY_ROUTE;
 use crate::error::rescue;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::proxy::headers;
 use crate::proxy::rules::{self, RequestId};
 use crate::ratelimit::LimitInput;
-use crate::routing::{self, Destination, PROXY_ROUTE};
+use crate::routing::{self, Destination};
 use crate::server::{Reply, Service};
 use crate::state::State;
 use crate::token::limits::check_limits;
@@ -39,7 +40,7 @@ impl Service for Public {
         let ctx = RequestCtx::new(rules::new_request_id(), PROXY_ROUTE, method.clone(), Instant::now());
         let mut resp = rescue(&Error::Refused(refusal));
         resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), ctx.request_id.clone());
-        ctx.finish(&self.0, resp.status());
+        ctx.finish(&self.0.metrics, resp.status());
         resp
     }
 
@@ -68,7 +69,7 @@ async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &
             (resp.status(), Reply::Response(resp))
         }
     };
-    ctx.finish(state, status);
+    ctx.finish(&state.metrics, status);
     reply
 }
 
@@ -106,7 +107,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
         }
     };
     resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), ctx.request_id.clone());
-    ctx.finish(&state, resp.status());
+    ctx.finish(&state.metrics, resp.status());
     resp
 }
 

@@ -1,12 +1,8 @@
 //! Forwarded traffic: everything that is not a token route goes to the upstream untouched,
 //! except for the header rules of SPEC §3.
 
-pub mod h1;
 pub mod headers;
-mod idle;
-pub mod io;
 pub mod pool;
-pub mod pooled_body;
 pub mod relay;
 pub mod rules;
 mod upgrade;

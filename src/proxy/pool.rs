@@ -21,14 +21,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::h1::{encode_request, Conn, ExchangeError};
-use super::idle::Idle;
-use super::io::UpstreamIo;
-use super::pooled_body::PooledBody;
-use crate::body::UpstreamBody;
+use crate::body::{PooledBody, UpstreamBody};
 use crate::config::HttpUrl;
 use crate::shelf::Shelf;
 use crate::tls::TlsClient;
+use crate::upstream::conn::{encode_request, Conn, ExchangeError};
+use crate::upstream::idle::Idle;
+use crate::upstream::io::UpstreamIo;
 use crate::wire::response::ResponseHead;
 
 /// Why a request could not be sent or answered.
@@ -65,7 +64,7 @@ pub struct Pool {
     connect_timeout: Duration,
     /// For `https://`: the TLS client its connections are made with.
     tls: Option<Arc<TlsClient>>,
-    idle: Arc<Idle>,
+    idle: Arc<Idle<UpstreamBody>>,
 }
 
 /// What makes two pools the same: a new config with the same upstream keeps the idle

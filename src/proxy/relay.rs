@@ -10,13 +10,13 @@ use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
-use super::h1::ExchangeError;
 use super::pool::PoolError;
 use super::rules::{ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
 use super::Proxy;
 use crate::body::PooledBody;
 use crate::conn_info::ConnInfo;
 use crate::error::Error;
+use crate::upstream::conn::ExchangeError;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::RequestHead;
 use crate::wire::response::{HeadError, ResponseHead};

@@ -5,7 +5,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::h1::Conn;
+use crate::upstream::conn::Conn;
 
 /// The upstream side of a tunnel.
 pub enum Upstream {

@@ -153,7 +153,7 @@ async fn reply_for<S: Service>(
     if let Some(relayed) = service.relay(&head, conn) {
         return Ok(relayed.await);
     }
-    match head.to_request() {
+    match head.to_request(http_body_util::Either::Right(http_body_util::Empty::new())) {
         // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and its
         // state would double every idle connection's.
         Some(req) => Ok(Reply::Response(Box::pin(service.call(req, conn.clone())).await)),

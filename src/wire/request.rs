@@ -6,10 +6,8 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
-use http_body_util::{Either, Empty};
 
 use super::fields::{self, Fields};
-use crate::body::RequestBody;
 
 /// Most header fields accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -98,13 +96,13 @@ impl RequestHead {
             && PathAndQuery::from_maybe_shared(self.bytes.slice(self.target.0 as usize..self.target.1 as usize)).is_ok()
     }
 
-    /// The head as a body-less `http::Request`, its values sharing the head's bytes. None when
-    /// `http` refuses the target or a field.
-    pub fn to_request(&self) -> Option<Request<RequestBody>> {
+    /// The head as an `http::Request` with `body` (none: the head says there is none), its
+    /// values sharing the head's bytes. None when `http` refuses the target or a field.
+    pub fn to_request<B>(&self, body: B) -> Option<Request<B>> {
         let target = self.bytes.slice(self.target.0 as usize..self.target.1 as usize);
         let uri = Uri::from_maybe_shared(target).ok()?;
         let headers = fields::header_map(&self.bytes, &self.fields, ADDED_FIELDS)?;
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = self.version;
@@ -135,7 +133,7 @@ mod tests {
         let names: Vec<&[u8]> = h.fields.iter().map(|f| f.name(&h.bytes)).collect();
         assert_eq!(names, [&b"Host"[..], b"X-Rep", b"x-rep"]);
         assert_eq!(h.fields[0].known, Known::Host);
-        let req = h.to_request().unwrap();
+        let req = h.to_request(()).unwrap();
         assert_eq!(req.uri(), "/a%2Fb/../c?x=1&x=2");
         assert_eq!(req.headers().get_all("x-rep").iter().collect::<Vec<_>>(), ["1", "2"]);
     }
@@ -146,7 +144,7 @@ mod tests {
         assert!(!head("OPTIONS * HTTP/1.1\r\n\r\n").is_origin_form());
         // httparse takes it, `http` does not: neither path may relay it.
         let h = head("GET /a<b HTTP/1.1\r\n\r\n");
-        assert!(!h.is_origin_form() && h.to_request().is_none());
+        assert!(!h.is_origin_form() && h.to_request(()).is_none());
     }
 
     #[test]

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1::SendRequest;
 use thread_local::ThreadLocal;
 
-use super::h1::Conn;
-use crate::body::UpstreamBody;
+use super::conn::Conn;
 
 /// Idle connections kept per thread and kind; the oldest go first.
 const MAX_IDLE_PER_THREAD: usize = 512;
@@ -64,13 +63,13 @@ impl<T> IdleList<T> {
 }
 
 /// The idle connections of one pool: tokengate's own (`Conn`) and hyper's (for streamed bodies).
-pub struct Idle {
+pub struct Idle<B: Send + 'static> {
     timeout: Duration,
     conns: ThreadLocal<IdleList<Conn>>,
-    senders: ThreadLocal<IdleList<SendRequest<UpstreamBody>>>,
+    senders: ThreadLocal<IdleList<SendRequest<B>>>,
 }
 
-impl Idle {
+impl<B: Send + 'static> Idle<B> {
     pub fn new(timeout: Duration) -> Self {
         Self { timeout, conns: ThreadLocal::new(), senders: ThreadLocal::new() }
     }
@@ -83,7 +82,7 @@ impl Idle {
     }
 
     /// This thread's most recently used hyper connection that is still open.
-    pub fn take_sender(&self) -> Option<SendRequest<UpstreamBody>> {
+    pub fn take_sender(&self) -> Option<SendRequest<B>> {
         self.senders.get_or(IdleList::default).take(self.timeout, |s| !s.is_closed())
     }
 
@@ -96,7 +95,7 @@ impl Idle {
         }
     }
 
-    pub fn put_sender(&self, sender: SendRequest<UpstreamBody>) {
+    pub fn put_sender(&self, sender: SendRequest<B>) {
         // hyper's connection task closes its socket itself when the upstream does.
         if !sender.is_closed() {
             self.senders.get_or(IdleList::default).put(sender, self.timeout);

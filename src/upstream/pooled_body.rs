@@ -10,9 +10,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::h1::Conn;
+use super::conn::Conn;
 use super::idle::Idle;
-use crate::body::UpstreamBody;
 use crate::wire::decode::{DecodeError, Decoded, Decoder};
 use crate::wire::response::ResponseHead;
 
@@ -28,25 +27,25 @@ pub enum BodyError {
 }
 
 /// An upstream response body.
-pub struct PooledBody(Kind);
+pub struct PooledBody<B: Send + 'static>(Kind<B>);
 
-enum Kind {
+enum Kind<B: Send + 'static> {
     /// Read from tokengate's own connection by whoever polls the body.
-    Own { conn: Option<Conn>, decoder: Decoder, keep_alive: bool, upgrade: bool, pool: Arc<Idle> },
+    Own { conn: Option<Conn>, decoder: Decoder, keep_alive: bool, upgrade: bool, pool: Arc<Idle<B>> },
     /// From hyper's client connection; the sender returns to the pool at the end.
-    Hyper { inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Idle>)> },
+    Hyper { inner: Incoming, back: Option<(SendRequest<B>, Arc<Idle<B>>)> },
 }
 
-impl std::fmt::Debug for PooledBody {
+impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PooledBody")
     }
 }
 
-impl PooledBody {
+impl<B: Send + 'static> PooledBody<B> {
     /// The body of the response to `head`, read on `conn`. A 101 keeps the connection for the
     /// tunnel.
-    pub(super) fn own(conn: Conn, head: &ResponseHead, pool: Arc<Idle>) -> Self {
+    pub fn own(conn: Conn, head: &ResponseHead, pool: Arc<Idle<B>>) -> Self {
         let upgrade = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
         let kind = Kind::Own { conn: Some(conn), decoder: head.decoder, keep_alive: head.keep_alive, upgrade, pool };
         let mut body = Self(kind);
@@ -56,7 +55,7 @@ impl PooledBody {
         body
     }
 
-    pub(super) fn hyper(inner: Incoming, back: Option<(SendRequest<UpstreamBody>, Arc<Idle>)>) -> Self {
+    pub fn hyper(inner: Incoming, back: Option<(SendRequest<B>, Arc<Idle<B>>)>) -> Self {
         Self(Kind::Hyper { inner, back })
     }
 
@@ -108,7 +107,7 @@ fn poll_own(
     }
 }
 
-impl HttpBody for PooledBody {
+impl<B: Send + Unpin + 'static> HttpBody for PooledBody<B> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -145,7 +144,7 @@ impl HttpBody for PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl<B: Send + 'static> Drop for PooledBody<B> {
     fn drop(&mut self) {
         // Only a fully read body leaves the connection reusable; otherwise it closes here.
         self.finish_if_done();
