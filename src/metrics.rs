@@ -83,8 +83,13 @@ impl RouteMetrics {
 
     /// Counts one answered request.
     pub fn observe(&self, status: StatusCode, elapsed: Duration) {
-        let counter = &self.by_status[usize::from(status.as_u16()) % 600];
-        counter.get_or_init(|| self.requests.with_label_values(&[self.route, status.as_str()])).inc();
+        match self.by_status.get(usize::from(status.as_u16())) {
+            Some(counter) => {
+                counter.get_or_init(|| self.requests.with_label_values(&[self.route, status.as_str()])).inc()
+            }
+            // Never an answer tokengate sends (upstream codes outside 100-599 are a 502).
+            None => self.requests.with_label_values(&[self.route, status.as_str()]).inc(),
+        }
         self.duration.observe(elapsed.as_secs_f64());
     }
 }

@@ -89,6 +89,10 @@ impl JwtHook {
             .and_then(|v| bearer_token(v.as_bytes()))
             .and_then(|t| std::str::from_utf8(t).ok());
         let Some(token) = bearer else { return Err(AuthError::Denied) };
+        if has_crit(token) {
+            tracing::debug!(hook = %name, "bearer token refused: it names critical extensions (RFC 7515 §4.1.11)");
+            return Err(AuthError::Denied);
+        }
         let fetched;
         let key = match &self.keys {
             JwtKeys::Static(k) => k,
@@ -114,4 +118,14 @@ impl JwtHook {
             }
         }
     }
+}
+
+/// True when the token's protected header has a `crit` parameter (RFC 7515 §4.1.11). The hook
+/// understands no extension, so any `crit`, even empty or malformed, makes the token invalid. An
+/// unreadable header is left to the verification that follows, which refuses it.
+fn has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else { return false };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else { return false };
+    serde_json::from_slice::<serde_json::Map<String, Value>>(&json).is_ok_and(|h| h.contains_key("crit"))
 }

@@ -16,6 +16,8 @@ pub enum DbError {
     Task(#[from] tokio::task::JoinError),
     #[error("ledger schema: {0}")]
     Schema(String),
+    #[error("the ledger file's permissions")]
+    Permissions(#[source] std::io::Error),
 }
 
 /// `GET /admin/tokens?…`: every filter must match; newest first, `limit` at most, older than

@@ -231,12 +231,41 @@ fn token_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
 }
 
 fn open_writer(path: &std::path::Path) -> Result<Connection, DbError> {
+    owner_only(path).map_err(DbError::Permissions)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// The ledger holds who was issued what (the Telesign job: phone numbers): its files are the
+/// owner's alone whatever the umask. The database file is created 0600 before SQLite opens it,
+/// and SQLite gives its `-wal` and `-shm` files the database file's mode; files an older
+/// version left readable to others are tightened.
+#[cfg(unix)]
+fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                tracing::info!(file = %file.display(), "ledger: file made readable by its owner only");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owner_only(_path: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn open_reader(path: &std::path::Path) -> Result<Connection, DbError> {

@@ -28,7 +28,7 @@ use crate::tls::TlsClient;
 use crate::upstream::conn::{encode_request, Conn, ExchangeError};
 use crate::upstream::idle::Idle;
 use crate::upstream::io::UpstreamIo;
-use crate::wire::response::ResponseHead;
+use crate::wire::response::{self, HeadError, ResponseHead};
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,11 @@ impl Pool {
                 return Err(PoolError::Request(closed));
             }
             match sender.try_send_request(req).await {
+                Ok(resp) if !response::is_valid_status(resp.status().as_u16()) => {
+                    // hyper reads 600-999 too; the connection is not reused.
+                    let code = resp.status().as_u16();
+                    return Err(PoolError::Exchange(ExchangeError::Head(HeadError::Status(code))));
+                }
                 Ok(resp) => {
                     // After 101 the connection belongs to the tunnel, never to the pool.
                     let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (sender, self.idle.clone()));

@@ -29,6 +29,14 @@ pub enum HeadError {
     TransferEncoding10,
     #[error("101 Switching Protocols to a request that asked for no upgrade")]
     UnaskedUpgrade,
+    /// RFC 9110 §15: a status code is three digits, 100 to 599.
+    #[error("status code {0} is outside 100-599")]
+    Status(u16),
+}
+
+/// RFC 9110 §15: the status codes an HTTP message can carry.
+pub fn is_valid_status(code: u16) -> bool {
+    (100..=599).contains(&code)
 }
 
 /// A final response head, its body's framing, and whether the connection may carry another
@@ -60,7 +68,11 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
             Err(e) => return Err(HeadError::Malformed(e)),
         };
         fields::record(buf, res.headers, &mut fields);
-        let status = StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| HeadError::Field)?;
+        let code = res.code.unwrap_or(0);
+        if !is_valid_status(code) {
+            return Err(HeadError::Status(code));
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status(code))?;
         let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let reason = res.reason.filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty()).map(|r| {
             let start = r.as_ptr() as usize - buf.as_ptr() as usize;

@@ -168,6 +168,18 @@ async fn telesign_tokens_are_found_by_xid_and_phone_with_their_hash_and_never_th
     assert!(contains(&bytes, "xid-aaa"), "the records are in {}", db.display());
     let signature = first.rsplit('.').next().unwrap();
     assert!(!contains(&bytes, signature), "the token text is nowhere in the database files");
+
+    // Phone numbers: the files are the owner's alone, whatever the umask (here 022's files are
+    // made 0644, as the probe shows).
+    use std::os::unix::fs::PermissionsExt;
+    let probe = bin.dir.join("umask-probe");
+    std::fs::write(&probe, b"").unwrap();
+    let default_mode = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", db.display());
+        let mode = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{file}: {e}")).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} is {mode:o} (files made by default here are {default_mode:o})");
+    }
 }
 
 #[tokio::test]

@@ -308,15 +308,7 @@ async fn jwt_hook_checks_signature_issuer_audience_and_expiry() {
     let wrong_iss = idp.authenticate(good.clone().with_issuer("https://evil.example/")).unwrap();
     let wrong_key = HS256Key::from_bytes(b"other-secret-0123").authenticate(good.clone()).unwrap();
     // Hand-made and correctly signed: an expired token, and one whose `exp` is a string.
-    let by_hand = |claims: String| {
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-        let input = format!("{header}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims));
-        let mac = aws_lc_rs::hmac::sign(
-            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"idp-secret-0123456789"),
-            input.as_bytes(),
-        );
-        format!("{input}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.as_ref()))
-    };
+    let by_hand = |claims: String| hs256_by_hand(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, b"idp-secret-0123456789");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let base = r#""sub":"x","email":"x@example.com","iss":"https://idp.example/","aud":"my-app""#;
     let expired = by_hand(format!("{{{base},\"exp\":{}}}", now - 3600));
@@ -334,6 +326,39 @@ async fn jwt_hook_checks_signature_issuer_audience_and_expiry() {
         assert_eq!(r.status, 401, "{what}");
     }
     assert_eq!(post(app.addr, "/t", &[], "").await.status, 401, "no bearer");
+}
+
+/// A JWS signed with HS256 by hand: `header` and `claims` as JSON text.
+fn hs256_by_hand(header: &str, claims: &str, secret: &[u8]) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let mac = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret), input.as_bytes());
+    format!("{input}.{}", b64(mac.as_ref()))
+}
+
+/// RFC 7515 §4.1.11: a token whose `crit` names extensions the recipient does not understand
+/// is invalid; the jwt hook understands none, so any `crit` is refused.
+#[tokio::test]
+async fn jwt_hook_refuses_a_token_with_critical_extensions() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks:\n  idp: { type: jwt, secret: idp-secret-0123456789, algorithms: [HS256], identity: { id: claim:sub } }\nroutes: [{ name: r, path: /t, auth: idp, tokens: { t: { key: k, ttl: 1m } }, response: { body: '{{ user.id }}', content_type: text/plain } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = format!("{{\"sub\":\"u1\",\"exp\":{}}}", now + 600);
+    let secret = b"idp-secret-0123456789";
+    let plain = hs256_by_hand(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, secret);
+    let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {plain}"))], "").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "u1"));
+    for header in [
+        r#"{"alg":"HS256","crit":["exp-ext"],"exp-ext":true}"#,
+        r#"{"alg":"HS256","crit":["b64"],"b64":true}"#,
+        r#"{"alg":"HS256","crit":[]}"#,
+        r#"{"alg":"HS256","crit":"nonsense"}"#,
+    ] {
+        let token = hs256_by_hand(header, &claims, secret);
+        let r = post(app.addr, "/t", &[("authorization", &format!("Bearer {token}"))], "").await;
+        assert_eq!(r.status, 401, "{header}: {}", r.text());
+    }
 }
 
 #[tokio::test]

@@ -267,3 +267,32 @@ async fn fields_an_upstream_connection_names_never_reach_the_client() {
         }
     }
 }
+
+/// RFC 9110 §15: an upstream status outside 100-599 is a protocol error (502), on the relay and
+/// on hyper's client alike, and the proxy's status metric is keyed by the real status after it.
+#[tokio::test]
+async fn status_codes_outside_100_to_599_are_a_bad_gateway() {
+    let up = scripted(vec![
+        close(b"HTTP/1.1 800 Odd\r\nContent-Length: 0\r\n\r\n", 0),
+        keep(OK),
+        keep(b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n"),
+        close(b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", 0),
+    ])
+    .await;
+    let app = spawn_app(&up.url, "").await;
+    let relayed = client::get(app.addr, "/odd", &[]).await.unwrap();
+    assert_eq!(relayed.status.as_u16(), 502);
+    assert_eq!(client::get(app.addr, "/", &[]).await.unwrap().status.as_u16(), 200);
+    assert_eq!(client::get(app.addr, "/found", &[]).await.unwrap().status.as_u16(), 302);
+    let body = Bytes::from_static(b"hi");
+    let streamed = client::request(app.addr, Method::POST, "/odd", &[], body).await.unwrap();
+    assert_eq!(streamed.status.as_u16(), 502);
+
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_upstream_errors_total{kind=\"protocol\"} 2"), "{metrics}");
+    for (status, n) in [("200", 1), ("302", 1), ("502", 2)] {
+        let line = format!("tokengate_requests_total{{route=\"proxy\",status=\"{status}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("status=\"800\"") && !metrics.contains("status=\"999\""), "{metrics}");
+}
