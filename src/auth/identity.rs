@@ -69,11 +69,13 @@ fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &Value, headers: &
     })
 }
 
-/// `id` as a string, whatever JSON type it came as.
-fn normalize_id(v: Value) -> Value {
+/// A user id is a string; a number becomes its decimal string. Anything else (an object such
+/// as `{"$ne": null}`, an array, a boolean) is refused: it would end up as a token's `sub`.
+fn normalize_id(v: Value) -> Option<Value> {
     match v {
-        Value::Number(n) => Value::String(n.to_string()),
-        other => other,
+        Value::String(s) => Some(Value::String(s)),
+        Value::Number(n) => Some(Value::String(n.to_string())),
+        _ => None,
     }
 }
 
@@ -88,7 +90,8 @@ pub(super) fn extract(
     for (field, src) in fields {
         match lookup(src, claims, body, headers) {
             Some(v) if field == "id" => {
-                out.insert(field.clone(), normalize_id(v));
+                let id = normalize_id(v).ok_or_else(|| AuthError::NotAString(src.field_name()))?;
+                out.insert(field.clone(), id);
             }
             Some(v) => {
                 out.insert(field.clone(), v);
@@ -106,5 +109,10 @@ pub(super) fn extract_from_answer(
     body: &Value,
     headers: &HeaderMap,
 ) -> Result<Identity, String> {
-    extract(fields, None, body, headers).map_err(|_| "the session endpoint's answer has no id".to_owned())
+    extract(fields, None, body, headers)
+        .map_err(|e| match e {
+            AuthError::NotAString(_) => "the session endpoint's answer has an id that is neither a string nor a number",
+            _ => "the session endpoint's answer has no id",
+        })
+        .map_err(str::to_owned)
 }

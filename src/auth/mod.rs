@@ -52,6 +52,9 @@ pub enum AuthError {
     /// An identity field read from the request is missing: 400.
     #[error("missing required field: {0}")]
     Missing(String),
+    /// The user id read from the request is neither a string nor a number: 400.
+    #[error("field {0} must be a string")]
+    NotAString(String),
 }
 
 /// What a hook needs to see of the request.

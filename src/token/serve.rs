@@ -65,6 +65,9 @@ impl Route {
                             Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
                         }
                         AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
+                        AuthError::NotAString(field) => {
+                            Error::InvalidRequest(format!("field {field} must be a string"))
+                        }
                     };
                     ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
                     return self.error(&err, &values);

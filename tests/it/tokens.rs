@@ -462,3 +462,32 @@ async fn an_anonymous_hook_mints_from_the_request_alone() {
         assert!(err.contains(error) && err.contains("has no identity"), "{what}: {err}");
     }
 }
+
+/// A user id is a string (a number becomes its decimal string): an object such as
+/// `{"$ne": null}`, an array or a boolean never becomes a token's `sub`. From the request body
+/// that is the caller's mistake (400); from a session endpoint, the hook's (503, fail closed).
+#[tokio::test]
+async fn a_user_id_is_a_string_or_the_request_is_refused() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: signing-secret-0123 }]\nauth_hooks:\n  server: { type: api_key, header: x-api-key, keys: [key-0123456789], identity: { id: body:/userId } }\n  session: { type: http, url: '{URL}/api/me', forward_headers: [cookie], identity: { id: body:/id } }\nroutes:\n  - { name: s2s, path: /tokens, auth: server, tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }\n  - { name: user, path: /t, auth: session, tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}' } } }, response: { body: '{{ tokens.t }}', content_type: text/plain } }\n"
+        .replace("{URL}", &b.url());
+    let app = spawn_app(&b.url(), &yaml).await;
+    let key = [("x-api-key", "key-0123456789")];
+    for (user_id, sub) in [(r#""user-123""#, "user-123"), ("42", "42")] {
+        let r = post(app.addr, "/tokens", &key, &format!(r#"{{"userId": {user_id}}}"#)).await;
+        assert_eq!(r.status, 200, "{user_id}: {}", r.text());
+        assert_eq!(verify_hs256(&r.text(), b"signing-secret-0123").subject.as_deref(), Some(sub));
+    }
+    for user_id in [r#"{"$ne": null}"#, r#"["a", "b"]"#, "true"] {
+        let r = post(app.addr, "/tokens", &key, &format!(r#"{{"userId": {user_id}}}"#)).await;
+        assert_eq!(r.status, 400, "{user_id}: {}", r.text());
+        assert_eq!(r.json(), json!({"error": "invalid_request", "message": "field userId must be a string"}));
+    }
+
+    let r = post(app.addr, "/t", &[("cookie", "session=numeric-id")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(verify_hs256(&r.text(), b"signing-secret-0123").subject.as_deref(), Some("42"));
+    let r = post(app.addr, "/t", &[("cookie", "session=object-id")], "").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "auth_unavailable");
+}

@@ -164,6 +164,9 @@ async fn route(b: Backend, req: Request<Incoming>) -> Response<BoxBody> {
             match cookie.strip_prefix("session=") {
                 // A session store having a bad day: fail closed, and never cache it.
                 Some("fail") => reply(500, "{\"error\":\"db down\"}"),
+                // A session store whose ids are numbers, and one that answers with an object.
+                Some("numeric-id") => reply(200, "{\"id\": 42}"),
+                Some("object-id") => reply(200, "{\"id\": {\"$ne\": null}}"),
                 Some(user) if !user.is_empty() => {
                     if user.starts_with("slow") {
                         tokio::time::sleep(Duration::from_millis(300)).await;
