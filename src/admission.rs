@@ -23,6 +23,8 @@ pub enum Refusal {
     Fragment,
     TargetForm,
     MissingHost,
+    /// HTTP/2 with neither `:authority` nor `host` (RFC 9113 §8.3.1): nothing names the host.
+    MissingAuthority,
     SeveralHosts,
     InvalidHost,
     AuthorityMismatch,
@@ -37,6 +39,7 @@ impl Refusal {
             Self::Fragment => "the request target has a fragment (#)",
             Self::TargetForm => "the request target is not a path",
             Self::MissingHost => "an HTTP/1.1 request needs a Host field",
+            Self::MissingAuthority => "an HTTP/2 request needs :authority or a host field",
             Self::SeveralHosts => "more than one Host field",
             Self::InvalidHost => "the Host field is not a valid host[:port]",
             Self::AuthorityMismatch => "the host field differs from :authority",
@@ -96,11 +99,11 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), Refusal> {
     let h2 = req.version() == Version::HTTP_2;
     let uri = req.uri();
     let target = uri.path_and_query().map(|p| p.as_str().as_bytes());
-    // A target hyper parsed as an authority alone was authority-form.
+    // A target hyper parsed as an authority alone was authority-form; HTTP/2's :path is the
+    // target itself (origin-form, or `*` for OPTIONS: RFC 9113 §8.3.1).
     let target = match (h2, target, uri.authority()) {
         (false, None, Some(a)) => Some(a.as_str().as_bytes()),
-        (false, t, _) => t,
-        (true, _, _) => None,
+        (false, t, _) | (true, t, _) => t,
     };
     check(&Facts {
         method: req.method(),
@@ -150,6 +153,7 @@ fn check(f: &Facts<'_>) -> Result<(), Refusal> {
             }
         }
         (Version::HTTP_11, _) if f.hosts == 0 => return Err(Refusal::MissingHost),
+        (Version::HTTP_2, None) if f.hosts == 0 => return Err(Refusal::MissingAuthority),
         _ => {}
     }
     Ok(())

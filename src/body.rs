@@ -59,6 +59,9 @@ pub enum ClientBodyError {
 /// and must not be blamed on the upstream).
 pub type FaultRecord = Arc<OnceLock<ClientFault>>;
 
+/// What may go on of a client's trailer fields: set by whoever forwards the body.
+pub type TrailerFilter = Arc<dyn Fn(&mut http::HeaderMap) + Send + Sync>;
+
 /// A client's request body with a time limit between its frames.
 pub struct ClientBody {
     inner: Incoming,
@@ -66,11 +69,18 @@ pub struct ClientBody {
     /// Armed when the body first waits; reset by each frame.
     wait: Option<Pin<Box<Sleep>>>,
     fault: FaultRecord,
+    trailers: Option<TrailerFilter>,
 }
 
 impl ClientBody {
     pub fn new(inner: Incoming, timeout: Duration) -> Self {
-        Self { inner, timeout, wait: None, fault: FaultRecord::default() }
+        Self { inner, timeout, wait: None, fault: FaultRecord::default(), trailers: None }
+    }
+
+    /// The body with its trailer fields passed through `filter`.
+    pub fn with_trailer_filter(mut self, filter: TrailerFilter) -> Self {
+        self.trailers = Some(filter);
+        self
     }
 
     /// Where this body records how it failed.
@@ -103,6 +113,14 @@ impl HttpBody for ClientBody {
                 if let Some(wait) = self.wait.as_mut() {
                     wait.as_mut().reset(Instant::now() + timeout);
                 }
+                let frame = match (&self.trailers, frame.into_trailers()) {
+                    (Some(filter), Ok(mut trailers)) => {
+                        filter(&mut trailers);
+                        Frame::trailers(trailers)
+                    }
+                    (None, Ok(trailers)) => Frame::trailers(trailers),
+                    (_, Err(data)) => data,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use super::rules::{self, ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
 use crate::conn_info::ConnInfo;
-use crate::wire::fields::{self, Known};
+use crate::wire::fields::Known;
 
 /// The request id, chosen once (`rules::choose_request_id`) and put in the request in place
 /// of an unusable one.
@@ -25,10 +25,10 @@ pub fn client_ip(rules: &ForwardRules, peer: std::net::IpAddr, headers: &HeaderM
     rules.client_ip(peer, forwarded_for.collect::<SmallVec<[&[u8]; 2]>>().into_iter())
 }
 
-/// True when a request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+/// True when a request asks for a tunnel tokengate opens (`rules::is_tunnelled_upgrade`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_values(headers).flat_map(fields::tokens).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+    let upgrade = headers.get_all(header::UPGRADE).iter().map(HeaderValue::as_bytes);
+    rules::is_tunnelled_upgrade(connection_values(headers), upgrade)
 }
 
 /// As bytes, like the relay reads them: a value with obs-text still names its fields.

@@ -31,6 +31,8 @@ pub struct Proxy {
     host: HeaderValue,
     response_timeout: Duration,
     pub rules: ForwardRules,
+    /// `rules::is_forwardable_trailer` for the bodies this proxy streams upstream.
+    trailers: crate::body::TrailerFilter,
 }
 
 impl Proxy {
@@ -49,6 +51,10 @@ impl Proxy {
             host: upstream.url.host().clone(),
             response_timeout: upstream.response_timeout.0,
             rules: ForwardRules::new(forwarding),
+            trailers: {
+                let rules = ForwardRules::new(forwarding);
+                std::sync::Arc::new(move |t: &mut http::HeaderMap| rules.strip_trailers(t))
+            },
         })
     }
 
@@ -126,7 +132,7 @@ impl Proxy {
         }
 
         let body = match body {
-            Either::Left(streamed) => Either::Left(streamed),
+            Either::Left(streamed) => Either::Left(streamed.with_trailer_filter(self.trailers.clone())),
             Either::Right(_none) => Either::Right(Default::default()),
         };
         Request::from_parts(parts, body)

@@ -225,6 +225,26 @@ impl ForwardRules {
         }
     }
 
+    /// RFC 9110 §6.5.1: whether a client's trailer field called `name` goes upstream. Never the
+    /// fields that frame, route or authenticate a message, that modify how it is handled, or
+    /// that tokengate sets itself: a trailer arrives after the decisions they feed were made.
+    pub fn is_forwardable_trailer(&self, name: &HeaderName) -> bool {
+        let bytes = name.as_str().as_bytes();
+        match self.kind(Known::of(bytes), bytes) {
+            Kind::Other => !NEVER_TRAILERS.contains(&name.as_str()),
+            _ => false,
+        }
+    }
+
+    /// Drops the trailer fields that may not go upstream (`is_forwardable_trailer`).
+    pub fn strip_trailers(&self, trailers: &mut http::HeaderMap) {
+        let doomed: SmallVec<[HeaderName; 2]> =
+            trailers.keys().filter(|n| !self.is_forwardable_trailer(n)).cloned().collect();
+        for name in doomed {
+            trailers.remove(&name);
+        }
+    }
+
     /// The fields tokengate adds to every request it forwards, so no `Connection` may remove.
     fn adds_to_requests(&self, kind: Kind) -> bool {
         match kind {
@@ -234,6 +254,51 @@ impl ForwardRules {
         }
     }
 }
+
+/// True when a request asks for a tunnel tokengate opens: `Connection: upgrade` and an `Upgrade`
+/// listing `websocket` (RFC 6455 §4.1). Any other protocol (`h2c`, `TLS/1.2`…) is not
+/// tunnelled, as nginx does without a map: inside such a tunnel requests would skip token
+/// routes, limits and `X-Forwarded-For`. Its request goes upstream as an ordinary one, its
+/// `Upgrade` dropped like any hop-by-hop field.
+pub fn is_tunnelled_upgrade<'v>(
+    connection: impl Iterator<Item = &'v [u8]>,
+    mut upgrade: impl Iterator<Item = &'v [u8]>,
+) -> bool {
+    let asked = named(connection).iter().any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+    asked && upgrade.any(|v| fields::tokens(v).any(|p| protocol_name(p).eq_ignore_ascii_case(b"websocket")))
+}
+
+/// A protocol of `Upgrade` without its version (`websocket/13` → `websocket`).
+fn protocol_name(protocol: &[u8]) -> &[u8] {
+    protocol.split(|b| *b == b'/').next().unwrap_or(protocol).trim_ascii()
+}
+
+/// Names never forwarded as trailers besides the hop-by-hop, framing and tokengate's own ones
+/// (RFC 9110 §6.5.1): routing, authentication, request modifiers, content metadata.
+const NEVER_TRAILERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "www-authenticate",
+    "proxy-authenticate",
+    "expect",
+    "max-forwards",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "cache-control",
+    "pragma",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "trailer",
+    "forwarded",
+    "via",
+];
 
 /// The field names `Connection` values list (RFC 9110 §7.6.1).
 type Named<'v> = SmallVec<[&'v [u8]; 4]>;

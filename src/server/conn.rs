@@ -76,9 +76,16 @@ impl<S: Service> Conn<S> {
             (self.service, active.clone(), self.settings.limits.request_body_timeout);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let guard = in_flight.begin();
+            let head_h2 = req.method() == http::Method::HEAD && req.version() == http::Version::HTTP_2;
             let req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout)));
             let response = inner.call(req, info.clone());
-            async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, _guard: guard })) }
+            async move {
+                let mut response = response.await;
+                if head_h2 {
+                    without_content(&mut response);
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+            }
         });
         let connection = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = pin!(connection.into_owned());
@@ -152,6 +159,19 @@ impl Drop for InFlightGuard {
 }
 
 /// A response body that keeps its request counted as in flight until it is done.
+/// RFC 9110 §9.3.2: the answer to HEAD carries no content, but says how long it would be.
+/// hyper's HTTP/1.1 server drops the body itself; its HTTP/2 server sends it, and clients reset
+/// the stream. Forwarded answers to HEAD have none already; tokengate's own (token routes, the
+/// JWK set, the admin endpoints) lose theirs here, keeping `Content-Length`.
+fn without_content(response: &mut http::Response<Body>) {
+    let Either::Right(own) = response.body() else { return };
+    let length = own.size_hint().exact();
+    if let (Some(n), false) = (length, response.headers().contains_key(http::header::CONTENT_LENGTH)) {
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    *response.body_mut() = crate::body::empty();
+}
+
 struct Tracked {
     body: Body,
     _guard: InFlightGuard,

@@ -12,6 +12,7 @@ mod downstream_wire;
 mod errors;
 mod forward;
 mod fuzz_findings;
+mod h2;
 mod ledger;
 #[cfg(feature = "services")]
 mod ledger_postgres;

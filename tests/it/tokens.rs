@@ -491,3 +491,29 @@ async fn a_user_id_is_a_string_or_the_request_is_refused() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "auth_unavailable");
 }
+
+/// Token routes match the RFC 3986-normalized path: percent-encoded unreserved characters, dot
+/// segments and repeated slashes cannot reach a backend's own copy of the route around
+/// tokengate's auth and limits. Forwarded requests keep their bytes.
+#[tokio::test]
+async fn token_routes_match_the_normalized_path_and_forwarded_paths_keep_their_bytes() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks:\n  session: { type: http, url: '{URL}/api/me', forward_headers: [cookie], identity: { id: body:/id } }\nroutes: [{ name: chat, path: /api/auth/chat-token, auth: session, tokens: { t: { key: k, ttl: 1m } }, response: { body: '{{ user.id }}', content_type: text/plain } }]\n"
+        .replace("{URL}", &b.url());
+    let app = spawn_app(&b.url(), &yaml).await;
+    for path in [
+        "/api/auth/chat-token",
+        "/api/auth/%63hat-token",
+        "/api/auth/./chat-token",
+        "/api/auth//chat-token",
+        "/api/x/../auth/chat-token",
+        "/api/auth/chat%2Dtoken",
+    ] {
+        let r = post(app.addr, path, &[], "").await;
+        assert_eq!(r.status, 401, "{path} is the token route: {}", r.text());
+        let r = post(app.addr, path, &[("cookie", "session=ann")], "").await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ann"), "{path}");
+    }
+    let r = client::get(app.addr, "/x/%63/./y//z", &[]).await.unwrap();
+    assert_eq!(r.json()["uri"], "/x/%63/./y//z", "forwarded as sent");
+}

@@ -36,3 +36,24 @@ async fn text_binary_and_close() {
     }
     assert!(saw_close);
 }
+
+/// Only WebSocket is tunnelled (as nginx does without a map): a request asking for `h2c` or
+/// any other protocol goes upstream as an ordinary request, its `Upgrade` and what
+/// `Connection` names dropped, so nothing can ride a tunnel past token routes and limits.
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let b = backend::spawn().await;
+    let app = spawn_app(&b.url(), "").await;
+    for upgrade in ["h2c", "TLS/1.2", "websocketx"] {
+        let head = format!(
+            "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: {upgrade}\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        );
+        let raw = crate::common::client::raw(app.addr, head.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 200 "), "{upgrade}: {raw}");
+        let echo: serde_json::Value = serde_json::from_str(&raw[raw.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        for gone in ["upgrade", "http2-settings", "connection"] {
+            assert!(crate::common::client::echoed(&echo, gone).is_empty(), "{upgrade}: {gone} went upstream: {echo}");
+        }
+    }
+}
