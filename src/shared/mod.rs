@@ -85,6 +85,9 @@ struct Inner {
     mac_key: hmac::Key,
     started: AtomicBool,
     metrics: OnceLock<SharedMetrics>,
+    /// The longest TTL of a cache entry written so far, in ms: how long a revocation
+    /// generation must outlive it (`cache.rs`).
+    longest_entry_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -141,6 +144,7 @@ impl Shared {
             mac_key: hmac::Key::new(hmac::HMAC_SHA256, cfg.secret.expose().as_bytes()),
             started: AtomicBool::new(false),
             metrics: OnceLock::new(),
+            longest_entry_ms: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 

@@ -16,7 +16,7 @@ impl Shared {
     /// Deletes `user`'s cached identities and tokens in Redis, then tells every replica to
     /// forget its own. False when Redis could not take it.
     pub async fn revoke(&self, user: &str) -> bool {
-        if !self.cache_forget_user(user).await {
+        if !self.next_generation(user).await || !self.cache_forget_user(user).await {
             return false;
         }
         let mut cmd = redis::cmd("PUBLISH");

@@ -560,3 +560,60 @@ async fn rediss_with_a_ca_file_shares_limits_and_an_unknown_issuer_falls_back() 
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Someone with write access to Redis but not the secret saves a user's entry, the user is
+/// revoked, and the saved entry is written back: it stays dead (its MAC covers the user's
+/// revocation generation). A saved deny written back after its own deadline is dead too, and
+/// a value that is not an entry at all is counted as a forgery.
+#[tokio::test]
+async fn an_entry_written_back_into_redis_after_a_revoke_or_its_deadline_is_dead() {
+    let b = backend::spawn().await;
+    let p = prefix("replay");
+    let yaml = config(&shared_redis(), &p, "local", 100);
+    let a = replica("ss-replay-a", &b, &yaml).await;
+    let client = redis::Client::open(shared_redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let calls = || b.session_calls.load(Ordering::SeqCst);
+    let auth_keys = async |conn: &mut redis::aio::MultiplexedConnection| -> Vec<String> {
+        redis::cmd("KEYS").arg(format!("{p}auth:*")).query_async(conn).await.unwrap()
+    };
+
+    session_token(&a, "session=rhea").await;
+    let keys = auth_keys(&mut conn).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let saved: String = redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    revoke(&a, "rhea").await;
+    let _: () = redis::cmd("SET").arg(&keys[0]).arg(&saved).arg("PX").arg(60_000).query_async(&mut conn).await.unwrap();
+    let b1 = replica("ss-replay-b1", &b, &yaml).await;
+    let before = calls();
+    assert_eq!(session_token(&b1, "session=rhea").await["sub"], "rhea");
+    assert_eq!(calls(), before + 1, "the replayed entry was dead: B asked the session endpoint");
+
+    // A deny (negative_ttl 1s) saved, and written back for a minute once its deadline passed.
+    let denied = client::request(a.addr, Method::POST, "/s", &[("cookie", "nosession=1")], Bytes::new()).await.unwrap();
+    assert_eq!(denied.status, 401);
+    let deny_key = auth_keys(&mut conn).await.into_iter().find(|k| k != &keys[0]).expect("the deny entry");
+    let saved: String = redis::cmd("GET").arg(&deny_key).query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _: () =
+        redis::cmd("SET").arg(&deny_key).arg(&saved).arg("PX").arg(60_000).query_async(&mut conn).await.unwrap();
+    let b2 = replica("ss-replay-b2", &b, &yaml).await;
+    let before = calls();
+    let r = client::request(b2.addr, Method::POST, "/s", &[("cookie", "nosession=1")], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(calls(), before + 1, "the entry past its deadline was a miss");
+
+    // Not an entry at all: no separator.
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg("{\"identity\":{\"id\":\"mallory\"}}")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let b3 = replica("ss-replay-b3", &b, &yaml).await;
+    assert_eq!(session_token(&b3, "session=rhea").await["sub"], "rhea");
+    let text = client::get(b3.admin, "/metrics", &[]).await.unwrap().text();
+    assert_eq!(metric(&text, "tokengate_shared_state_errors_total{kind=\"bad_mac\"}"), 1.0, "{text}");
+}
