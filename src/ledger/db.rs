@@ -19,6 +19,15 @@ impl Db {
         }
     }
 
+    /// Notices a database file that was deleted or replaced under the open connection, and
+    /// opens (creating and migrating) the one at the path again: true when it had to.
+    pub async fn reopen_if_replaced(&self) -> Result<bool, DbError> {
+        match self {
+            Self::Sqlite(db) => db.reopen_if_replaced().await,
+            Self::Postgres(_) => Ok(false),
+        }
+    }
+
     /// Writes `rows` and upserts `users` (merged, sorted by id) in one transaction.
     pub async fn write(&self, rows: &[Row], users: &[(UserSeen, i64)]) -> Result<(), DbError> {
         match self {

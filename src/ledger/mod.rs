@@ -70,6 +70,11 @@ struct Shared {
     health: Health,
     /// `retention` in seconds; 0 keeps every record. Set by the config in service.
     retention: AtomicU64,
+    /// The queue of the ledger that replaced this one (a reload moved the ledger): what is
+    /// still queued here, or cannot be written here, goes there.
+    successor: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Wakes a writer waiting out a back-off when a successor is set.
+    retired: tokio::sync::Notify,
 }
 
 /// A handle to one ledger: its queue, its writer and its database. Cheap to clone.
@@ -98,7 +103,11 @@ impl Ledger {
     /// A ledger for `cfg` (validated). Nothing is opened until `start`: `check` builds one too.
     pub fn new(cfg: &LedgerConfig) -> Result<Self, FieldError> {
         let db = match cfg.kind {
-            LedgerType::Sqlite => Db::Sqlite(sqlite::Sqlite::new(cfg.path.clone().unwrap_or_default())),
+            LedgerType::Sqlite => {
+                let path = cfg.path.clone().unwrap_or_default();
+                sqlite::check_directory(&path).map_err(|reason| FieldError::new("ledger.path", reason))?;
+                Db::Sqlite(sqlite::Sqlite::new(path))
+            }
             LedgerType::Postgres => {
                 let url = cfg.url.as_ref().map(|u| u.expose()).unwrap_or_default();
                 check_postgres_url(url).map_err(|reason| FieldError::new("ledger.url", reason))?;
@@ -107,7 +116,9 @@ impl Ledger {
             }
         };
         let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
-        let shared = Arc::new(Shared { db, health: Health::default(), retention: AtomicU64::new(0) });
+        let successor = Mutex::new(None);
+        let (health, retention, retired) = (Health::default(), AtomicU64::new(0), tokio::sync::Notify::new());
+        let shared = Arc::new(Shared { db, health, retention, successor, retired });
         Ok(Self(Arc::new(Inner { tx, pending: Mutex::new(Some(rx)), shared })))
     }
 
@@ -128,6 +139,28 @@ impl Ledger {
 
     pub fn health(&self) -> &Health {
         &self.0.shared.health
+    }
+
+    /// Opens the database and applies its migrations now, within `timeout`: a reload checks a
+    /// new ledger this way before it swaps, so a destination that cannot be used is refused
+    /// while the old ledger keeps recording.
+    pub async fn open_now(&self, timeout: Duration) -> Result<(), DbError> {
+        match tokio::time::timeout(timeout, self.0.shared.db.migrate()).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Timeout(timeout)),
+        }
+    }
+
+    /// Whether two handles are the same ledger.
+    pub fn same(&self, other: &Ledger) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// After a reload that moved the ledger: what this one still holds, or cannot write, is
+    /// carried to `successor`, never dropped (SPEC §6).
+    pub fn retire_to(&self, successor: &Ledger) {
+        *self.0.shared.successor.lock().unwrap_or_else(PoisonError::into_inner) = Some(successor.0.tx.clone());
+        self.0.shared.retired.notify_one();
     }
 
     /// Waits until everything queued so far is committed, or `deadline` passes (SIGTERM).
@@ -210,6 +243,13 @@ impl Reserved<'_> {
             Ok(Err(_)) => Err(LedgerError::Stopped),
             Err(_) => Err(LedgerError::CommitTimeout),
         }
+    }
+}
+
+impl Shared {
+    /// The queue of the ledger that replaced this one, if a reload moved it.
+    fn successor(&self) -> Option<mpsc::Sender<Msg>> {
+        self.successor.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 

@@ -75,6 +75,34 @@ struct Files {
     path: PathBuf,
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Option<Connection>>,
+    /// The file (device, inode) the writer connection opened: a file deleted or replaced under
+    /// it is noticed by comparing with what is at the path now.
+    opened: Mutex<Option<(u64, u64)>>,
+}
+
+/// `ledger.path`'s directory must exist: SQLite creates the file, not the directories.
+pub fn check_directory(path: &std::path::Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("the directory {} does not exist", dir.display()))
+    }
+}
+
+/// The (device, inode) of the file at `path`, None when there is none.
+#[cfg(unix)]
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &std::path::Path) -> Option<(u64, u64)> {
+    None
 }
 
 /// Runs `f` on the connection in `slot`, opening it first if needed; a failure closes it, so
@@ -98,7 +126,7 @@ fn with<T>(
 
 impl Sqlite {
     pub fn new(path: PathBuf) -> Self {
-        Self(Arc::new(Files { path, writer: Mutex::new(None), reader: Mutex::new(None) }))
+        Self(Arc::new(Files { path, writer: Mutex::new(None), reader: Mutex::new(None), opened: Mutex::new(None) }))
     }
 
     async fn write_with<T: Send + 'static>(
@@ -106,7 +134,25 @@ impl Sqlite {
         f: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
         let files = self.0.clone();
-        tokio::task::spawn_blocking(move || with(&files.writer, || open_writer(&files.path), f)).await?
+        tokio::task::spawn_blocking(move || with(&files.writer, || files.open_writer(), f)).await?
+    }
+
+    /// See `Db::reopen_if_replaced`.
+    pub async fn reopen_if_replaced(&self) -> Result<bool, DbError> {
+        let files = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let opened = *files.opened.lock().unwrap_or_else(PoisonError::into_inner);
+            match opened {
+                Some(id) if file_id(&files.path) != Some(id) => {}
+                // Not opened yet, or still the file it opened.
+                _ => return Ok(false),
+            }
+            *files.writer.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *files.reader.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            with(&files.writer, || files.open_writer(), migrate)?;
+            Ok(true)
+        })
+        .await?
     }
 
     async fn read_with<T: Send + 'static>(
@@ -211,6 +257,15 @@ impl Sqlite {
             Ok(user)
         })
         .await
+    }
+}
+
+impl Files {
+    /// Opens the writer connection and remembers which file it opened.
+    fn open_writer(&self) -> Result<Connection, DbError> {
+        let conn = open_writer(&self.path)?;
+        *self.opened.lock().unwrap_or_else(PoisonError::into_inner) = file_id(&self.path);
+        Ok(conn)
     }
 }
 

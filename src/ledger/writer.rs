@@ -1,7 +1,10 @@
 //! The writer task: opens and migrates the database, then commits what the queue holds in
 //! batches (everything waiting, up to `MAX_BATCH` answers per transaction), retrying a failed
 //! batch with back-off until it lands, so nothing queued is lost while the process lives. It
-//! also deletes expired records (`retention`) in small batches between writes.
+//! also deletes expired records (`retention`) in small batches between writes, notices a
+//! database file deleted or replaced under it (each second, and before each batch) and
+//! recreates it, and, once a reload moved the ledger elsewhere, carries what it still holds
+//! to the new ledger's queue.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
 use super::records::merge_users;
-use super::{Msg, Shared};
+use super::{Entry, Msg, Shared};
 use crate::logging::chain;
 use crate::metrics::LedgerMetrics;
 
@@ -21,6 +24,8 @@ const MAX_BATCH: usize = 4096;
 const PURGE_BATCH: u32 = 1000;
 /// Longest wait between two looks for expired records.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How often the database file is looked at while the queue is quiet.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Doubling waits between retries: 100 ms up to 5 s.
 #[derive(Default)]
@@ -44,6 +49,8 @@ pub(super) async fn run(mut rx: Receiver<Msg>, shared: Arc<Shared>, m: LedgerMet
     }
     shared.health.succeeded();
     let mut next_purge = Instant::now();
+    let mut file_check = tokio::time::interval(FILE_CHECK_EVERY);
+    file_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             msg = rx.recv() => match msg {
@@ -55,6 +62,10 @@ pub(super) async fn run(mut rx: Receiver<Msg>, shared: Arc<Shared>, m: LedgerMet
                 next_purge = purge(&shared, &m).await;
                 continue;
             }
+            _ = file_check.tick() => {
+                check_file(&shared, &m).await;
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -64,7 +75,12 @@ pub(super) async fn run(mut rx: Receiver<Msg>, shared: Arc<Shared>, m: LedgerMet
             }
         }
         m.queue_depth.set(depth(&rx));
-        commit(&shared, batch, &m, &rx).await;
+        if let Some(next) = shared.successor() {
+            forward(batch, &next).await;
+        } else {
+            check_file(&shared, &m).await;
+            commit(&shared, batch, &m, &rx).await;
+        }
         m.queue_depth.set(depth(&rx));
     }
     m.queue_depth.set(0);
@@ -100,12 +116,57 @@ async fn commit(shared: &Shared, batch: Vec<Msg>, m: &LedgerMetrics, rx: &Receiv
                 m.errors.inc();
                 m.queue_depth.set(depth(rx));
                 shared.health.failed("write", &chain(&e));
-                tokio::time::sleep(backoff.next()).await;
+                if let Some(next) = shared.successor() {
+                    // The ledger was moved while this one fails: the batch goes there.
+                    let mut carried = vec![Msg::Entry(Entry { rows, user: None }, None)];
+                    carried.extend(
+                        seen.into_iter().map(|user| Msg::Entry(Entry { rows: Vec::new(), user: Some(user) }, None)),
+                    );
+                    carried.extend(acks.into_iter().map(Msg::Flush));
+                    forward(carried, &next).await;
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = shared.retired.notified() => {}
+                }
             }
         }
     }
     for ack in acks {
         let _ = ack.send(());
+    }
+}
+
+/// Hands messages to the ledger that replaced this one, in order; a `Flush` there answers
+/// once what was carried before it is committed. If that ledger has stopped too, they are
+/// lost with the process: logged.
+async fn forward(batch: Vec<Msg>, next: &tokio::sync::mpsc::Sender<Msg>) {
+    let mut lost = 0usize;
+    for msg in batch {
+        if next.send(msg).await.is_err() {
+            lost += 1;
+        }
+    }
+    if lost > 0 {
+        tracing::error!(lost, "ledger: the ledger that replaced this one has stopped; records not carried");
+    }
+}
+
+/// Recreates a database file deleted or replaced under the writer; counted as an error and
+/// reported by `/readyz` for as long as it cannot be recreated.
+async fn check_file(shared: &Shared, m: &LedgerMetrics) {
+    match shared.db.reopen_if_replaced().await {
+        Ok(false) => {}
+        Ok(true) => {
+            m.errors.inc();
+            tracing::warn!("ledger: the database file was deleted or replaced; a new one was created and migrated");
+            shared.health.succeeded();
+        }
+        Err(e) => {
+            m.errors.inc();
+            shared.health.failed("reopen", &chain(&e));
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigErrors, FieldError, Overrides};
 use crate::gateway::Gateway;
+use crate::ledger::Ledger;
 use crate::state::State;
 use crate::stores::Summary;
 
@@ -71,16 +72,54 @@ pub fn reload(state: &State, path: &Path, overrides: &Overrides) -> Result<Appli
     }
     let files = loaded.files.clone();
     let build = state.stores.begin();
-    let gateway = Gateway::build(loaded, &build).map_err(|errors| ConfigErrors { origin, errors, files })?;
+    let gateway = Gateway::build(loaded, &build).map_err(|errors| ConfigErrors {
+        origin: origin.clone(),
+        errors,
+        files: files.clone(),
+    })?;
+    let (was, now) = moved_ledger(&old, &gateway);
+    let (was, now) = (was.cloned(), now.cloned());
+    if let Some(new) = &now {
+        open_before_swap(new, &gateway.config).map_err(|e| ConfigErrors { origin, errors: vec![e], files })?;
+    }
     let gateway = Arc::new(gateway);
     state.gateway.store(gateway.clone());
     let stores = build.commit();
+    if let (Some(was), Some(now)) = (was, now) {
+        // What the old ledger still holds, or cannot write, goes to the new one.
+        was.retire_to(&now);
+    }
     gateway.start_background(&state.metrics);
     // A raised `max_connections` lets waiting accept loops go on.
     state.public_slots.recheck();
     state.admin_slots.recheck();
     state.metrics.config_in_service(gateway.hash());
     Ok(Applied { changes: diff::changes(&old, &gateway), previous_hash: old.hash().to_owned(), gateway, stores })
+}
+
+/// The ledgers before and after, when the new config records somewhere the old one did not.
+fn moved_ledger<'a>(old: &'a Gateway, new: &'a Gateway) -> (Option<&'a Ledger>, Option<&'a Ledger>) {
+    match (&old.ledger, &new.ledger) {
+        (Some(was), Some(now)) if was.same(now) => (None, None),
+        (was, now) => (was.as_ref(), now.as_ref()),
+    }
+}
+
+/// How long a reload waits for a new ledger to open before refusing it.
+const LEDGER_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens and migrates a ledger the new config brings, before it is swapped in: a destination
+/// that cannot be used fails the reload (naming the key), and the old ledger keeps recording.
+fn open_before_swap(ledger: &Ledger, config: &Config) -> Result<(), FieldError> {
+    let key = match config.ledger.as_ref().map(|l| l.kind) {
+        Some(crate::config::LedgerType::Postgres) => "ledger.url",
+        _ => "ledger.path",
+    };
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| FieldError::new(key, "cannot open the new ledger here (no runtime)"))?;
+    runtime
+        .block_on(ledger.open_now(LEDGER_OPEN_TIMEOUT))
+        .map_err(|e| FieldError::new(key, format!("cannot open the ledger: {}", crate::logging::chain(&e))))
 }
 
 /// The settings bound at start that `new` would change.

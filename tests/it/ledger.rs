@@ -63,9 +63,9 @@ pub async fn admin(bin: &Binary, path: &str) -> (u16, Value) {
     (r.status.as_u16(), body)
 }
 
-/// Polls `GET path` until `done` holds of its JSON (5 s at most).
+/// Polls `GET path` until `done` holds of its JSON (15 s at most).
 pub async fn admin_until(bin: &Binary, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, body) = admin(bin, path).await;
         if status == 200 && done(&body) {
@@ -404,6 +404,10 @@ fn check_names_each_ledger_mistake_by_its_key_path() {
         ("  type: postgres\n", "ledger.url: missing required key for type postgres"),
         ("  type: postgres\n  url: http://[::1\n", "ledger.url: not a valid PostgreSQL URL"),
         ("  type: sqlite\n  path: x.db\n  retention: 0s\n", "ledger.retention: must be above zero"),
+        (
+            "  type: sqlite\n  path: /nonexistent-dir/ledger.db\n",
+            "ledger.path: the directory /nonexistent-dir does not exist",
+        ),
     ];
     for (i, (ledger, expected)) in cases.iter().enumerate() {
         let file = dir.join(format!("c{i}.yaml"));
@@ -467,4 +471,110 @@ async fn a_reload_keeps_the_ledger_or_moves_to_another_database() {
     let conn = rusqlite::Connection::open(&first_db).unwrap();
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2, "the first database keeps the first two");
+}
+
+/// Polls `/readyz` until it answers `status` (15 s at most).
+async fn readyz_until(bin: &Binary, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client::get(bin.admin, "/readyz", &[]).await.unwrap();
+        if r.status == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {} ({}); logs:\n{}", r.status, r.text(), bin.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A reload to a ledger that cannot be opened is refused, naming the key, and the old ledger
+/// keeps recording: no token is ever answered without its record (SPEC §6).
+#[tokio::test]
+async fn a_reload_to_an_unusable_ledger_is_refused_and_the_old_one_keeps_recording() {
+    let db = db_in("ledger-unusable-db");
+    let (bin, b) = start_orders("ledger-unusable", &db, "").await;
+    mint(&bin, "ivy", "before").await;
+    let unusable = bin.yaml(&b.url(), &orders_config(&sqlite_ledger(Path::new("/nonexistent-dir/ledger.db"), "")));
+    bin.reload_with(&unusable).await;
+    assert_eq!(bin.reloads().await, (0, 1), "the reload failed");
+    let logs = bin.logs();
+    assert!(logs.contains("ledger.path") && logs.contains("/nonexistent-dir does not exist"), "{logs}");
+    mint(&bin, "ivy", "after").await;
+    // The directory exists but the path is no database (a directory): opening it fails.
+    let not_a_file = db.parent().unwrap().join("a-directory");
+    std::fs::create_dir_all(&not_a_file).unwrap();
+    bin.reload_with(&bin.yaml(&b.url(), &orders_config(&sqlite_ledger(&not_a_file, "")))).await;
+    assert_eq!(bin.reloads().await, (0, 2), "the reload failed");
+    let logs = bin.logs();
+    assert!(logs.matches("\"key\":\"ledger.path\"").count() == 2 && logs.contains("cannot open the ledger"), "{logs}");
+    mint(&bin, "ivy", "still").await;
+    admin_until(&bin, "/admin/tokens?user=ivy", |v| v["tokens"].as_array().unwrap().len() == 3).await;
+    readyz_until(&bin, 200).await;
+}
+
+/// Records queued for a ledger that cannot write (its database locked) are carried to the
+/// ledger a reload moves to; the old database never gets them.
+#[tokio::test]
+async fn records_queued_for_a_replaced_ledger_are_carried_to_the_new_one() {
+    let (first, second) = (db_in("ledger-carry-a"), db_in("ledger-carry-b"));
+    let (bin, b) = start_orders("ledger-carry", &first, "").await;
+    mint(&bin, "jo", "a-0").await;
+    admin_until(&bin, "/admin/tokens?user=jo", |v| v["tokens"].as_array().unwrap().len() == 1).await;
+    let held = lock(&first);
+    for i in 1..=5 {
+        mint(&bin, "jo", &format!("q-{i}")).await;
+    }
+    bin.reload_with(&bin.yaml(&b.url(), &orders_config(&sqlite_ledger(&second, "")))).await;
+    assert_eq!(bin.reloads().await, (1, 0));
+    mint(&bin, "jo", "b-1").await;
+    let all =
+        admin_until(&bin, "/admin/tokens?user=jo&limit=100", |v| v["tokens"].as_array().unwrap().len() == 6).await;
+    let mut orders: Vec<String> =
+        all["tokens"].as_array().unwrap().iter().map(|t| t["claims"]["order"].as_str().unwrap().to_owned()).collect();
+    orders.sort();
+    assert_eq!(
+        orders,
+        ["b-1", "q-1", "q-2", "q-3", "q-4", "q-5"],
+        "the queued five and the new one, in the new ledger"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let conn = rusqlite::Connection::open(&first).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "the first database keeps only what it committed");
+}
+
+/// Ledger files deleted while tokengate runs are noticed and recreated, so what is minted
+/// after is recorded where a restart finds it; a directory that is gone too turns `/readyz`
+/// down for as long as it lasts.
+#[tokio::test]
+async fn ledger_files_deleted_while_running_are_recreated_and_reported() {
+    let db = db_in("ledger-deleted-db");
+    let (bin, _b) = start_orders("ledger-deleted", &db, "").await;
+    mint(&bin, "kim", "d-1").await;
+    admin_until(&bin, "/admin/tokens?user=kim", |v| v["tokens"].as_array().unwrap().len() == 1).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !db.exists() {
+        assert!(Instant::now() < deadline, "not recreated; logs:\n{}", bin.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mint(&bin, "kim", "d-2").await;
+    mint(&bin, "kim", "d-3").await;
+    admin_until(&bin, "/admin/tokens?user=kim", |v| v["tokens"].as_array().unwrap().len() == 2).await;
+    let metrics = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metric(&metrics, "tokengate_ledger_errors_total") >= 1.0, "{metrics}");
+    assert!(bin.logs().contains("deleted or replaced"), "{}", bin.logs());
+
+    let dir = db.parent().unwrap().to_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    readyz_until(&bin, 503).await;
+    std::fs::create_dir_all(&dir).unwrap();
+    readyz_until(&bin, 200).await;
+    mint(&bin, "kim", "d-4").await;
+    admin_until(&bin, "/admin/tokens?user=kim", |v| v["tokens"].as_array().unwrap().len() == 1).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM tokens WHERE user_id = 'kim'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "d-4 is in the file a restart opens");
 }

@@ -137,7 +137,7 @@ impl Binary {
         let before = self.reloads().await;
         std::fs::write(&self.config, yaml).unwrap();
         self.signal("HUP");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while self.reloads().await == before {
             assert!(std::time::Instant::now() < deadline, "no reload; logs:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
