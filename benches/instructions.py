@@ -9,7 +9,10 @@ share, ~16–18 µs/req for both on loopback, is not in them). Prints instructio
 each and the tokengate/nginx ratio, interleaved ROUNDS times, medians.
 
 Usage (after `bash benches/load.sh` has installed nginx/wrk and built the release binaries):
-    python3 benches/instructions.py [--rounds 3] [--seconds 5]
+    python3 benches/instructions.py [--rounds 3] [--seconds 5] [--also NAME=BINARY ...]
+
+`--also` measures another tokengate build in the same interleaved rounds (a change against the
+commit before it: build that commit's release binary in a worktree and name it here).
 """
 
 import argparse
@@ -37,10 +40,19 @@ def under_callgrind(cmd, out):
 def count(proc, out, port, seconds):
     """Instructions per request of one instrumented wrk run against `proc`, read from a
     callgrind dump taken right after it (the process is then killed)."""
+    try:
+        return _count(proc, out, port, seconds)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _count(proc, out, port, seconds):
     load.wrk(port, "/", 2, 8)  # warm-up: connections, pools, code paths
     control = ["callgrind_control", str(proc.pid)]
     subprocess.run(control[:1] + ["-i", "on"] + control[1:], check=True, capture_output=True)
-    requests, _, _ = load.wrk(port, "/", seconds, 8)
+    requests = load.wrk(port, "/", seconds, 8)[0]
     subprocess.run(control[:1] + ["-i", "off"] + control[1:], check=True, capture_output=True)
     subprocess.run(control[:1] + ["--dump"] + control[1:], check=True, capture_output=True)
     proc.kill()
@@ -57,7 +69,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
+                    help="another tokengate binary to measure beside target/release's")
     args = ap.parse_args()
+    others = [tuple(a.split("=", 1)) for a in args.also]
     for tool in ("valgrind", "callgrind_control", "nginx", "wrk"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run `bash benches/load.sh` first (valgrind: apt-get install valgrind)")
@@ -70,6 +85,9 @@ def main():
     backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
                                 f"127.0.0.1:{load.BACKEND_PORT}"])
     results = {"nginx": [], "tokengate": []}
+    binaries = [("tokengate", os.path.join(load.RELEASE, "tokengate"))] + others
+    for name, _ in others:
+        results[name] = []
     try:
         load.wait_port(load.BACKEND_PORT)
         for _ in range(args.rounds):
@@ -77,19 +95,24 @@ def main():
             proc = under_callgrind(["nginx", "-c", load.nginx_conf(workdir, 1, master=False), "-p", workdir], out)
             load.wait_port(load.NGINX_PORT, timeout=30)
             results["nginx"].append(count(proc, out, load.NGINX_PORT, args.seconds))
-            out = os.path.join(workdir, "tokengate.cg")
-            proc = under_callgrind([os.path.join(load.RELEASE, "tokengate"), "run", "--config", tg_conf,
-                                    "--workers", "1", "--log-level", "warn"], out)
-            load.wait_port(load.TG_PORT, timeout=30)
-            results["tokengate"].append(count(proc, out, load.TG_PORT, args.seconds))
-            time.sleep(0.5)
+            for name, binary in binaries:
+                out = os.path.join(workdir, f"{name}.cg")
+                proc = under_callgrind([binary, "run", "--config", tg_conf, "--workers", "1", "--log-level", "warn"],
+                                       out)
+                load.wait_port(load.TG_PORT, timeout=30)
+                results[name].append(count(proc, out, load.TG_PORT, args.seconds))
+                time.sleep(0.5)
     finally:
         load.stop(backend)
     print(f"user-space instructions per forwarded request (callgrind, 1 worker, wrk -c8, "
           f"{args.rounds} rounds of {args.seconds}s)")
     for name, values in results.items():
         print(f"{name:<10} {statistics.median(values):>9.0f}   rounds: {', '.join(f'{v:.0f}' for v in values)}")
-    print(f"ratio tokengate/nginx: {statistics.median(results['tokengate']) / statistics.median(results['nginx']):.2f}")
+    for name in results:
+        if name != "nginx":
+            print(f"ratio {name}/nginx: {statistics.median(results[name]) / statistics.median(results['nginx']):.2f}")
+    for name, _ in others:
+        print(f"ratio tokengate/{name}: {statistics.median(results['tokengate']) / statistics.median(results[name]):.3f}")
 
 
 if __name__ == "__main__":

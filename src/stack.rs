@@ -59,13 +59,13 @@ impl Service for Public {
 
 /// Relays one forwarded request (see `Public::relay`).
 async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &ConnInfo) -> Reply {
-    let id = request_id(head, &gateway.proxy.rules.request_id);
-    let ctx = RequestCtx::new(id.value.clone(), PROXY_ROUTE, head.method.clone(), Instant::now());
-    let (status, reply) = match gateway.proxy.relay(head, conn, &id).await {
+    let RequestId { value, generated } = request_id(head, &gateway.proxy.rules.request_id);
+    let ctx = RequestCtx::new(value, PROXY_ROUTE, head.method.clone(), Instant::now());
+    let (status, reply) = match gateway.proxy.relay(head, conn, &ctx.request_id, generated).await {
         Ok(relayed) => (relayed.head.status, Reply::Relayed(relayed)),
         Err(err) => {
             let mut resp = upstream_failure(state, &err, &ctx);
-            resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), id.value.clone());
+            resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), ctx.request_id.clone());
             (resp.status(), Reply::Response(resp))
         }
     };

@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use super::rules::{self, ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
+use super::rules::{self, ForwardRules, PeerFacts, RequestFacts, RequestPlan, ResponseFacts, ResponsePlan};
 use crate::conn_info::ConnInfo;
 use crate::wire::fields::Known;
 
@@ -46,7 +46,7 @@ pub fn apply_request(
     fallback_host: &HeaderValue,
 ) {
     let facts = RequestFacts { trusted: rules.trusts_peer(conn.peer.ip()), upgrade, id_generated: false };
-    let id = RequestId { value: HeaderValue::from_static(""), generated: false };
+    let id = HeaderValue::from_static("");
     let (doomed, added) = {
         let mut plan = RequestPlan::new(rules, facts, connection_values(headers));
         let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();

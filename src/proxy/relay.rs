@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
 use super::pool::PoolError;
-use super::rules::{ForwardRules, PeerFacts, RequestFacts, RequestId, RequestPlan, ResponseFacts, ResponsePlan};
+use super::rules::{ForwardRules, PeerFacts, RequestFacts, RequestPlan, ResponseFacts, ResponsePlan};
 use super::Proxy;
 use crate::body::PooledBody;
 use crate::conn_info::ConnInfo;
@@ -38,9 +38,10 @@ impl Proxy {
         &'a self,
         req: &'a RequestHead,
         conn: &'a ConnInfo,
-        id: &'a RequestId,
+        id: &'a HeaderValue,
+        generated: bool,
     ) -> impl Future<Output = Result<Box<Relayed>, Error>> + Send + 'a {
-        let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, id, dst));
+        let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, id, generated, dst));
         async move {
             let (mut head, body) = match tokio::time::timeout(self.response_timeout, exchange).await {
                 Ok(Ok(answer)) => answer,
@@ -52,19 +53,23 @@ impl Proxy {
                 return Err(Error::from(PoolError::Exchange(unasked)));
             }
             drop_hop_fields(&mut head, &self.rules);
-            Ok(Box::new(Relayed { head, added: [(self.rules.request_id.clone(), id.value.clone())], body }))
+            Ok(Box::new(Relayed { head, added: [(self.rules.request_id.clone(), id.clone())], body }))
         }
     }
 
     /// Writes the upstream request: the client's request line with HTTP/1.1, then its fields
     /// in order, each as the rules decide (`rules::RequestPlan`), then the fields they add.
-    pub(crate) fn encode(&self, req: &RequestHead, conn: &ConnInfo, id: &RequestId, dst: &mut BytesMut) {
+    pub(crate) fn encode(
+        &self,
+        req: &RequestHead,
+        conn: &ConnInfo,
+        id: &HeaderValue,
+        generated: bool,
+        dst: &mut BytesMut,
+    ) {
         let head = &req.bytes[..];
-        let facts = RequestFacts {
-            trusted: self.rules.trusts_peer(conn.peer.ip()),
-            upgrade: false,
-            id_generated: id.generated,
-        };
+        let facts =
+            RequestFacts { trusted: self.rules.trusts_peer(conn.peer.ip()), upgrade: false, id_generated: generated };
         let connection = req.fields.iter().filter(|f| f.known == Known::Connection).map(|f| f.value(head));
         let mut plan = RequestPlan::new(&self.rules, facts, connection);
         dst.put_slice(req.method.as_str().as_bytes());
@@ -84,7 +89,11 @@ impl Proxy {
 }
 
 /// Appends one added field, its value's pieces joined with `, `.
+#[inline]
 fn put_pieces(dst: &mut BytesMut, name: &[u8], pieces: &[&[u8]]) {
+    if let [one] = pieces {
+        return fields::put(dst, name, one);
+    }
     dst.put_slice(name);
     dst.put_slice(b": ");
     for (i, piece) in pieces.iter().enumerate() {

@@ -162,11 +162,15 @@ impl ForwardRules {
     }
 
     /// How the rules see a field called `name`, recognised as `known` when its head was parsed.
+    #[inline]
     pub fn kind(&self, known: Known, name: &[u8]) -> Kind {
         match known {
-            Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::TransferEncoding => Kind::HopByHop,
-            Known::Upgrade => Kind::Upgrade,
-            Known::Te => Kind::Te,
+            Known::Connection
+            | Known::KeepAlive
+            | Known::ProxyConnection
+            | Known::TransferEncoding
+            | Known::Upgrade
+            | Known::Te => hop_by_hop(known),
             Known::Host => Kind::Host,
             Known::ContentLength => Kind::ContentLength,
             Known::XForwardedFor => Kind::XForwardedFor,
@@ -176,7 +180,10 @@ impl ForwardRules {
             Known::XForwardedLookalike => Kind::XForwardedLookalike,
             Known::Other => {
                 let id = self.request_id.as_str().as_bytes();
-                if name.eq_ignore_ascii_case(id) {
+                // Both comparisons need the request id's length: most names fail at that.
+                if name.len() != id.len() {
+                    Kind::Other
+                } else if name.eq_ignore_ascii_case(id) {
                     Kind::RequestId
                 } else if fields::is_underscore_spelling(name, id) {
                     Kind::Lookalike
@@ -300,11 +307,29 @@ const NEVER_TRAILERS: &[&str] = &[
     "via",
 ];
 
+/// RFC 9110 §7.6.1, the one list: the fields for one connection only, whatever `Connection`
+/// names besides. `Upgrade` (kept for a tunnel) and `TE` (`trailers` passed on) have rules of
+/// their own in the table.
+fn hop_by_hop(known: Known) -> Kind {
+    match known {
+        Known::Upgrade => Kind::Upgrade,
+        Known::Te => Kind::Te,
+        Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::TransferEncoding => Kind::HopByHop,
+        _ => Kind::Other,
+    }
+}
+
 /// The field names `Connection` values list (RFC 9110 §7.6.1).
 type Named<'v> = SmallVec<[&'v [u8]; 4]>;
 
 fn named<'v>(connection: impl Iterator<Item = &'v [u8]>) -> Named<'v> {
-    connection.flat_map(fields::tokens).collect()
+    let mut out = Named::new();
+    for value in connection {
+        for token in fields::tokens(value) {
+            out.push(token);
+        }
+    }
+    out
 }
 
 fn is_named(named: &Named<'_>, name: &[u8]) -> bool {
@@ -340,6 +365,7 @@ impl<'r, 'v> RequestPlan<'r, 'v> {
     }
 
     /// Decides one field, in the order the fields came; true when it goes upstream as it came.
+    #[inline]
     pub fn keep(&mut self, known: Known, name: &[u8], value: &'v [u8]) -> bool {
         let kind = self.rules.kind(known, name);
         let named = !self.named.is_empty() && is_named(&self.named, name);
@@ -369,11 +395,12 @@ impl<'r, 'v> RequestPlan<'r, 'v> {
     /// request had none (`fallback_host`), `TE: trailers`, `X-Forwarded-For`, `-Proto`,
     /// `-Host`, the request id when tokengate made it, `Connection: upgrade` for an upgrade.
     /// `add` gets each name with its value in pieces, to be joined with `, `.
+    #[inline]
     pub fn added(
         &self,
         fallback_host: &[u8],
         peer: &PeerFacts<'_>,
-        id: &RequestId,
+        id: &HeaderValue,
         mut add: impl FnMut(&[u8], &[&[u8]]),
     ) {
         if self.host.is_none() {
@@ -393,9 +420,13 @@ impl<'r, 'v> RequestPlan<'r, 'v> {
                 }
             }
             XForwardedMode::Append => {
-                let mut chain: SmallVec<[&[u8]; 3]> = self.prior_for.iter().copied().collect();
-                chain.push(peer.ip);
-                add(b"x-forwarded-for", &chain);
+                if self.prior_for.is_empty() {
+                    add(b"x-forwarded-for", &[peer.ip]);
+                } else {
+                    let mut chain: SmallVec<[&[u8]; 3]> = self.prior_for.iter().copied().collect();
+                    chain.push(peer.ip);
+                    add(b"x-forwarded-for", &chain);
+                }
                 if !self.kept_proto {
                     add(b"x-forwarded-proto", &[proto]);
                 }
@@ -405,7 +436,7 @@ impl<'r, 'v> RequestPlan<'r, 'v> {
             }
         }
         if self.facts.id_generated {
-            add(self.rules.request_id.as_str().as_bytes(), &[id.value.as_bytes()]);
+            add(self.rules.request_id.as_str().as_bytes(), &[id.as_bytes()]);
         }
         if self.facts.upgrade {
             add(b"connection", &[b"upgrade"]);
@@ -434,17 +465,23 @@ impl<'r, 'v> ResponsePlan<'r, 'v> {
     }
 
     /// True when the field goes to the client as it came.
+    #[inline]
     pub fn keep(&self, known: Known, name: &[u8]) -> bool {
-        let kind = self.rules.kind(known, name);
+        // The response table treats look-alikes as any other field: no need to look for them.
+        let kind = match known {
+            Known::Other if name.eq_ignore_ascii_case(self.rules.request_id.as_str().as_bytes()) => Kind::RequestId,
+            Known::Other => Kind::Other,
+            known => self.rules.kind(known, name),
+        };
         let named = !self.named.is_empty() && is_named(&self.named, name);
         self.rules.response_action(kind, named, &self.facts) == Action::Keep
     }
 
     /// The fields tokengate adds, in this order: the request id (`id`, when the adapter adds it
     /// here), `Connection: upgrade` for an upgrade.
-    pub fn added(&self, id: Option<&RequestId>, mut add: impl FnMut(&[u8], &[&[u8]])) {
+    pub fn added(&self, id: Option<&HeaderValue>, mut add: impl FnMut(&[u8], &[&[u8]])) {
         if let Some(id) = id {
-            add(self.rules.request_id.as_str().as_bytes(), &[id.value.as_bytes()]);
+            add(self.rules.request_id.as_str().as_bytes(), &[id.as_bytes()]);
         }
         if self.facts.upgrade {
             add(b"connection", &[b"upgrade"]);
@@ -497,7 +534,7 @@ mod tests {
         ];
         let kept: Vec<&[u8]> = fields.iter().filter(|(n, v)| plan.keep(Known::of(n), n, v)).map(|(n, _)| *n).collect();
         assert_eq!(kept, [&b"host"[..]]);
-        let id = RequestId { value: HeaderValue::from_static("new-id"), generated: true };
+        let id = HeaderValue::from_static("new-id");
         let mut added = Vec::new();
         plan.added(b"fallback", &PeerFacts { ip: b"9.9.9.9", tls: true }, &id, |n, v| {
             added.push((

@@ -18,6 +18,11 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// True when the config has no token route.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// Builds every route; errors carry their key paths. Token caches come from `caches`.
     pub fn build(
         config: &Config,

@@ -66,6 +66,7 @@ impl Known {
 
 /// True when `name` is `field` spelled with an underscore where it has a hyphen, in any letter
 /// case (`X_Request_Id` for `x-request-id`), but not `field` itself.
+#[inline]
 pub fn is_underscore_spelling(name: &[u8], field: &[u8]) -> bool {
     name.len() == field.len()
         && name.contains(&b'_')
@@ -123,6 +124,7 @@ pub fn record(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut Fields) {
 }
 
 /// Appends one `name: value` field line to a head under construction.
+#[inline]
 pub fn put(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(name);
     dst.put_slice(b": ");
