@@ -5,19 +5,13 @@
 //! with a body, `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a head that does not parse
 //! or is too large — hands the connection, with every byte read so far, to hyper for the rest
 //! of its life, so those cases keep hyper's handling (100-continue, upgrades, 400 and 431).
+//! The response is written by `wire::writer`.
 
-use std::cell::RefCell;
-use std::fmt::Write as _;
-use std::pin::{pin, Pin};
-use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::pin::pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
-use http::{Method, StatusCode, Version};
-use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http::{Method, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientIo, ConnLimits, Reply, Service};
@@ -27,9 +21,7 @@ use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
-
-/// Response bytes gathered before a write; larger data frames are written as they come.
-const GATHER: usize = 16 * 1024;
+use crate::wire::writer::{write_response, RelayedHead, RequestInfo};
 
 /// A connection's read buffer to begin with (a typical request head fits).
 const READ_BUFFER: usize = 1024;
@@ -42,15 +34,6 @@ pub enum Outcome<I> {
     Closed,
     /// Serve the rest with hyper: the IO, and the bytes already read from it.
     Handoff(I, Bytes),
-}
-
-/// What the response writer needs to know about the request.
-struct RequestInfo {
-    head: bool,
-    keep_alive: bool,
-    http10: bool,
-    /// `TE: trailers`: the client accepts trailer fields.
-    trailers: bool,
 }
 
 /// Serves requests on `io` until it closes, `stop` fires between requests, or a request needs
@@ -182,7 +165,8 @@ async fn write_reply<I: ClientIo>(
         Reply::Relayed(relayed) => {
             let Relayed { head, added, body } = *relayed;
             let head = RelayedHead { head, added };
-            write_response(io, out, &head, http_body_util::Either::Left(body), info).await
+            let body: Body = http_body_util::Either::Left(body);
+            write_response(io, out, &head, body, info).await
         }
     }
 }
@@ -222,262 +206,4 @@ fn fast_path(head: &RequestHead, buf: &[u8]) -> Option<RequestInfo> {
         }
     }
     Some(info)
-}
-
-/// How the response body is delimited on the wire.
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    Close,
-}
-
-/// A response head as the writer sees it: one tokengate made (or converted), or an upstream's
-/// relayed as received.
-trait WireHead {
-    fn status(&self) -> StatusCode;
-    /// A reason phrase other than the canonical one.
-    fn reason(&self) -> Option<&[u8]>;
-    fn put_fields(&self, out: &mut BytesMut);
-    fn content_length(&self) -> Option<u64>;
-    fn has_date(&self) -> bool;
-    /// `Connection: close`.
-    fn closes(&self) -> bool;
-    /// Whether `Trailer` announces the field `name` (RFC 9110 §6.6.2).
-    fn announces(&self, name: &str) -> bool;
-}
-
-impl WireHead for http::response::Parts {
-    fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    fn reason(&self) -> Option<&[u8]> {
-        self.extensions.get::<hyper::ext::ReasonPhrase>().map(|r| r.as_bytes())
-    }
-
-    fn put_fields(&self, out: &mut BytesMut) {
-        for (name, value) in &self.headers {
-            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-
-    fn content_length(&self) -> Option<u64> {
-        self.headers.get(header::CONTENT_LENGTH).and_then(|v| fields::parse_length(v.as_bytes()))
-    }
-
-    fn has_date(&self) -> bool {
-        self.headers.contains_key(header::DATE)
-    }
-
-    fn closes(&self) -> bool {
-        has_token(&self.headers, header::CONNECTION, "close")
-    }
-
-    fn announces(&self, name: &str) -> bool {
-        has_token(&self.headers, header::TRAILER, name)
-    }
-}
-
-/// An upstream's response head, its fields as received less those the relay dropped, and the
-/// fields tokengate adds.
-struct RelayedHead {
-    head: crate::wire::response::ResponseHead,
-    added: crate::proxy::relay::Added,
-}
-
-impl WireHead for RelayedHead {
-    fn status(&self) -> StatusCode {
-        self.head.status
-    }
-
-    fn reason(&self) -> Option<&[u8]> {
-        self.head.reason()
-    }
-
-    fn put_fields(&self, out: &mut BytesMut) {
-        let bytes = &self.head.bytes;
-        for f in &self.head.fields {
-            fields::put(out, f.name(bytes), f.value(bytes));
-        }
-        for (name, value) in &self.added {
-            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-
-    fn content_length(&self) -> Option<u64> {
-        let bytes = &self.head.bytes;
-        let declared = self.head.fields.iter().find(|f| f.known == Known::ContentLength);
-        declared.and_then(|f| fields::parse_length(f.value(bytes)))
-    }
-
-    fn has_date(&self) -> bool {
-        self.head.fields.iter().any(|f| f.known == Known::Date)
-    }
-
-    fn closes(&self) -> bool {
-        // `Connection` is hop-by-hop: the relay has dropped it.
-        false
-    }
-
-    fn announces(&self, name: &str) -> bool {
-        fields::has_token(&self.head.bytes, &self.head.fields, Known::Trailer, name.as_bytes())
-    }
-}
-
-/// Writes a response; Ok(true) when the connection can carry another request.
-async fn write_response<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    out: &mut BytesMut,
-    head: &impl WireHead,
-    mut body: Body,
-    info: &RequestInfo,
-) -> std::io::Result<bool> {
-    let status = head.status();
-    let mut keep = info.keep_alive && !head.closes();
-    out.clear();
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    match head.reason() {
-        Some(reason) => out.put_slice(reason),
-        None => out.put_slice(status.canonical_reason().unwrap_or("").as_bytes()),
-    }
-    out.put_slice(b"\r\n");
-    head.put_fields(out);
-    let bodiless = info.head || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    let mut framing = if bodiless {
-        Framing::None
-    } else if let Some(n) = head.content_length() {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact().or(body.is_end_stream().then_some(0)) {
-        fields::put(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
-        Framing::Length(n)
-    } else if info.http10 {
-        keep = false;
-        Framing::Close
-    } else {
-        fields::put(out, b"transfer-encoding", b"chunked");
-        Framing::Chunked
-    };
-    if !head.has_date() {
-        DATE.with(|d| fields::put(out, b"date", d.borrow_mut().now()));
-    }
-    if !keep {
-        fields::put(out, b"connection", b"close");
-    }
-    out.put_slice(b"\r\n");
-    if matches!(framing, Framing::None) {
-        io.write_all(out).await?;
-        return Ok(keep);
-    }
-
-    let mut trailers = None;
-    loop {
-        // Gather what is ready; write before waiting for more.
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                io.write_all(out).await?;
-                out.clear();
-                body.frame().await
-            }
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(std::io::Error::other)?;
-        match frame.into_data() {
-            Ok(data) => put_data(io, out, &mut framing, data).await?,
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-        if body.is_end_stream() {
-            break;
-        }
-    }
-    match framing {
-        Framing::Length(0) | Framing::Close | Framing::None => {}
-        // The body ended short of its declared length: the client must not take it as whole.
-        Framing::Length(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-        Framing::Chunked => {
-            out.put_slice(b"0\r\n");
-            if let (Some(fields), true) = (trailers, info.trailers) {
-                put_trailers(out, head, &fields);
-            }
-            out.put_slice(b"\r\n");
-        }
-    }
-    io.write_all(out).await?;
-    Ok(keep)
-}
-
-/// Frames `data` per `framing` into `out`, writing through when it is large.
-async fn put_data<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    out: &mut BytesMut,
-    framing: &mut Framing,
-    data: Bytes,
-) -> std::io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    match framing {
-        Framing::Length(remaining) => {
-            // Never more than declared: the client would read it as the next response.
-            *remaining = remaining.checked_sub(data.len() as u64).ok_or(std::io::ErrorKind::InvalidData)?;
-        }
-        Framing::Chunked => {
-            let _ = write!(out, "{:x}\r\n", data.len());
-        }
-        Framing::Close | Framing::None => {}
-    }
-    if out.len() + data.len() <= GATHER {
-        out.put_slice(&data);
-    } else {
-        io.write_all(out).await?;
-        out.clear();
-        io.write_all(&data).await?;
-    }
-    if matches!(framing, Framing::Chunked) {
-        out.put_slice(b"\r\n");
-    }
-    Ok(())
-}
-
-/// The trailer fields the response announced in `Trailer` (RFC 9110 §6.6.2), as hyper sends.
-fn put_trailers(out: &mut BytesMut, head: &impl WireHead, fields: &HeaderMap) {
-    for (name, value) in fields {
-        if head.announces(name.as_str()) {
-            fields::put(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-thread_local! {
-    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: String::new() }) };
-}
-
-/// The `Date` field value, formatted once per second per thread.
-struct CachedDate {
-    second: u64,
-    text: String,
-}
-
-impl CachedDate {
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second || self.text.is_empty() {
-            self.second = second;
-            self.text = httpdate::fmt_http_date(now);
-        }
-        self.text.as_bytes()
-    }
 }

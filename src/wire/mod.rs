@@ -8,3 +8,4 @@ pub mod encode;
 pub mod fields;
 pub mod request;
 pub mod response;
+pub mod writer;
