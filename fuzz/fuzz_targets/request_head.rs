@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         let head = head.take(&mut buf);
         let _ = head.path();
         let _ = head.is_origin_form();
-        if let (Ok(()), Some(req)) = (admitted, head.to_request()) {
+        if let (Ok(()), Some(req)) = (admitted, head.to_request(())) {
             // What the fast path admitted, hyper's form of it admits too.
             let _ = admission::check_request(&req);
         }
