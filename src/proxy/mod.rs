@@ -46,15 +46,16 @@ impl Proxy {
         let tls = crate::tls::client_for(&upstream.url, upstream.ca_file.as_deref(), "upstream")?;
         let (connect, idle) = (upstream.connect_timeout.0, upstream.pool_idle_timeout.0);
         let key = PoolKey::new(&upstream.url, connect, idle, tls.as_ref());
+        let rules = ForwardRules::new(forwarding);
         Ok(Self {
             pool: Pool::shared(pools, key, tls),
             host: upstream.url.host().clone(),
             response_timeout: upstream.response_timeout.0,
-            rules: ForwardRules::new(forwarding),
             trailers: {
-                let rules = ForwardRules::new(forwarding);
+                let rules = rules.clone();
                 std::sync::Arc::new(move |t: &mut http::HeaderMap| rules.strip_trailers(t))
             },
+            rules,
         })
     }
 
