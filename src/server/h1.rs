@@ -63,7 +63,7 @@ pub async fn serve<I: ClientIo, S: Service>(
         first = false;
         let (head, info) = loop {
             let parsed = RequestHead::parse(&buf);
-            if idle && !matches!(parsed, Parsed::Head(_)) {
+            if idle && !buf.is_empty() && !matches!(parsed, Parsed::Head(_)) {
                 // The idle wait is over and a head has begun: it has `header_read_timeout`.
                 // (Most heads arrive whole: then the timer is reset once per request.)
                 idle = false;

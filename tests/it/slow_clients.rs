@@ -68,6 +68,32 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert!(start.elapsed() >= Duration::from_millis(350), "closed before the idle timeout: {:?}", start.elapsed());
 }
 
+/// The idle wait between requests is `idle_timeout`, not `header_read_timeout`: with a long
+/// header timeout, an idle keep-alive connection still closes after the short idle one.
+#[tokio::test]
+async fn idle_timeout_not_header_read_timeout_closes_a_keep_alive_connection() {
+    let b = backend::spawn().await;
+    let app = spawn_app(&b.url(), "limits: { idle_timeout: 1s, header_read_timeout: 60s }\n").await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let start = Instant::now();
+    let closed = read_to_close(&mut s, Duration::from_secs(30)).await;
+    assert!(closed.is_ok(), "open after 30 s although idle_timeout is 1 s");
+    assert!(start.elapsed() >= Duration::from_millis(900), "closed before the idle timeout: {:?}", start.elapsed());
+    // A head begun after the idle wait gets `header_read_timeout`, not the idle one.
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET /echo HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut s, Duration::from_millis(500)).await.unwrap_or_else(|partial| partial);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "the slow second head was cut: {answer:?}");
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_gets_a_goaway_and_is_closed() {
     let b = backend::spawn().await;
