@@ -7,11 +7,13 @@
 //! of its life, so those cases keep hyper's handling (100-continue, upgrades, 400 and 431).
 //! The response is written by `wire::writer`.
 
-use std::pin::pin;
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::task::{ready, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientIo, ConnLimits, Reply, Service};
@@ -23,10 +25,10 @@ use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
 use crate::wire::writer::{write_response, RelayedHead, RequestInfo};
 
-/// A connection's read buffer to begin with (a typical request head fits).
+/// A connection's read buffer once bytes arrive (a typical request head fits).
 const READ_BUFFER: usize = 1024;
 
-/// A connection's write buffer to begin with (a typical answer's head and small body fit).
+/// A request's write buffer to begin with (a typical answer's head and small body fit).
 const WRITE_BUFFER: usize = 1024;
 
 /// How a connection left the fast path.
@@ -38,6 +40,11 @@ pub enum Outcome<I> {
 
 /// Serves requests on `io` until it closes, `stop` fires between requests, or a request needs
 /// hyper.
+///
+/// While a connection idles it holds no buffer (nginx frees its header buffer on keep-alive):
+/// the read buffer is allocated when bytes arrive and released once a request is answered with
+/// nothing after it, and the state of answering a request (the relay, the writing) lives in a
+/// box for that request's time only. An idle connection's task is the few words below.
 pub async fn serve<I: ClientIo, S: Service>(
     mut io: I,
     conn: &ConnInfo,
@@ -46,10 +53,7 @@ pub async fn serve<I: ClientIo, S: Service>(
     stop: &CancellationToken,
 ) -> Outcome<I> {
     let max_header_bytes = limits.max_header_bytes;
-    // Small, grown when a head or an answer needs more, and shrunk back after a large answer:
-    // an idle keep-alive connection holds a few KiB (nginx's client_header_buffer_size is 1k).
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
+    let mut buf = BytesMut::new();
     let mut stopped = pin!(stop.cancelled());
     // The first head must come within `header_read_timeout` of the accept (nginx's
     // client_header_timeout); later, a connection may idle for `idle_timeout` (its
@@ -74,11 +78,8 @@ pub async fn serve<I: ClientIo, S: Service>(
                     // Refused here even when hyper would have served it: hyper cuts fragments
                     // off and resolves Content-Length beside Transfer-Encoding silently.
                     if let Err(refusal) = admission::check_head(&head, &buf) {
-                        let (parts, body) = service.refuse(&head.method, refusal).into_parts();
-                        let info = RequestInfo { head: false, keep_alive: false, http10: false, trailers: false };
                         // Boxed: rare, and the state of writing would enlarge every connection's.
-                        let _ = Box::pin(write_response(&mut io, &mut out, &parts, body, &info)).await;
-                        let _ = io.shutdown().await;
+                        Box::pin(refuse(&mut io, service, &head.method, refusal)).await;
                         return Outcome::Closed;
                     }
                     match fast_path(&head, &buf) {
@@ -104,25 +105,61 @@ pub async fn serve<I: ClientIo, S: Service>(
                 Err(_) => return Outcome::Closed,
             }
         };
-        let reply = match reply_for(service, conn, head, &mut buf).await {
-            Ok(reply) => reply,
-            Err(read) => return Outcome::Handoff(io, read),
-        };
-        // Draining: this is the connection's last answer, and it says so.
-        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
-        let written = write_reply(&mut io, &mut out, reply, &info).await;
-        if out.capacity() > WRITE_BUFFER * 4 {
-            // A large answer went by: do not keep its buffer for an idle connection.
-            out = BytesMut::with_capacity(WRITE_BUFFER);
+        // Boxed: the state of answering (the relay's exchange, the writing) is several times an
+        // idle connection's and exists only while a request is in flight.
+        match Box::pin(answer(&mut io, conn, service, head, info, &mut buf, stop)).await {
+            Answered::KeepAlive => {}
+            Answered::Closed => return Outcome::Closed,
+            Answered::Handoff(read) => return Outcome::Handoff(io, read),
         }
-        match written {
-            Ok(true) if !stop.is_cancelled() => {}
-            _ => {
-                let _ = io.shutdown().await;
-                return Outcome::Closed;
-            }
+        if buf.is_empty() {
+            // Nothing pipelined behind it: hold no buffer while idle.
+            buf = BytesMut::new();
         }
     }
+}
+
+/// How answering one request left the connection.
+enum Answered {
+    KeepAlive,
+    Closed,
+    /// For hyper after all, with these bytes first.
+    Handoff(Bytes),
+}
+
+/// Answers one request the fast path took and writes the answer.
+async fn answer<I: ClientIo, S: Service>(
+    io: &mut I,
+    conn: &ConnInfo,
+    service: &S,
+    head: RequestHead,
+    info: RequestInfo,
+    buf: &mut BytesMut,
+    stop: &CancellationToken,
+) -> Answered {
+    let reply = match reply_for(service, conn, head, buf).await {
+        Ok(reply) => reply,
+        Err(read) => return Answered::Handoff(read),
+    };
+    // Draining: this is the connection's last answer, and it says so.
+    let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
+    match write_reply(io, &mut out, reply, &info).await {
+        Ok(true) if !stop.is_cancelled() => Answered::KeepAlive,
+        _ => {
+            let _ = io.shutdown().await;
+            Answered::Closed
+        }
+    }
+}
+
+/// Answers a head `admission` refused and closes the connection.
+async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: &Method, refusal: admission::Refusal) {
+    let (parts, body) = service.refuse(method, refusal).into_parts();
+    let info = RequestInfo { head: false, keep_alive: false, http10: false, trailers: false };
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
+    let _ = write_response(io, &mut out, &parts, body, &info).await;
+    let _ = io.shutdown().await;
 }
 
 /// The answer to one request the fast path took; Err: for hyper after all, with these bytes
@@ -138,7 +175,7 @@ async fn reply_for<S: Service>(
     }
     match head.to_request(http_body_util::Either::Right(http_body_util::Empty::new())) {
         // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and its
-        // state would double every idle connection's.
+        // state would double every request's.
         Some(req) => Ok(Reply::Response(Box::pin(service.call(req, conn.clone())).await)),
         None => {
             // Put the head back in front of what follows it: hyper answers it (400).
@@ -171,8 +208,23 @@ async fn write_reply<I: ClientIo>(
     }
 }
 
-/// Reads into `buf`, growing it when a head is larger than it.
+/// Reads into `buf`, growing it when a head is larger than it. An idle connection's `buf` has no
+/// allocation: it waits with a buffer on the stack of the poll, and gets one when bytes come.
 async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        return std::future::poll_fn(|cx| {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUFFER];
+            let mut read = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            if n > 0 {
+                buf.reserve(READ_BUFFER);
+                buf.put_slice(read.filled());
+            }
+            Poll::Ready(Ok(n))
+        })
+        .await;
+    }
     if buf.capacity() - buf.len() < READ_BUFFER / 4 {
         buf.reserve(READ_BUFFER);
     }
