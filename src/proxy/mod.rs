@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod pool;
+mod pump;
 pub mod relay;
 pub mod rules;
 mod upgrade;

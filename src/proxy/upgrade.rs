@@ -1,10 +1,12 @@
 //! Upgraded connections (WebSocket, RFC 9110 §7.8): once both sides switched protocols,
-//! bytes are copied both ways until either closes.
+//! bytes are copied both ways (`pump`) until both have closed.
 
+use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::pump;
 use crate::upstream::conn::Conn;
 
 /// The upstream side of a tunnel.
@@ -22,22 +24,27 @@ pub async fn tunnel(client: OnUpgrade, upstream: Upstream) {
         Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
     };
     match upstream {
-        Upstream::Own(conn) => copy(client, conn.io, &conn.read).await,
+        Upstream::Own(conn) => {
+            let (io, early) = conn.into_tunnel();
+            copy(client, io, early).await
+        }
         Upstream::Hyper(on) => match on.await {
-            Ok(io) => copy(client, TokioIo::new(io), &[]).await,
+            Ok(io) => copy(client, TokioIo::new(io), Bytes::new()).await,
             Err(e) => tracing::warn!(error = %e, "upgrade failed"),
         },
     }
 }
 
 /// Sends `early` (upstream bytes already read) to the client, then copies both ways.
-async fn copy<C, U>(mut client: C, mut upstream: U, early: &[u8])
+async fn copy<C, U>(mut client: C, mut upstream: U, early: Bytes)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let copied = match client.write_all(early).await {
-        Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut upstream).await,
+    let sent = client.write_all(&early).await;
+    drop(early);
+    let copied = match sent {
+        Ok(()) => pump::both_ways(&mut client, &mut upstream).await,
         Err(e) => Err(e),
     };
     match copied {

@@ -5,7 +5,7 @@
 //! Requests with a streamed body go through hyper's client instead (see `pool`), which can
 //! send a body while the response is already arriving.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,6 +46,12 @@ pub enum ExchangeError {
 impl Conn {
     pub fn new(io: UpstreamIo) -> Self {
         Self { io, read: BytesMut::with_capacity(READ_CHUNK), write: BytesMut::with_capacity(512) }
+    }
+
+    /// For a tunnel: the socket and the bytes that came after the response head; the buffers go.
+    pub fn into_tunnel(self) -> (UpstreamIo, Bytes) {
+        let early = if self.read.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&self.read) };
+        (self.io, early)
     }
 
     /// True when an idle connection can carry another request: nothing has arrived since its
