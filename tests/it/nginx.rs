@@ -64,7 +64,7 @@ fn start_nginx(dir: &Path, site: &str, port: u16) -> Nginx {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx (Debian package nginx)");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
         assert!(Instant::now() < deadline, "nginx did not start:\n{log}");
