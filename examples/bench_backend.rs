@@ -1,5 +1,6 @@
 //! A fast fake backend for `benches/load.py`: one thread, HTTP/1.1 keep-alive, tiny answers.
-//! `/api/me` answers a session endpoint's JSON; everything else `ok`.
+//! `/api/me` answers a session endpoint's JSON; `/ws` with `Upgrade` switches protocols and
+//! echoes what it reads (for `benches/connections.py`); everything else `ok`.
 //!
 //! Usage: `bench_backend 127.0.0.1:3900`
 #![allow(
@@ -15,8 +16,27 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/ws" && req.headers().contains_key(header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut chunk = [0u8; 512];
+            while let Ok(n @ 1..) = io.read(&mut chunk).await {
+                if io.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        return Ok(resp);
+    }
     let (body, ctype) = match req.uri().path() {
         "/api/me" => {
             (Bytes::from_static(br#"{"id":"user-123","name":"Alice","email":"alice@example.com"}"#), "application/json")
@@ -39,6 +59,7 @@ fn main() {
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                    .with_upgrades()
                     .await;
             });
         }

@@ -1,85 +1,125 @@
-//! Memory per idle connection, for `benches/connections.sh`: opens N idle HTTP/1.1 keep-alive
-//! (`h1`) or HTTP/2 h2c (`h2`) connections to a running tokengate (each after one request),
-//! and prints its RSS before, with them open, and 10 s after they close.
+//! Memory per idle connection, for `benches/connections.py`: opens N idle connections to a
+//! running proxy (tokengate or nginx), each after one exchange, and prints one JSON line with
+//! the RSS of the given processes before, with them open, and 10 s after they close.
 //!
-//! Usage: `idle_connections ADDR PID h1|h2 [N]`
+//! Modes: `h1` (HTTP/1.1 keep-alive, raw sockets), `h2` (HTTP/2 h2c prior knowledge, hyper's
+//! client), `ws` (an upgraded connection the proxy tunnels to the backend, one echo through it).
+//! Connections come from 127.0.0.1 and on from 127.0.0.2, .3, … so that more than one source
+//! address's ephemeral ports can be open at once.
+//!
+//! Usage: `idle_connections ADDR PID[,PID…] h1|h2|ws N`
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark, example or test: a failure should stop it loudly"
 )]
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
+/// Connections per source address (the ephemeral range holds ~28,000, and the connections of
+/// an earlier run wait in TIME_WAIT on some of them).
+const PER_SOURCE: usize = 10_000;
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .expect("VmRSS")
+        })
+        .sum()
 }
 
-async fn settle(pid: u32) -> u64 {
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    rss_kib(pid)
+async fn settle(pids: &[u32]) -> u64 {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rss_kib(pids)
 }
 
-/// Keeps one request's connection open: the sender (HTTP/1.1) or the driver (HTTP/2) lives.
+/// Keeps a connection open.
 #[allow(dead_code)]
 enum Held {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Socket(TcpStream),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn open(addr: &str, h2: bool) -> Held {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let req = || Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
-    if h2 {
-        let (mut s, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        s.send_request(req()).await.unwrap().into_body().collect().await.unwrap();
-        Held::H2(s)
-    } else {
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let mut r = req();
-        r.headers_mut().insert("host", addr.parse().unwrap());
-        *r.uri_mut() = "/".parse().unwrap();
-        s.send_request(r).await.unwrap().into_body().collect().await.unwrap();
-        Held::H1(s)
+async fn connect(addr: SocketAddr, i: usize) -> TcpStream {
+    let source = Ipv4Addr::new(127, 0, 0, 1 + u8::try_from(i / PER_SOURCE).expect("fewer sources"));
+    let socket = TcpSocket::new_v4().unwrap();
+    // A port still in TIME_WAIT from an earlier run may be bound again.
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(SocketAddr::new(source.into(), 0)).expect("bind a source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Reads until `end` has arrived.
+async fn read_until(s: &mut TcpStream, end: &[u8]) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(end.len()).any(|w| w == end) {
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn open(addr: SocketAddr, mode: &str, i: usize) -> Held {
+    let mut s = connect(addr, i).await;
+    match mode {
+        "h1" => {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").await.unwrap();
+            read_until(&mut s, b"\r\n\r\nok").await;
+            Held::Socket(s)
+        }
+        "ws" => {
+            s.write_all(
+                b"GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            s.write_all(b"ping").await.unwrap();
+            read_until(&mut s, b"ping").await;
+            Held::Socket(s)
+        }
+        _ => {
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(conn);
+            let req = Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
+            sender.send_request(req).await.unwrap().into_body().collect().await.unwrap();
+            Held::H2(sender)
+        }
     }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().expect("ADDR");
-    let pid: u32 = args.next().expect("PID").parse().expect("a pid");
-    let h2 = args.next().as_deref() == Some("h2");
+    let addr: SocketAddr = args.next().expect("ADDR").parse().expect("an address");
+    let pids: Vec<u32> = args.next().expect("PIDS").split(',').map(|p| p.parse().expect("a pid")).collect();
+    let mode = args.next().expect("h1|h2|ws");
     let n: usize = args.next().map(|n| n.parse().expect("N")).unwrap_or(5000);
-    let name = if h2 { "HTTP/2 (h2c)" } else { "HTTP/1.1 keep-alive" };
-    {
-        let idle = settle(pid).await;
-        let mut held = Vec::with_capacity(n);
-        for _ in 0..n {
-            held.push(open(&addr, h2).await);
-        }
-        let open_rss = settle(pid).await;
-        drop(held);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let after = rss_kib(pid);
-        let per = (open_rss.saturating_sub(idle)) as f64 / n as f64;
-        println!(
-            "{name:<20} idle {idle:>7} KiB | {n} open {open_rss:>7} KiB: {per:>5.1} KiB each | 10 s after closing {after:>7} KiB ({:+.0} % of idle)",
-            (after as f64 / idle as f64 - 1.0) * 100.0
-        );
+    let before = settle(&pids).await;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(open(addr, &mode, i).await);
     }
+    let open_rss = settle(&pids).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rss_kib(&pids);
+    println!(r#"{{"mode":"{mode}","n":{n},"before_kib":{before},"open_kib":{open_rss},"after_kib":{after}}}"#);
 }

@@ -167,7 +167,7 @@ impl App {
             }
         }
         if let Some(trim) = trim {
-            trimmer(state.public_slots.clone(), trim);
+            trimmer(state.clone(), trim);
         }
         let s = state.clone();
         let public_task = tokio::spawn(server::serve(
@@ -254,7 +254,7 @@ fn worker(
         };
         let tunnels = state.tunnels.clone();
         if let Some(trim) = trim {
-            trimmer(state.public_slots.clone(), trim);
+            trimmer(state.clone(), trim);
         }
         let (settings, slots) = (PublicSettings(state.clone()), state.public_slots.clone());
         server::serve(listener, settings, slots, stack::Public(state), stop).await;
@@ -264,16 +264,17 @@ fn worker(
     });
 }
 
-/// On this thread: trims after open connections fell by an eighth of their peak since the last
-/// trim (all of them closing included), at most every `TRIM_EVERY`.
-fn trimmer(slots: Arc<server::Slots>, trim: Trim) {
+/// On this thread: trims after open connections and tunnels fell by an eighth of their peak
+/// since the last trim (all of them closing included), at most every `TRIM_EVERY`. A WebSocket
+/// gives its connection slot back when it becomes a tunnel, so tunnels are counted apart.
+fn trimmer(state: Arc<State>, trim: Trim) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TRIM_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut peak = 0;
         loop {
             tick.tick().await;
-            let open = slots.open();
+            let open = state.public_slots.open() + state.tunnels.len();
             if open >= peak {
                 peak = open;
             } else if peak - open >= peak.div_ceil(8) {

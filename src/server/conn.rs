@@ -54,7 +54,10 @@ impl<S: Service> Conn<S> {
         };
         // Boxed: hyper's connection state is several KiB, and every connection's task would
         // carry it inline, idle fast-path ones too; only the connections handed over need it.
-        Box::pin(self.serve_hyper(io, info)).await;
+        // Boxed in a statement of its own: a temporary lives to the end of its statement, and
+        // one alive across the await would put the unboxed state back into the task.
+        let hyper = Box::pin(self.serve_hyper(io, info));
+        hyper.await;
     }
 
     /// The TLS handshake (within `timeout`), then `serve`.

@@ -66,29 +66,28 @@ pub async fn serve<I: ClientIo, S: Service>(
         let mut idle = !first && buf.is_empty();
         first = false;
         let (head, info) = loop {
-            let parsed = RequestHead::parse(&buf);
-            if idle && !buf.is_empty() && !matches!(parsed, Parsed::Head(_)) {
-                // The idle wait is over and a head has begun: it has `header_read_timeout`.
-                // (Most heads arrive whole: then the timer is reset once per request.)
-                idle = false;
-                timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
-            }
-            match parsed {
-                Parsed::Head(head) => {
-                    // Refused here even when hyper would have served it: hyper cuts fragments
-                    // off and resolves Content-Length beside Transfer-Encoding silently.
-                    if let Err(refusal) = admission::check_head(&head, &buf) {
-                        // Boxed: rare, and the state of writing would enlarge every connection's.
-                        Box::pin(refuse(&mut io, service, &head.method, refusal)).await;
-                        return Outcome::Closed;
+            // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
+            // inline), and an idle connection's task would carry that room while it waits.
+            // Nothing is awaited inside this match: its scrutinee would stay alive across it.
+            let refused = match step(&mut buf, max_header_bytes, &mut idle) {
+                Step::Answer(head, info) => break (head, info),
+                Step::Refuse(method, refusal) => Some((method, refusal)),
+                Step::Handoff => return Outcome::Handoff(io, buf.freeze()),
+                Step::ReadMore { head_begun } => {
+                    if head_begun {
+                        // The idle wait is over and a head has begun: it has
+                        // `header_read_timeout` (most heads arrive whole: then the timer is
+                        // reset once per request).
+                        timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
                     }
-                    match fast_path(&head, &buf) {
-                        Some(info) => break (head.take(&mut buf), info),
-                        None => return Outcome::Handoff(io, buf.freeze()),
-                    }
+                    None
                 }
-                Parsed::Partial if buf.len() < max_header_bytes => {}
-                Parsed::Partial | Parsed::Invalid => return Outcome::Handoff(io, buf.freeze()),
+            };
+            if let Some((method, refusal)) = refused {
+                // Boxed: rare, and the state of writing would enlarge every connection's.
+                let refusing = Box::pin(refuse(&mut io, service, method, refusal));
+                refusing.await;
+                return Outcome::Closed;
             }
             let read = tokio::select! {
                 biased;
@@ -107,7 +106,10 @@ pub async fn serve<I: ClientIo, S: Service>(
         };
         // Boxed: the state of answering (the relay's exchange, the writing) is several times an
         // idle connection's and exists only while a request is in flight.
-        match Box::pin(answer(&mut io, conn, service, head, info, &mut buf, stop)).await {
+        // In a statement of its own: a temporary lives to the end of its statement, and the
+        // unboxed future alive across the await would be in every idle connection's task.
+        let answering = Box::pin(answer(&mut io, conn, service, head, info, &mut buf, stop));
+        match answering.await {
             Answered::KeepAlive => {}
             Answered::Closed => return Outcome::Closed,
             Answered::Handoff(read) => return Outcome::Handoff(io, read),
@@ -116,6 +118,43 @@ pub async fn serve<I: ClientIo, S: Service>(
             // Nothing pipelined behind it: hold no buffer while idle.
             buf = BytesMut::new();
         }
+    }
+}
+
+/// What to do with the bytes a connection has read so far.
+// Not boxed: returned once and taken apart at once, never held across an await.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A head the fast path answers, taken off the front of the buffer.
+    Answer(RequestHead, RequestInfo),
+    /// A head `admission` refuses.
+    Refuse(Method, admission::Refusal),
+    /// For hyper, from the first byte read.
+    Handoff,
+    /// Not a whole head yet; `head_begun`: the first bytes after an idle wait.
+    ReadMore { head_begun: bool },
+}
+
+fn step(buf: &mut BytesMut, max_header_bytes: usize, idle: &mut bool) -> Step {
+    let parsed = RequestHead::parse(buf);
+    let head_begun = *idle && !buf.is_empty() && !matches!(parsed, Parsed::Head(_));
+    if head_begun {
+        *idle = false;
+    }
+    match parsed {
+        Parsed::Head(head) => {
+            // Refused here even when hyper would have served it: hyper cuts fragments off and
+            // resolves Content-Length beside Transfer-Encoding silently.
+            if let Err(refusal) = admission::check_head(&head, buf) {
+                return Step::Refuse(head.method, refusal);
+            }
+            match fast_path(&head, buf) {
+                Some(info) => Step::Answer(head.take(buf), info),
+                None => Step::Handoff,
+            }
+        }
+        Parsed::Partial if buf.len() < max_header_bytes => Step::ReadMore { head_begun },
+        Parsed::Partial | Parsed::Invalid => Step::Handoff,
     }
 }
 
@@ -154,8 +193,8 @@ async fn answer<I: ClientIo, S: Service>(
 }
 
 /// Answers a head `admission` refused and closes the connection.
-async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: &Method, refusal: admission::Refusal) {
-    let (parts, body) = service.refuse(method, refusal).into_parts();
+async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: Method, refusal: admission::Refusal) {
+    let (parts, body) = service.refuse(&method, refusal).into_parts();
     let info = RequestInfo { head: false, keep_alive: false, http10: false, trailers: false };
     let mut out = BytesMut::with_capacity(WRITE_BUFFER);
     let _ = write_response(io, &mut out, &parts, body, &info).await;

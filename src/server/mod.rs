@@ -173,7 +173,7 @@ pub async fn serve<S: Service>(
         // Read once per connection: a reload applies to the connections accepted after it.
         let settings = settings.current();
         let (service, stop) = (service.clone(), stop.clone());
-        connections.spawn(async move {
+        let fut = async move {
             let _slot = slot;
             let tls = settings.tls.clone();
             let handshake_timeout = settings.limits.header_read_timeout;
@@ -182,9 +182,14 @@ pub async fn serve<S: Service>(
                 None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
                 // Boxed: a TLS connection's state is several KiB that a plain one should not
                 // carry inline in its task.
-                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer, handshake_timeout)).await,
+                Some(acceptor) => {
+                    // In a statement of its own: a temporary lives to the end of its statement.
+                    let tls = Box::pin(conn.serve_tls(acceptor, stream, peer, handshake_timeout));
+                    tls.await
+                }
             }
-        });
+        };
+        connections.spawn(fut);
     }
     drop(listener);
     connections.close();
