@@ -88,6 +88,7 @@ fn bench(c: &mut Criterion) {
     let limit = tokengate::ratelimit::RateLimit::build(
         "bench",
         &serde_json::from_value(json!({"key": "client_ip", "rate": 1_000_000_000u32, "per": "1s"})).unwrap(),
+        tokengate::config::RateLimitHeaders::Both,
         &tokengate::shelf::Shelf::default(),
     )
     .unwrap();

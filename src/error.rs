@@ -43,7 +43,15 @@ pub enum Error {
     #[error(transparent)]
     Sign(#[from] crate::keys::SignError),
     #[error("rate limit {limit} exceeded")]
-    RateLimited { limit: String, burst: u32, decision: crate::ratelimit::Decision },
+    RateLimited {
+        limit: String,
+        quota: crate::ratelimit::Quota,
+        headers: crate::config::RateLimitHeaders,
+        decision: crate::ratelimit::Decision,
+    },
+    /// A CORS preflight from an origin the route's `cors` does not list.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     /// Refused before going anywhere (`admission`); the connection closes after the answer.
     #[error("request refused: {}", .0.message())]
     Refused(Refusal),
@@ -69,6 +77,7 @@ impl Error {
             Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Refused(_) => StatusCode::BAD_REQUEST,
             Self::Ledger(_) | Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +97,7 @@ impl Error {
             Self::AuthUnavailable { .. } => "auth_unavailable",
             Self::Sign(_) => "internal_error",
             Self::RateLimited { .. } => "rate_limited",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::Refused(Refusal::Connect) => "method_not_allowed",
             Self::Refused(_) => "invalid_request",
             Self::Ledger(_) => "ledger_unavailable",
@@ -110,6 +120,7 @@ impl Error {
             Self::AuthUnavailable { .. } => "authentication is temporarily unavailable",
             Self::Sign(_) => "cannot sign the token",
             Self::RateLimited { .. } => "too many requests, retry later",
+            Self::OriginNotAllowed => "this origin may not call this route (cors.allowed_origins)",
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
             Self::Refused(r) => r.message(),
             Self::Ledger(_) => "tokens cannot be recorded right now, retry later",
@@ -146,14 +157,12 @@ pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
         Error::MethodNotAllowed { allow } => {
             resp.headers_mut().insert(header::ALLOW, allow.clone());
         }
-        // RFC 9110 §10.2.3 and the IETF RateLimit header fields draft; seconds, rounded up.
-        Error::RateLimited { burst, decision, .. } => {
+        // RFC 9110 §10.2.3 and the RateLimit fields (legacy and/or the IETF httpapi draft).
+        Error::RateLimited { limit, quota, headers, decision } => {
             let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
             let h = resp.headers_mut();
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs(decision.retry_after).max(1)));
-            h.insert("ratelimit-limit", HeaderValue::from(*burst));
-            h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-            h.insert("ratelimit-reset", HeaderValue::from(secs(decision.reset)));
+            crate::ratelimit::fields::insert(h, limit, quota, decision, *headers);
         }
         Error::Ledger(_) | Error::SharedStateUnavailable => {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

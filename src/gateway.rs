@@ -77,7 +77,7 @@ impl Gateway {
         }
         let mut limits = HashMap::new();
         for (name, cfg) in &config.rate_limits {
-            match RateLimit::build(name, cfg, &stores.limits) {
+            match RateLimit::build(name, cfg, config.rate_limit_headers, &stores.limits) {
                 Ok(limit) => {
                     limits.insert(name.clone(), Arc::new(limit));
                 }

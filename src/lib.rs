@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod conn_info;
 pub mod context;
+pub mod cors;
 pub mod demo;
 pub mod error;
 #[doc(hidden)]

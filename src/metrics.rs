@@ -25,6 +25,7 @@ pub struct Metrics {
     pub auth_hook_duration_seconds: HistogramVec,
     pub auth_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
+    pub cors_preflights_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     /// Unix time of the last config put in service (the first load counts).
     pub config_last_reload_success_timestamp_seconds: Gauge,
@@ -191,6 +192,12 @@ impl Metrics {
                 "tokengate_rate_limited_total",
                 "Requests refused by a rate limit",
                 &["limit"],
+            ),
+            cors_preflights_total: counter(
+                &r,
+                "tokengate_cors_preflights_total",
+                "CORS preflights on token routes, answered by tokengate",
+                &["route", "result"],
             ),
             config_reloads_total: counter(&r, "tokengate_config_reloads_total", "Config reloads", &["result"]),
             config_last_reload_success_timestamp_seconds,

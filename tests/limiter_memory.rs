@@ -34,7 +34,9 @@ fn a_million_distinct_keys_stay_within_the_bound() {
         burst: None,
         max_keys: Some(MAX_KEYS),
     };
-    let limit = RateLimit::build("flood", &cfg, &tokengate::shelf::Shelf::default()).unwrap();
+    let limit =
+        RateLimit::build("flood", &cfg, tokengate::config::RateLimitHeaders::Both, &tokengate::shelf::Shelf::default())
+            .unwrap();
     let before = rss_kib();
     let start = Instant::now();
     for i in 0u32..1_000_000 {

@@ -60,6 +60,9 @@ pub struct Config {
     /// Limits applied to forwarded traffic too (429 before forwarding).
     #[serde(default)]
     pub proxy_rate_limits: Vec<String>,
+    /// Which RateLimit fields a limited (or limit-reporting) answer carries.
+    #[serde(default)]
+    pub rate_limit_headers: RateLimitHeaders,
     /// Token routes; all other traffic is forwarded.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -406,6 +409,56 @@ pub struct RouteConfig {
     pub error_response: Option<ErrorResponseConfig>,
     #[serde(default)]
     pub ledger: Option<RouteLedgerConfig>,
+    /// Browser pages on other origins may call this route.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// SPEC §2 `rate_limit_headers`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitHeaders {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    Legacy,
+    /// The IETF httpapi draft's `RateLimit` and `RateLimit-Policy` structured fields.
+    Draft,
+    #[default]
+    Both,
+}
+
+impl RateLimitHeaders {
+    pub fn legacy(self) -> bool {
+        matches!(self, Self::Legacy | Self::Both)
+    }
+    pub fn draft(self) -> bool {
+        matches!(self, Self::Draft | Self::Both)
+    }
+}
+
+/// SPEC §2 `routes[].cors`.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `https://app.example.com`, `regex:^https://[a-z0-9-]+\.example\.com$`, or `*`.
+    pub allowed_origins: Vec<String>,
+    /// The browser may send cookies and `Authorization`.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default = "default_cors_allowed_headers")]
+    pub allowed_headers: Vec<String>,
+    /// Default: `retry-after`, the RateLimit fields `rate_limit_headers` sends.
+    #[serde(default)]
+    pub expose_headers: Option<Vec<String>>,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: Duration,
+}
+
+fn default_cors_allowed_headers() -> Vec<String> {
+    vec!["content-type".into(), "authorization".into()]
+}
+
+fn default_cors_max_age() -> Duration {
+    Duration(std::time::Duration::from_secs(600))
 }
 
 fn default_methods() -> Vec<MethodName> {

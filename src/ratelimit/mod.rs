@@ -4,6 +4,7 @@
 //! limit's horizon is forgotten (it would be as good as new anyway), and at most `max_keys`
 //! keys are tracked per limit, so a flood of distinct IPs or cookies cannot grow memory.
 
+pub mod fields;
 pub mod gcra;
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::config::{FieldError, RateLimitConfig};
+use crate::config::{FieldError, RateLimitConfig, RateLimitHeaders};
 use crate::shelf::Shelf;
 pub use gcra::{Decision, Quota};
 
@@ -62,6 +63,8 @@ pub struct RateLimit {
     pub name: String,
     kind: KeyKind,
     pub quota: Quota,
+    /// The RateLimit fields its refusals carry (the top-level `rate_limit_headers`).
+    pub headers: RateLimitHeaders,
     /// Keys tracked per shard at most (`max_keys` / shards).
     per_shard: usize,
     /// Name, key kind and quota as text, for the Redis key (see `shape_text`).
@@ -107,6 +110,7 @@ impl RateLimit {
     pub fn build(
         name: &str,
         cfg: &RateLimitConfig,
+        headers: RateLimitHeaders,
         stores: &Shelf<LimitShape, Arc<LimitStore>>,
     ) -> Result<Self, FieldError> {
         let kind = match cfg.key.as_str() {
@@ -128,6 +132,7 @@ impl RateLimit {
             name: name.to_owned(),
             kind,
             quota,
+            headers,
             shape_text,
             per_shard: max_keys / SHARDS,
             store: stores.take(shape, Arc::default),
@@ -235,7 +240,7 @@ mod tests {
             serde_json::json!({"key": "client_ip", "rate": 1, "per": "1h", "max_keys": max_keys}),
         )
         .unwrap();
-        RateLimit::build("t", &cfg, &Shelf::default()).unwrap()
+        RateLimit::build("t", &cfg, RateLimitHeaders::Both, &Shelf::default()).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::request::PathPattern;
 use super::{Rendered, Route, TokenCache, TokenShape, TOKEN_CACHE_ENTRIES};
 use crate::auth::Hook;
 use crate::config::{Config, FieldError, OnError, RouteConfig};
+use crate::cors::Cors;
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, Recorder};
 use crate::ratelimit::RateLimit;
@@ -117,7 +118,12 @@ impl Route {
             }
             _ => None,
         };
+        let cors = match &cfg.cors {
+            Some(c) => Some(Cors::build(c, &methods, config.rate_limit_headers, &at("cors"))?),
+            None => None,
+        };
         Ok(Self {
+            cors,
             ledger,
             shared: shared.map(|(s, on_error)| (s.clone(), on_error)),
             pre_auth_limits,

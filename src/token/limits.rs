@@ -24,7 +24,7 @@ pub fn check_limits(limits: &[Arc<RateLimit>], input: &LimitInput<'_>, metrics: 
 
 fn refused(limit: &RateLimit, decision: crate::ratelimit::Decision, metrics: &Metrics) -> Error {
     metrics.rate_limited_total.with_label_values(&[&limit.name]).inc();
-    Error::RateLimited { limit: limit.name.clone(), burst: limit.quota.burst, decision }
+    Error::RateLimited { limit: limit.name.clone(), quota: limit.quota, headers: limit.headers, decision }
 }
 
 /// Counts the request against `limits`, in Redis when the route has shared state.

@@ -27,6 +27,7 @@ use http::{Method, StatusCode};
 
 use crate::auth::Hook;
 use crate::config::OnError;
+use crate::cors::Cors;
 use crate::ledger::Recorder;
 use crate::ratelimit::RateLimit;
 use crate::shared::Shared;
@@ -77,6 +78,8 @@ pub struct Route {
     ledger: Option<Recorder>,
     /// Redis, where this route's limits are counted across replicas, and what to do without.
     shared: Option<(Shared, OnError)>,
+    /// Browser pages on other origins may call the route (preflights answered here).
+    cors: Option<Cors>,
 }
 
 /// Whether an answer's tokens go to the ledger (`tokengate mint` previews record nothing).

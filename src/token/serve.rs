@@ -10,14 +10,59 @@ use crate::auth::{AuthError, AuthRequest};
 use crate::body::{Body, RequestBody};
 use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
+use crate::cors::Cors;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
 use crate::ratelimit::LimitInput;
 
 impl Route {
-    /// Serves one request on this route; every failure becomes the route's error shape.
+    /// Serves one request on this route: a CORS preflight is answered before anything else
+    /// (never an auth hook, limit, cache or the ledger), and every answer gets the route's CORS
+    /// fields.
     pub async fn serve(
+        &self,
+        req: Request<RequestBody>,
+        captures: Vec<(String, String)>,
+        conn: &ConnInfo,
+        rules: &ForwardRules,
+        metrics: &Metrics,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Response<Body> {
+        let Some(cors) = &self.cors else {
+            return self.serve_request(req, captures, conn, rules, metrics, ctx).await;
+        };
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        let mut resp = if Cors::is_preflight(req.method(), req.headers()) {
+            let (result, resp) = match cors.preflight(req.headers()) {
+                Some(resp) => ("allowed", resp),
+                None => {
+                    let values = Values {
+                        identity: None,
+                        body: &Value::Null,
+                        query: req.uri().query().unwrap_or(""),
+                        captures: &captures,
+                        headers: req.headers(),
+                        client_ip: crate::proxy::headers::client_ip(rules, conn.peer.ip(), req.headers()),
+                        now: crate::clock::unix_now(),
+                        tokens: &[],
+                        first: None,
+                        error: None,
+                    };
+                    ("refused", self.error(&Error::OriginNotAllowed, &values))
+                }
+            };
+            metrics.cors_preflights_total.with_label_values(&[&self.name, result]).inc();
+            resp
+        } else {
+            self.serve_request(req, captures, conn, rules, metrics, ctx).await
+        };
+        cors.decorate(origin.as_ref(), &mut resp);
+        resp
+    }
+
+    /// Serves one request on this route; every failure becomes the route's error shape.
+    async fn serve_request(
         &self,
         req: Request<RequestBody>,
         captures: Vec<(String, String)>,

@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 #[cfg(feature = "services")]
 mod conformance;
+mod cors;
 mod downstream_wire;
 mod errors;
 mod forward;
