@@ -26,6 +26,7 @@ pub struct Metrics {
     pub auth_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub cors_preflights_total: IntCounterVec,
+    pub ratelimit_decisions_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     /// Unix time of the last config put in service (the first load counts).
     pub config_last_reload_success_timestamp_seconds: Gauge,
@@ -192,6 +193,12 @@ impl Metrics {
                 "tokengate_rate_limited_total",
                 "Requests refused by a rate limit",
                 &["limit"],
+            ),
+            ratelimit_decisions_total: counter(
+                &r,
+                "tokengate_ratelimit_decisions_total",
+                "Rate limit decisions: allow, limit, would_limit (a dry_run limit that would have refused)",
+                &["limit", "outcome"],
             ),
             cors_preflights_total: counter(
                 &r,

@@ -159,7 +159,7 @@ fn proxy_limits(
 ) -> Option<Response<Body>> {
     let client_ip = headers::client_ip(&gateway.proxy.rules, conn.peer.ip(), req.headers());
     ctx.client_ip = Some(client_ip);
-    let input = LimitInput { client_ip, user: None, route: PROXY_ROUTE, headers: req.headers() };
+    let input = LimitInput { client_ip, identity: None, route: PROXY_ROUTE, headers: req.headers() };
     let err = check_limits(&gateway.proxy_limits, &input, &state.metrics).err()?;
     if let Error::RateLimited { limit, .. } = &err {
         ctx.limited = Some(limit.clone());

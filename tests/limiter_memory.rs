@@ -33,6 +33,7 @@ fn a_million_distinct_keys_stay_within_the_bound() {
         per: ConfigDuration(Duration::from_secs(60)),
         burst: None,
         max_keys: Some(MAX_KEYS),
+        dry_run: false,
     };
     let limit =
         RateLimit::build("flood", &cfg, tokengate::config::RateLimitHeaders::Both, &tokengate::shelf::Shelf::default())

@@ -376,7 +376,7 @@ impl Default for HookCacheConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// `client_ip`, `user`, `route`, `global` or `header:NAME`.
+    /// `client_ip`, `user`, `user.<field>`, `route`, `global` or `header:NAME`.
     pub key: String,
     pub rate: u32,
     pub per: Duration,
@@ -385,6 +385,9 @@ pub struct RateLimitConfig {
     /// Keys tracked at most (default 100000); beyond it the least recently used are forgotten.
     #[serde(default)]
     pub max_keys: Option<u64>,
+    /// Counted and reported (metric, log line, RateLimit fields) but never refuses.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]

@@ -127,9 +127,13 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
     for (name, l) in &c.rate_limits {
         let at = |key: &str| format!("rate_limits.{name}.{key}");
         let key_ok = matches!(l.key.as_str(), "client_ip" | "user" | "route" | "global")
+            || l.key.strip_prefix("user.").is_some_and(|field| !field.is_empty())
             || l.key.strip_prefix("header:").is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok());
         if !key_ok {
-            err(at("key"), format!("expected client_ip, user, route, global or header:NAME, got {:?}", l.key));
+            err(
+                at("key"),
+                format!("expected client_ip, user, user.<field>, route, global or header:NAME, got {:?}", l.key),
+            );
         }
         if l.rate == 0 {
             err(at("rate"), "must be at least 1".into());

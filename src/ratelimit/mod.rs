@@ -1,5 +1,6 @@
-//! Rate limits (SPEC §2 `rate_limits`): GCRA per key, keys `client_ip`, `user`, `route`,
-//! `global` or `header:NAME`. Counters live in a bounded store that outlives the config (a
+//! Rate limits (SPEC §2 `rate_limits`): GCRA per key, keys `client_ip`, `user`, `user.<field>`
+//! (an identity field: a tenant, a plan), `route`, `global` or `header:NAME`. A `dry_run` limit
+//! is counted like any other but never refuses (its caller reports what it would have done). Counters live in a bounded store that outlives the config (a
 //! reload keeps them when the limit's shape is unchanged): a key idle for longer than its
 //! limit's horizon is forgotten (it would be as good as new anyway), and at most `max_keys`
 //! keys are tracked per limit, so a flood of distinct IPs or cookies cannot grow memory.
@@ -15,6 +16,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::auth::Identity;
 use crate::config::{FieldError, RateLimitConfig, RateLimitHeaders};
 use crate::shelf::Shelf;
 pub use gcra::{Decision, Quota};
@@ -29,6 +31,8 @@ const SHARDS: usize = 64;
 enum KeyKind {
     ClientIp,
     User,
+    /// An identity field (`user.tenant`); a missing field shares one bucket.
+    UserField(String),
     Route,
     Global,
     Header(HeaderName),
@@ -38,6 +42,8 @@ enum KeyKind {
 pub enum LimitKey<'a> {
     Ip([u8; 16], usize),
     Bytes(&'a [u8]),
+    /// A non-string identity field, as JSON.
+    Owned(Vec<u8>),
 }
 
 impl AsRef<[u8]> for LimitKey<'_> {
@@ -45,6 +51,7 @@ impl AsRef<[u8]> for LimitKey<'_> {
         match self {
             Self::Ip(bytes, len) => &bytes[..*len],
             Self::Bytes(b) => b,
+            Self::Owned(b) => b,
         }
     }
 }
@@ -52,7 +59,8 @@ impl AsRef<[u8]> for LimitKey<'_> {
 /// What a limit may key on, for one request.
 pub struct LimitInput<'a> {
     pub client_ip: IpAddr,
-    pub user: Option<&'a str>,
+    /// The caller, once the auth hook has said who it is.
+    pub identity: Option<&'a Identity>,
     pub route: &'a str,
     pub headers: &'a HeaderMap,
 }
@@ -63,6 +71,8 @@ pub struct RateLimit {
     pub name: String,
     kind: KeyKind,
     pub quota: Quota,
+    /// Counted, never refusing (SPEC §2 `dry_run`).
+    pub dry_run: bool,
     /// The RateLimit fields its refusals carry (the top-level `rate_limit_headers`).
     pub headers: RateLimitHeaders,
     /// Keys tracked per shard at most (`max_keys` / shards).
@@ -118,6 +128,13 @@ impl RateLimit {
             "user" => KeyKind::User,
             "route" => KeyKind::Route,
             "global" => KeyKind::Global,
+            other if other.starts_with("user.") => match &other["user.".len()..] {
+                "" => {
+                    return Err(FieldError::new(format!("rate_limits.{name}.key"), "user. needs a field: user.tenant"))
+                }
+                "id" => KeyKind::User,
+                field => KeyKind::UserField(field.to_owned()),
+            },
             other => KeyKind::Header(
                 other.strip_prefix("header:").and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()).ok_or_else(
                     || FieldError::new(format!("rate_limits.{name}.key"), format!("invalid key {other:?}")),
@@ -132,6 +149,7 @@ impl RateLimit {
             name: name.to_owned(),
             kind,
             quota,
+            dry_run: cfg.dry_run,
             headers,
             shape_text,
             per_shard: max_keys / SHARDS,
@@ -141,7 +159,7 @@ impl RateLimit {
 
     /// Keyed by the caller's identity: checked after the auth hook.
     pub fn is_user_keyed(&self) -> bool {
-        matches!(self.kind, KeyKind::User)
+        matches!(self.kind, KeyKind::User | KeyKind::UserField(_))
     }
 
     /// Counts one request against this limit.
@@ -166,7 +184,12 @@ impl RateLimit {
                 };
                 LimitKey::Ip(bytes, len)
             }
-            KeyKind::User => LimitKey::Bytes(input.user.unwrap_or_default().as_bytes()),
+            KeyKind::User => LimitKey::Bytes(input.identity.and_then(Identity::id).unwrap_or_default().as_bytes()),
+            KeyKind::UserField(field) => match input.identity.and_then(|i| i.get(field)) {
+                Some(serde_json::Value::String(s)) => LimitKey::Bytes(s.as_bytes()),
+                Some(other) => LimitKey::Owned(other.to_string().into_bytes()),
+                None => LimitKey::Bytes(b""),
+            },
             KeyKind::Route => LimitKey::Bytes(input.route.as_bytes()),
             KeyKind::Global => LimitKey::Bytes(b""),
             // A missing header shares one bucket: leaving it out must not escape the limit.

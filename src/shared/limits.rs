@@ -10,74 +10,100 @@ use std::time::Duration;
 use super::Shared;
 use crate::ratelimit::{Decision, Quota};
 
-/// KEYS: one per limit. ARGV: per limit, its emission interval and capacity in µs.
-/// Returns {0} when all allow (and stores every new TAT), else {i, reset_us, retry_us} for the
-/// first limit i (1-based) that refuses (and stores nothing).
+/// KEYS: one per limit. ARGV: per limit, its emission interval and capacity in µs and 1 when it
+/// is a dry run. Returns {i, reset_us, retry_us} for the first enforced limit i (1-based) that
+/// refuses (and stores nothing); else stores every new TAT (a dry-run limit that would refuse
+/// keeps its TAT, as a refusal would) and returns {-i, reset_us, retry_us} for the first dry-run
+/// limit that would have refused, or {0}.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tats = {}
+local would = nil
 for i = 1, #KEYS do
-  local emission = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
+  local emission = tonumber(ARGV[3 * i - 2])
+  local capacity = tonumber(ARGV[3 * i - 1])
+  local dry = ARGV[3 * i] == '1'
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local new_tat = tat + emission
   if new_tat - now > capacity then
-    return {i, tat - now, new_tat - now - capacity}
+    if not dry then
+      return {i, tat - now, new_tat - now - capacity}
+    end
+    if not would then would = {-i, tat - now, new_tat - now - capacity} end
+  else
+    tats[i] = new_tat
   end
-  tats[i] = new_tat
 end
 for i = 1, #KEYS do
-  local ttl = math.ceil((tats[i] - now) / 1000) + 1000
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  if tats[i] then
+    local ttl = math.ceil((tats[i] - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  end
 end
+if would then return would end
 return {0}
 "#;
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
 
-/// One limit of a check: its key in Redis and its quota.
+/// One limit of a check: its key in Redis, its quota, and whether it only reports.
 pub struct SharedLimit<'a> {
     pub key: String,
     pub quota: &'a Quota,
+    pub dry_run: bool,
+}
+
+/// What Redis decided for a request phase.
+#[derive(Clone, Copy, Debug)]
+pub enum Checked {
+    AllAllow,
+    /// Limit `i` (enforced) refuses; nothing was counted.
+    Refused(usize, Decision),
+    /// Limit `i` (a dry run) would have refused; the request was counted against the others.
+    WouldRefuse(usize, Decision),
 }
 
 impl Shared {
-    /// Counts one request against every limit at once. `Some(None)`: all allow; `Some(Some(i,
-    /// d))`: limit `i` refuses; `None`: Redis could not answer (take the fallback).
-    pub async fn check_limits(&self, limits: &[SharedLimit<'_>]) -> Option<Option<(usize, Decision)>> {
+    /// Counts one request against every limit at once; `None`: Redis could not answer (take
+    /// the fallback).
+    pub async fn check_limits(&self, limits: &[SharedLimit<'_>]) -> Option<Checked> {
         if self.is_cluster() {
+            let mut checked = Checked::AllAllow;
             for (i, limit) in limits.iter().enumerate() {
-                if let Some((_, decision)) = self.run_script(std::slice::from_ref(limit)).await? {
-                    return Some(Some((i, decision)));
+                match self.run_script(std::slice::from_ref(limit)).await? {
+                    Checked::Refused(_, decision) => return Some(Checked::Refused(i, decision)),
+                    Checked::WouldRefuse(_, decision) if matches!(checked, Checked::AllAllow) => {
+                        checked = Checked::WouldRefuse(i, decision);
+                    }
+                    _ => {}
                 }
             }
-            return Some(None);
+            return Some(checked);
         }
         self.run_script(limits).await
     }
 
-    async fn run_script(&self, limits: &[SharedLimit<'_>]) -> Option<Option<(usize, Decision)>> {
+    async fn run_script(&self, limits: &[SharedLimit<'_>]) -> Option<Checked> {
         let mut invocation = SCRIPT.prepare_invoke();
         for l in limits {
             let emission_us = (l.quota.emission_ns / 1000).max(1);
-            invocation.key(&l.key).arg(emission_us).arg(emission_us.saturating_mul(u64::from(l.quota.burst)));
+            invocation
+                .key(&l.key)
+                .arg(emission_us)
+                .arg(emission_us.saturating_mul(u64::from(l.quota.burst)))
+                .arg(u8::from(l.dry_run));
         }
         let reply: Vec<i64> = self.run(async |conn| conn.invoke(&invocation).await).await?;
         let micros = |v: Option<&i64>| Duration::from_micros(u64::try_from(v.copied().unwrap_or(0)).unwrap_or(0));
-        match reply.first().copied() {
-            Some(i) if i >= 1 => {
-                let index = usize::try_from(i - 1).unwrap_or(0).min(limits.len().saturating_sub(1));
-                let decision = Decision {
-                    allowed: false,
-                    remaining: 0,
-                    reset: micros(reply.get(1)),
-                    retry_after: micros(reply.get(2)),
-                };
-                Some(Some((index, decision)))
-            }
-            _ => Some(None),
+        let first = reply.first().copied().unwrap_or(0);
+        if first == 0 {
+            return Some(Checked::AllAllow);
         }
+        let index = usize::try_from(first.unsigned_abs() - 1).unwrap_or(0).min(limits.len().saturating_sub(1));
+        let decision =
+            Decision { allowed: false, remaining: 0, reset: micros(reply.get(1)), retry_after: micros(reply.get(2)) };
+        Some(if first > 0 { Checked::Refused(index, decision) } else { Checked::WouldRefuse(index, decision) })
     }
 }

@@ -93,12 +93,15 @@ impl Route {
             Err(e) => return self.error(&e, &values),
         };
         values.body = &body;
-        let limit_input = |user| LimitInput { client_ip, user, route: &self.name, headers: &parts.headers };
+        let limit_input = |identity| LimitInput { client_ip, identity, route: &self.name, headers: &parts.headers };
         let shared = self.shared.as_ref();
-        if let Err(e) = limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
-            ctx.limited = limit_name(&e);
-            return self.error(&e, &values);
-        }
+        let would_pre = match limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
+            Ok(would) => would,
+            Err(e) => {
+                ctx.limited = limit_name(&e);
+                return self.error(&e, &values);
+            }
+        };
         let identity =
             match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
                 Ok(identity) => identity,
@@ -119,11 +122,19 @@ impl Route {
                 }
             };
         ctx.auth = Some("allow");
-        if let Err(e) = limits::check(&self.user_limits, &limit_input(identity.id()), shared, metrics).await {
-            ctx.limited = limit_name(&e);
-            return self.error(&e, &values);
+        let would = match limits::check(&self.user_limits, &limit_input(Some(&identity)), shared, metrics).await {
+            Ok(would) => would_pre.or(would),
+            Err(e) => {
+                ctx.limited = limit_name(&e);
+                return self.error(&e, &values);
+            }
+        };
+        let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
+        if let Some(would) = would {
+            // A dry-run limit would have refused: the answer says so in its RateLimit fields.
+            would.report(resp.headers_mut());
         }
-        self.answer(&values, &identity, metrics, Record::Ledger).await
+        resp
     }
 }
 

@@ -126,3 +126,67 @@ async fn a_user_keyed_limit_on_forwarded_traffic_is_a_load_error() {
     assert!(err.contains("proxy_rate_limits[0]: forwarded traffic has no user"), "{err}");
     assert!(err.contains("proxy_rate_limits[1]: no rate limit named \"nope\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_dry_run_limit_counts_and_reports_but_never_refuses() {
+    let b = backend::spawn().await;
+    let yaml = route_yaml(&b, "  per_user: { key: user, rate: 1, per: 1m, dry_run: true }", "per_user", "");
+    let app = spawn_app(&b.url(), &yaml).await;
+    let first = post(app.addr, "/t", &[("cookie", "session=ann")]).await;
+    assert_eq!(first.status, 200);
+    assert!(first.header("ratelimit-policy").is_none(), "the limit allowed it: nothing to report");
+    for _ in 0..2 {
+        let r = post(app.addr, "/t", &[("cookie", "session=ann")]).await;
+        assert_eq!(r.status, 200, "a dry run never refuses");
+        assert_eq!(r.header("ratelimit-policy"), Some(r#""per_user";q=1;w=60"#));
+        assert!(r.header("ratelimit").unwrap().starts_with(r#""per_user";r=0;t="#));
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+        assert!(r.header("retry-after").is_none(), "not refused");
+    }
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(
+        metrics.contains(r#"tokengate_ratelimit_decisions_total{limit="per_user",outcome="would_limit"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"tokengate_ratelimit_decisions_total{limit="per_user",outcome="allow"} 1"#));
+    assert!(!metrics.contains("tokengate_rate_limited_total{limit=\"per_user\"}"), "nothing was refused");
+}
+
+#[tokio::test]
+async fn a_reload_that_turns_dry_run_off_enforces_at_once_with_the_counters_kept() {
+    let b = backend::spawn().await;
+    let limits = |dry: &str| format!("  per_user: {{ key: user, rate: 2, per: 1m{dry} }}");
+    let bin = crate::common::Binary::start(
+        "dry-run-reload",
+        &b.url(),
+        &route_yaml(&b, &limits(", dry_run: true"), "per_user", ""),
+        &[],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(post(bin.addr, "/t", &[("cookie", "session=ann")]).await.status, 200);
+    }
+    bin.reload_with(&bin.yaml(&b.url(), &route_yaml(&b, &limits(""), "per_user", ""))).await;
+    assert_eq!(post(bin.addr, "/t", &[("cookie", "session=ann")]).await.status, 429, "the two counted still count");
+    assert_eq!(post(bin.addr, "/t", &[("cookie", "session=ben")]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_limit_keyed_by_an_identity_field_shares_one_bucket_per_tenant() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\n\
+        rate_limits:\n  per_tenant: { key: user.tenant, rate: 2, per: 1m }\n\
+        auth_hooks:\n  hdr: { type: none, identity: { id: header:x-user-id, tenant: header:x-tenant } }\n\
+        routes: [{ name: chat, path: /t, auth: hdr, rate_limits: [per_tenant], tokens: { t: { key: k, ttl: 1m } } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let addr = app.addr;
+    let call = |user: &'static str, tenant: &'static str| async move {
+        post(addr, "/t", &[("x-user-id", user), ("x-tenant", tenant)]).await
+    };
+    assert_eq!(call("ann", "acme").await.status, 200);
+    assert_eq!(call("ben", "acme").await.status, 200);
+    let r = call("cat", "acme").await;
+    assert_eq!(r.status, 429, "a third user of the same tenant shares its bucket");
+    assert_eq!(r.header("ratelimit-policy"), Some(r#""per_tenant";q=2;w=60"#));
+    assert_eq!(call("ann", "globex").await.status, 200, "another tenant has its own");
+}

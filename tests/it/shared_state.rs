@@ -85,9 +85,9 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0)
 }
 
-/// Waits until `tokengate_shared_state_up` is `want` (5 s at most).
+/// Waits until `tokengate_shared_state_up` is `want` (15 s at most).
 async fn wait_up(bin: &Binary, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
         if metric(&text, "tokengate_shared_state_up") == want {
@@ -616,4 +616,40 @@ async fn an_entry_written_back_into_redis_after_a_revoke_or_its_deadline_is_dead
     assert_eq!(session_token(&b3, "session=rhea").await["sub"], "rhea");
     let text = client::get(b3.admin, "/metrics", &[]).await.unwrap().text();
     assert_eq!(metric(&text, "tokengate_shared_state_errors_total{kind=\"bad_mac\"}"), 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn a_dry_run_limit_in_redis_never_refuses_and_a_reload_enforces_it_with_the_counts_kept() {
+    let b = backend::spawn().await;
+    let enforced = config(&shared_redis(), &prefix("dry"), "deny", 2);
+    let dry = enforced.replace(
+        "per_user: { key: user, rate: 2, per: 1m }",
+        "per_user: { key: user, rate: 2, per: 1m, dry_run: true }",
+    );
+    assert_ne!(dry, enforced);
+    let replicas = [replica("ss-dry-a", &b, &dry).await, replica("ss-dry-b", &b, &dry).await];
+    let mut reported = 0;
+    for i in 0..6 {
+        let r = client::request(replicas[i % 2].addr, Method::POST, "/t", &[("x-user-id", "dry")], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "a dry run never refuses");
+        if let Some(policy) = r.header("ratelimit-policy") {
+            assert_eq!(policy, r#""per_user";q=2;w=60"#);
+            assert!(r.header("ratelimit").unwrap().starts_with(r#""per_user";r=0;t="#));
+            reported += 1;
+        }
+    }
+    assert_eq!(reported, 4, "the two the limit allows carry nothing, the four it would refuse say so");
+    let mut would = 0.0;
+    for bin in &replicas {
+        let text = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
+        would += metric(&text, r#"tokengate_ratelimit_decisions_total{limit="per_user",outcome="would_limit"}"#);
+    }
+    assert_eq!(would, 4.0);
+    // dry_run off: enforced at once, from the counts Redis already holds.
+    let yaml = std::fs::read_to_string(&replicas[0].config).unwrap().replace(", dry_run: true", "");
+    replicas[0].reload_with(&yaml).await;
+    let r = client::request(replicas[0].addr, Method::POST, "/t", &[("x-user-id", "dry")], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 429);
 }
