@@ -5,6 +5,8 @@
 mod common;
 
 mod admin;
+#[cfg(feature = "services")]
+mod browser;
 mod cli;
 #[cfg(feature = "services")]
 mod conformance;
