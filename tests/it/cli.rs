@@ -352,3 +352,32 @@ pub fn service_account_file(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&file, account.to_string()).unwrap();
     file
 }
+
+#[test]
+fn check_names_the_key_of_a_cors_origin_with_a_path_and_of_a_star_with_credentials() {
+    let dir = temp_dir("cli-check-cors");
+    let route = |cors: &str| {
+        format!(
+            "upstream: {{ url: http://127.0.0.1:3000 }}\nkeys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
+             auth_hooks: {{ anyone: {{ type: none, identity: {{ id: header:x-user }} }} }}\n\
+             routes: [{{ name: chat, path: /t, auth: anyone, tokens: {{ t: {{ key: k, ttl: 1m }} }}, cors: {cors} }}]\n"
+        )
+    };
+    for (cors, expected) in [
+        (
+            "{ allowed_origins: [https://app.example.com, https://admin.example.com/] }",
+            "routes[0].cors.allowed_origins[1]: \"https://admin.example.com/\" has a path (or a trailing slash)",
+        ),
+        (
+            "{ allowed_origins: ['*'], allow_credentials: true }",
+            "routes[0].cors.allowed_origins: \"*\" cannot be used with allow_credentials",
+        ),
+    ] {
+        let file = dir.join("cors.yaml");
+        std::fs::write(&file, route(cors)).unwrap();
+        let out = tokengate().args(["check", "--config"]).arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cors}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
