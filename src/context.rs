@@ -8,6 +8,8 @@ use std::time::Instant;
 use http::{HeaderValue, Method, StatusCode};
 
 use crate::metrics::Metrics;
+use crate::trace::context::hex;
+use crate::trace::{Attr, Kind, RequestTrace, Span};
 
 /// The `route` label of forwarded traffic.
 pub const PROXY_ROUTE: &str = "proxy";
@@ -26,13 +28,13 @@ pub struct RequestCtx<'g> {
     pub auth: Option<&'static str>,
     /// The name of the rate limit that refused the request.
     pub limited: Option<String>,
-    /// Where the request's trace span will live (SPEC §9); nothing is traced yet.
-    pub span: Option<()>,
+    /// The request's server span and where spans go, when the config traces (SPEC §9).
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl<'g> RequestCtx<'g> {
     pub fn new(request_id: HeaderValue, route: &'g str, method: Method, start: Instant) -> Self {
-        Self { request_id, route, method, start, client_ip: None, auth: None, limited: None, span: None }
+        Self { request_id, route, method, start, client_ip: None, auth: None, limited: None, trace: None }
     }
 
     /// The request id as text for log lines ("-" if it is not text, which a kept one always is).
@@ -40,8 +42,36 @@ impl<'g> RequestCtx<'g> {
         self.request_id.to_str().unwrap_or("-")
     }
 
-    /// Metrics and the access log line of the answered request.
-    pub fn finish(&self, metrics: &Metrics, status: StatusCode) {
+    /// A child span of the request's, when it is traced.
+    pub fn child_span(&self, name: &'static str, kind: Kind) -> Option<Span> {
+        self.trace.as_ref().map(|t| t.child(name, kind))
+    }
+
+    /// Ends a span `child_span` started.
+    pub fn end_span(&self, span: Option<Span>) {
+        if let (Some(trace), Some(span)) = (&self.trace, span) {
+            trace.record(span);
+        }
+    }
+
+    /// Metrics, the server span and the access log line of the answered request.
+    pub fn finish(mut self, metrics: &Metrics, status: StatusCode) {
+        let (mut trace_id, mut span_id) = (String::new(), String::new());
+        if let Some(trace) = self.trace.take() {
+            let RequestTrace { mut span, exporter } = *trace;
+            trace_id = hex(&span.context.trace_id);
+            span_id = hex(&span.context.span_id);
+            span.set("http.request.method", Attr::Str(self.method.as_str().to_owned()));
+            span.set("http.route", Attr::Str(self.route.to_owned()));
+            span.set("http.response.status_code", Attr::Int(i64::from(status.as_u16())));
+            if let Some(ip) = self.client_ip {
+                span.set("client.address", Attr::Str(ip.to_string()));
+            }
+            span.error = status.is_server_error();
+            if let Some(record) = span.end() {
+                exporter.send(record);
+            }
+        }
         let elapsed = self.start.elapsed();
         if self.route == PROXY_ROUTE {
             metrics.proxy.observe(status, elapsed);
@@ -58,6 +88,8 @@ impl<'g> RequestCtx<'g> {
             request_id = self.id(),
             auth = self.auth.unwrap_or("-"),
             limited = self.limited.as_deref().unwrap_or("-"),
+            trace_id = if trace_id.is_empty() { "-" } else { trace_id.as_str() },
+            span_id = if span_id.is_empty() { "-" } else { span_id.as_str() },
             "request"
         );
     }

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub ledger: Option<Ledger>,
     /// Redis (`shared_state`), for the token routes' limits and for revocation.
     pub shared: Option<Shared>,
+    /// `tracing` (SPEC §9), when its exporter is `otlp`.
+    pub tracer: Option<crate::trace::Tracer>,
     /// How the public and admin listeners treat new connections.
     pub public: Arc<ConnSettings>,
     pub admin: Arc<ConnSettings>,
@@ -65,6 +67,10 @@ impl Gateway {
             }
             None => None,
         };
+        let tracer = crate::trace::Tracer::build(config.tracing.as_ref(), &|name| std::env::var(name).ok())
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten();
         let hook_stores = stores.hooks(shared.as_ref());
         let mut hooks = HashMap::new();
         for (name, cfg) in &config.auth_hooks {
@@ -121,7 +127,22 @@ impl Gateway {
         let settings = |tls: Option<&Tls>| Arc::new(ConnSettings::new(limits, tls.map(|t| t.acceptor.clone())));
         let (public, admin) = (settings(tls.as_ref()), settings(None));
         let proxy = Proxy::new(&config.upstream, &config.forwarding, &stores.pools).map_err(|e| vec![e])?;
-        Ok(Self { config, digest, files, proxy, keys, routes, proxy_limits, jwks, tls, ledger, shared, public, admin })
+        Ok(Self {
+            config,
+            digest,
+            files,
+            proxy,
+            keys,
+            routes,
+            proxy_limits,
+            jwks,
+            tls,
+            ledger,
+            shared,
+            tracer,
+            public,
+            admin,
+        })
     }
 
     /// Called once this config is in service: applies its ledger settings and starts the

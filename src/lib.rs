@@ -37,6 +37,7 @@ pub mod stores;
 pub mod template;
 pub mod tls;
 pub mod token;
+pub mod trace;
 pub mod upstream;
 pub mod wire;
 

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub auth_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub cors_preflights_total: IntCounterVec,
+    pub tracing_spans_total: IntCounterVec,
     pub ratelimit_decisions_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     /// Unix time of the last config put in service (the first load counts).
@@ -199,6 +200,12 @@ impl Metrics {
                 "tokengate_ratelimit_decisions_total",
                 "Rate limit decisions: allow, limit, would_limit (a dry_run limit that would have refused)",
                 &["limit", "outcome"],
+            ),
+            tracing_spans_total: counter(
+                &r,
+                "tokengate_tracing_spans_total",
+                "Spans exported to the collector, or dropped (queue full, collector slow or down)",
+                &["result"],
             ),
             cors_preflights_total: counter(
                 &r,

@@ -23,6 +23,7 @@ use crate::routing::{self, Destination};
 use crate::server::{Reply, Service};
 use crate::state::State;
 use crate::token::limits::check_limits;
+use crate::trace::{Attr, Kind, RequestTrace};
 use crate::wire::request::RequestHead;
 
 /// The public listener's service.
@@ -53,7 +54,8 @@ impl Service for Public {
     ) -> Option<impl Future<Output = Reply> + Send + 'a> {
         let gateway = self.0.gateway.load_full();
         let plain = matches!(routing::route(&gateway, head.path()), Destination::Proxy { limited: false });
-        (plain && head.is_origin_form()).then(|| relay(&self.0, gateway, head, conn))
+        // Traced requests take `call`, where the spans and the outgoing `traceparent` are.
+        (plain && head.is_origin_form() && gateway.tracer.is_none()).then(|| relay(&self.0, gateway, head, conn))
     }
 }
 
@@ -87,6 +89,11 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let destination = routing::route(&gateway, req.uri().path());
     let mut ctx = RequestCtx::new(request_id, destination.label(), req.method().clone(), start);
+    if let Some(tracer) = &gateway.tracer {
+        let mut span = tracer.server_span(req.headers());
+        span.set("url.path", Attr::Str(req.uri().path().to_owned()));
+        ctx.trace = Some(Box::new(RequestTrace { span, exporter: state.exporter.clone() }));
+    }
     let mut resp = if let Err(refusal) = admission::check_request(&req) {
         ctx.route = PROXY_ROUTE;
         rescue(&Error::Refused(refusal))
@@ -101,7 +108,7 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
             Destination::Proxy { limited } => {
                 match limited.then(|| proxy_limits(&gateway, &req, &conn, &state, &mut ctx)) {
                     Some(Some(refused)) => refused,
-                    _ => forward(&state, &gateway, req, &conn, &ctx).await,
+                    _ => forward_traced(&state, &gateway, req, &conn, &ctx).await,
                 }
             }
         }
@@ -110,6 +117,28 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
     ctx.finish(&state.metrics, resp.status());
     resp
 }
+
+/// `forward`, in an `upstream` client span whose context the upstream gets as `traceparent`
+/// when the request is traced (untraced, the client's `traceparent` goes on untouched).
+async fn forward_traced(
+    state: &State,
+    gateway: &Gateway,
+    mut req: Request<RequestBody>,
+    conn: &ConnInfo,
+    ctx: &RequestCtx<'_>,
+) -> Response<Body> {
+    let Some(mut span) = ctx.child_span("upstream", Kind::Client) else {
+        return forward(state, gateway, req, conn, ctx).await;
+    };
+    req.headers_mut().insert(TRACEPARENT, span.context.traceparent());
+    let resp = forward(state, gateway, req, conn, ctx).await;
+    span.set("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())));
+    span.error = resp.status().is_server_error();
+    ctx.end_span(Some(span));
+    resp
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Forwards a request through the `http`-types path; a failure becomes its answer.
 async fn forward(

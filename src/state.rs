@@ -26,6 +26,8 @@ pub struct State {
     /// Open public connections, all workers together (`limits.max_connections`).
     pub public_slots: Arc<Slots>,
     pub admin_slots: Arc<Slots>,
+    /// Where traced requests' spans go (SPEC §9); idle until a config turns tracing on.
+    pub exporter: Arc<crate::trace::Exporter>,
 }
 
 impl State {
@@ -35,11 +37,12 @@ impl State {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             stores,
-            metrics,
             ready: AtomicBool::new(false),
             tunnels: TaskTracker::new(),
             public_slots,
             admin_slots: Arc::default(),
+            exporter: Arc::new(crate::trace::Exporter::new(metrics.tracing_spans_total.clone())),
+            metrics,
         }
     }
 

@@ -61,6 +61,16 @@ pub enum AuthError {
 pub struct AuthRequest<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a Value,
+    /// Sent to the session endpoint (the `auth_hook` span is its parent), when traced.
+    pub traceparent: Option<http::HeaderValue>,
+    /// Set when the decision came from a cache (the `auth_hook` span's `cache.hit`).
+    pub cache_hit: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> AuthRequest<'a> {
+    pub fn new(headers: &'a HeaderMap, body: &'a Value, traceparent: Option<http::HeaderValue>) -> Self {
+        Self { headers, body, traceparent, cache_hit: Default::default() }
+    }
 }
 
 /// The kinds of hook, each in a file of its own.
@@ -180,6 +190,7 @@ impl Hook {
         let result = match &self.kind {
             Kind::Http(hook) => {
                 let (outcome, asked) = hook.authenticate(&self.name, &self.identity, req, metrics).await;
+                req.cache_hit.store(!asked, std::sync::atomic::Ordering::Relaxed);
                 // `auth_hook_total` counts the hook's own decisions; a cache hit is none.
                 return if asked { self.count(outcome, metrics) } else { outcome };
             }

@@ -90,14 +90,14 @@ impl SessionHook {
         let from_redis = AtomicBool::new(false);
         let call = || async {
             let Some((shared, scope)) = &self.shared else {
-                return self.call(name, mapping, req.headers, metrics).await;
+                return self.call(name, mapping, req, metrics).await;
             };
             let redis_key = shared.key("auth", &self.credential(scope, req.headers));
             if let Some(decision) = shared.cache_get(&redis_key).await.and_then(shared_entry) {
                 from_redis.store(true, Ordering::Relaxed);
                 return Ok(decision);
             }
-            let answer = self.call(name, mapping, req.headers, metrics).await;
+            let answer = self.call(name, mapping, req, metrics).await;
             self.share(shared, &redis_key, &answer).await;
             answer
         };
@@ -155,11 +155,14 @@ impl SessionHook {
         &self,
         hook: &str,
         mapping: &[(String, IdentitySource)],
-        headers: &HeaderMap,
+        asking: &AuthRequest<'_>,
         metrics: &Metrics,
     ) -> Result<Option<Arc<Identity>>, String> {
-        let (timeout, pool) = (&self.timeout, &self.pool);
+        let (timeout, pool, headers) = (&self.timeout, &self.pool, asking.headers);
         let mut req = crate::proxy::pool::origin_request(self.method.clone(), &self.url);
+        if let Some(traceparent) = &asking.traceparent {
+            req = req.header("traceparent", traceparent);
+        }
         for name in &self.forward {
             // A session endpoint reads one Cookie field; HTTP/2 clients send crumbs.
             match crate::proxy::joined_cookies(headers).filter(|_| name == http::header::COOKIE) {

@@ -70,6 +70,48 @@ pub struct Config {
     pub ledger: Option<LedgerConfig>,
     #[serde(default)]
     pub shared_state: Option<SharedStateConfig>,
+    /// OpenTelemetry traces (SPEC §9); the standard `OTEL_*` variables fill in the rest.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// SPEC §2 `tracing`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    #[serde(default)]
+    pub exporter: TraceExporter,
+    /// `http://host:4318` (OTLP/HTTP protobuf; `/v1/traces` is added) or `grpc://host:4317`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub sampler: Option<TraceSampler>,
+    /// For the ratio samplers, 0.0 to 1.0.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceExporter {
+    #[default]
+    None,
+    Otlp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceSampler {
+    AlwaysOn,
+    AlwaysOff,
+    Traceidratio,
+    ParentbasedTraceidratio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
 }
 
 /// What the command line pins for every load of the file, the first and each reload.

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
 use crate::ratelimit::LimitInput;
+use crate::trace::{Attr, Kind};
 
 impl Route {
     /// Serves one request on this route: a CORS preflight is answered before anything else
@@ -102,25 +103,31 @@ impl Route {
                 return self.error(&e, &values);
             }
         };
-        let identity =
-            match self.hook.authenticate(&AuthRequest { headers: &parts.headers, body: &body }, metrics).await {
-                Ok(identity) => identity,
-                Err(e) => {
-                    let err = match e {
-                        AuthError::Denied => Error::Unauthorized,
-                        AuthError::Unavailable(cause) => {
-                            tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
-                            Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
-                        }
-                        AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
-                        AuthError::NotAString(field) => {
-                            Error::InvalidRequest(format!("field {field} must be a string"))
-                        }
-                    };
-                    ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
-                    return self.error(&err, &values);
-                }
-            };
+        let mut hook_span = ctx.child_span("auth_hook", Kind::Client);
+        let asking = AuthRequest::new(&parts.headers, &body, hook_span.as_ref().map(|s| s.context.traceparent()));
+        let decided = self.hook.authenticate(&asking, metrics).await;
+        if let Some(span) = hook_span.as_mut() {
+            span.set("auth.hook", Attr::Str(self.hook.name.clone()));
+            span.set("cache.hit", Attr::Bool(asking.cache_hit.load(std::sync::atomic::Ordering::Relaxed)));
+            span.error = matches!(decided, Err(AuthError::Unavailable(_)));
+        }
+        ctx.end_span(hook_span);
+        let identity = match decided {
+            Ok(identity) => identity,
+            Err(e) => {
+                let err = match e {
+                    AuthError::Denied => Error::Unauthorized,
+                    AuthError::Unavailable(cause) => {
+                        tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
+                        Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
+                    }
+                    AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
+                    AuthError::NotAString(field) => Error::InvalidRequest(format!("field {field} must be a string")),
+                };
+                ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
+                return self.error(&err, &values);
+            }
+        };
         ctx.auth = Some("allow");
         let would = match limits::check(&self.user_limits, &limit_input(Some(&identity)), shared, metrics).await {
             Ok(would) => would_pre.or(would),
@@ -129,7 +136,9 @@ impl Route {
                 return self.error(&e, &values);
             }
         };
+        let mint_span = ctx.child_span("mint", Kind::Internal);
         let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
+        ctx.end_span(mint_span);
         if let Some(would) = would {
             // A dry-run limit would have refused: the answer says so in its RateLimit fields.
             would.report(resp.headers_mut());

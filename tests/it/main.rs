@@ -37,5 +37,6 @@ mod streaming;
 mod tls;
 mod tls_client;
 mod tokens;
+mod tracing;
 mod upstream_wire;
 mod websocket;

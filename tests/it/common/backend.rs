@@ -28,6 +28,8 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// Requests to `/api/me` (session endpoint) so far.
     pub session_calls: Arc<AtomicUsize>,
+    /// The `traceparent` of the last request to `/api/me`.
+    pub session_traceparent: Arc<std::sync::Mutex<Option<String>>>,
     /// Lets a held response (`/held`, `/sse`) send its next part.
     pub release: Arc<Notify>,
     /// Signalled when `/upload` has received its first body chunk.
@@ -46,6 +48,7 @@ pub async fn spawn() -> Backend {
         addr: listener.local_addr().unwrap(),
         connections: Arc::default(),
         session_calls: Arc::default(),
+        session_traceparent: Arc::default(),
         release: Arc::default(),
         got_first_chunk: Arc::default(),
     };
@@ -160,6 +163,8 @@ async fn route(b: Backend, req: Request<Incoming>) -> Response<BoxBody> {
         }
         "/api/me" => {
             b.session_calls.fetch_add(1, Ordering::SeqCst);
+            *b.session_traceparent.lock().unwrap() =
+                req.headers().get("traceparent").map(|v| v.to_str().unwrap().to_owned());
             let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
             match cookie.strip_prefix("session=") {
                 // A session store having a bad day: fail closed, and never cache it.

@@ -1,0 +1,43 @@
+//! OpenTelemetry traces (SPEC §9): W3C trace context in and out (`context`), the compiled
+//! `tracing` section and its sampler (`tracer`), spans (`span`), and their export in batches
+//! off the request path (`export`). Without `tracing`, nothing here runs and a forwarded
+//! `traceparent` stays byte for byte.
+
+pub mod context;
+pub mod export;
+pub mod span;
+pub mod tracer;
+
+use std::sync::Arc;
+
+pub use context::SpanContext;
+pub use export::Exporter;
+pub use span::{Attr, Kind, Span};
+pub use tracer::Tracer;
+
+/// A traced request: its server span and where ended spans go.
+#[derive(Debug)]
+pub struct RequestTrace {
+    pub span: Span,
+    pub exporter: Arc<Exporter>,
+}
+
+impl RequestTrace {
+    /// A child of the request's span, starting now.
+    pub fn child(&self, name: &'static str, kind: Kind) -> Span {
+        self.span.child(name, kind)
+    }
+
+    /// Ends `span` and queues it for export (when its trace is sampled).
+    pub fn record(&self, span: Span) {
+        if let Some(record) = span.end() {
+            self.exporter.send(record);
+        }
+    }
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}

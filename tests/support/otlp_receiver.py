@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""An OTLP/HTTP trace receiver for the tests, built on the OpenTelemetry project's own protobuf
+definitions (PyPI `opentelemetry-proto`): decodes each ExportTraceServiceRequest and appends one
+JSON line per span to OUT (ids in hex, attributes and resource as objects, the request's
+Authorization header beside). Usage: otlp_receiver.py PORT OUT"""
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+PORT, OUT = int(sys.argv[1]), sys.argv[2]
+
+
+def value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path != "/v1/traces" or self.headers.get("content-type") != "application/x-protobuf":
+            self.send_response(404)
+            self.end_headers()
+            return
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        with open(OUT, "a") as out:
+            for rs in req.resource_spans:
+                resource = {a.key: value(a.value) for a in rs.resource.attributes}
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        out.write(json.dumps({
+                            "trace_id": s.trace_id.hex(),
+                            "span_id": s.span_id.hex(),
+                            "parent_span_id": s.parent_span_id.hex(),
+                            "name": s.name,
+                            "kind": s.kind,
+                            "start": s.start_time_unix_nano,
+                            "end": s.end_time_unix_nano,
+                            "error": s.status.code == 2,
+                            "attributes": {a.key: value(a.value) for a in s.attributes},
+                            "resource": resource,
+                            "scope": ss.scope.name,
+                            "authorization": self.headers.get("authorization"),
+                        }) + "\n")
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
