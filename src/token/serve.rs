@@ -1,6 +1,8 @@
 //! One request on a token route, top-down: body (405/413/400) → limits before the hook → auth
 //! hook (401/503) → per-user limits → answer. What was decided goes into the request's context.
 
+use std::sync::Arc;
+
 use http::{Request, Response};
 use serde_json::Value;
 
@@ -14,7 +16,7 @@ use crate::cors::Cors;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
-use crate::ratelimit::LimitInput;
+use crate::ratelimit::{LimitInput, RateLimit};
 use crate::trace::{Attr, Kind};
 
 impl Route {
@@ -95,8 +97,7 @@ impl Route {
         };
         values.body = &body;
         let limit_input = |identity| LimitInput { client_ip, identity, route: &self.name, headers: &parts.headers };
-        let shared = self.shared.as_ref();
-        let would_pre = match limits::check(&self.pre_auth_limits, &limit_input(None), shared, metrics).await {
+        let would_pre = match self.limit(&self.pre_auth_limits, &limit_input(None), metrics, ctx).await {
             Ok(would) => would,
             Err(e) => {
                 ctx.limited = limit_name(&e);
@@ -129,7 +130,7 @@ impl Route {
             }
         };
         ctx.auth = Some("allow");
-        let would = match limits::check(&self.user_limits, &limit_input(Some(&identity)), shared, metrics).await {
+        let would = match self.limit(&self.user_limits, &limit_input(Some(&identity)), metrics, ctx).await {
             Ok(would) => would_pre.or(would),
             Err(e) => {
                 ctx.limited = limit_name(&e);
@@ -144,6 +145,37 @@ impl Route {
             would.report(resp.headers_mut());
         }
         resp
+    }
+}
+
+impl Route {
+    /// Counts the request against `limits` (`limits::check`), in a `rate_limit` span when traced.
+    async fn limit(
+        &self,
+        limits: &[Arc<RateLimit>],
+        input: &LimitInput<'_>,
+        metrics: &Metrics,
+        ctx: &RequestCtx<'_>,
+    ) -> Result<Option<limits::WouldLimit>, Error> {
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let mut span = ctx.child_span("rate_limit", Kind::Internal);
+        let result = limits::check(limits, input, self.shared.as_ref(), metrics).await;
+        if let Some(span) = span.as_mut() {
+            let names = limits.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(",");
+            let decision = match &result {
+                Ok(None) => "allow",
+                Ok(Some(_)) => "would_limit",
+                Err(Error::RateLimited { .. }) => "limit",
+                Err(_) => "error",
+            };
+            span.set("rate_limit.limits", Attr::Str(names));
+            span.set("rate_limit.decision", Attr::Str(decision.to_owned()));
+            span.set("rate_limit.store", Attr::Str(if self.shared.is_some() { "redis" } else { "local" }.to_owned()));
+        }
+        ctx.end_span(span);
+        result
     }
 }
 

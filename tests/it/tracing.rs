@@ -103,8 +103,9 @@ mod with_a_receiver {
         format!(
             "tracing: {{ exporter: otlp, endpoint: '{endpoint}', service_name: chat-gate, sampler: {sampler}, headers: {{ authorization: Bearer otlp-secret }} }}\n\
              keys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
+             rate_limits: {{ per_user: {{ key: user, rate: 100, per: 1m }} }}\n\
              auth_hooks:\n  session: {{ type: http, url: '{}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\n\
-             routes: [{{ name: chat, path: /t, auth: session, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}]\n",
+             routes: [{{ name: chat, path: /t, auth: session, rate_limits: [per_user], tokens: {{ t: {{ key: k, ttl: 1m }} }} }}]\n",
             b.url()
         )
     }
@@ -145,7 +146,7 @@ mod with_a_receiver {
         assert!(upstream_saw.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && upstream_saw.ends_with("-01"));
 
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let spans = receiver.until("five spans", |s| s.iter().filter(|s| s["trace_id"] == trace).count() >= 5).await;
+        let spans = receiver.until("six spans", |s| s.iter().filter(|s| s["trace_id"] == trace).count() >= 6).await;
         let servers: Vec<_> = spans.iter().filter(|s| s["trace_id"] == trace && s["name"] == "request").collect();
         assert_eq!(servers.len(), 2, "{spans:#?}");
         let token_server = servers.iter().find(|s| s["attributes"]["http.route"] == "chat").unwrap();
@@ -163,6 +164,11 @@ mod with_a_receiver {
         assert_eq!(hook["kind"], 3, "client");
         assert_eq!(hook["attributes"]["cache.hit"], false);
         assert_eq!(parent_id(&hook_saw), hook["span_id"], "the session endpoint's parent is the auth_hook span");
+        let limit = one(&spans, trace, "rate_limit");
+        assert_eq!(limit["parent_span_id"], token_server["span_id"]);
+        assert_eq!(limit["attributes"]["rate_limit.limits"], "per_user");
+        assert_eq!(limit["attributes"]["rate_limit.decision"], "allow");
+        assert_eq!(limit["attributes"]["rate_limit.store"], "local");
         let mint = one(&spans, trace, "mint");
         assert_eq!(mint["parent_span_id"], token_server["span_id"]);
         let upstream = one(&spans, trace, "upstream");
