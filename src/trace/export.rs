@@ -63,7 +63,9 @@ impl Exporter {
 }
 
 async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    // gRPC: HTTP/2 with prior knowledge (h2c), as collectors listen on 4317.
+    let grpc = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
     let mut last_warning: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -84,7 +86,8 @@ async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
             let (these, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|s| Arc::ptr_eq(&s.target, &target));
             batch = rest;
             let n = these.len() as u64;
-            match export(&client, &target, these).await {
+            let client = if target.grpc { &grpc } else { &http };
+            match export(client, &target, these).await {
                 Ok(()) => spans.with_label_values(&["exported"]).inc_by(n),
                 Err(reason) => {
                     spans.with_label_values(&["dropped"]).inc_by(n);
@@ -104,24 +107,45 @@ async fn export(
     target: &super::tracer::Target,
     records: Vec<SpanRecord>,
 ) -> Result<(), String> {
-    let body = encode(target, records);
+    let message = encode(target, records);
+    let (content_type, body) = if target.grpc {
+        // A gRPC message: uncompressed flag, 4-byte big-endian length, the protobuf.
+        let mut framed = Vec::with_capacity(message.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(&message);
+        ("application/grpc", Bytes::from(framed))
+    } else {
+        ("application/x-protobuf", message)
+    };
     let mut req = http::Request::post(target.url.clone())
-        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .header(http::header::CONTENT_TYPE, content_type)
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
+    if target.grpc {
+        req.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     req.headers_mut().extend(target.headers.clone());
     let resp = tokio::time::timeout(EXPORT_TIMEOUT, client.request(req))
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    // Read the answer whole, so the connection can be reused.
-    let _ = tokio::time::timeout(EXPORT_TIMEOUT, resp.into_body().collect()).await;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("collector answered {status}"))
+    let (parts, body) = resp.into_parts();
+    // Read the answer whole, so the connection can be reused (and gRPC's status is in trailers).
+    let collected = tokio::time::timeout(EXPORT_TIMEOUT, body.collect()).await.ok().and_then(Result::ok);
+    if !parts.status.is_success() {
+        return Err(format!("collector answered {}", parts.status));
     }
+    if target.grpc {
+        let trailers = collected.and_then(|c| c.trailers().cloned());
+        let grpc_status = parts.headers.get("grpc-status").or_else(|| trailers.as_ref()?.get("grpc-status"));
+        match grpc_status.and_then(|v| v.to_str().ok()) {
+            Some("0") => {}
+            Some(code) => return Err(format!("collector answered grpc-status {code}")),
+            None => return Err("collector answered without grpc-status".into()),
+        }
+    }
+    Ok(())
 }
 
 /// One ExportTraceServiceRequest (OTLP protobuf) for spans of one target.

@@ -13,12 +13,16 @@ use crate::config::{FieldError, TraceExporter, TraceSampler, TracingConfig};
 /// Where a config's spans are exported, and as which service.
 #[derive(Debug)]
 pub struct Target {
-    /// The OTLP/HTTP traces URL (`…/v1/traces`).
+    /// The OTLP/HTTP traces URL (`…/v1/traces`), or the gRPC method's (`…/TraceService/Export`).
     pub url: Uri,
+    pub grpc: bool,
     pub headers: HeaderMap,
     /// `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource: Vec<(String, String)>,
 }
+
+/// The OTLP/gRPC method.
+const GRPC_EXPORT: &str = "opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Which traces are recorded (all are propagated): a root decision, or the parent's when
 /// `parent_based` and the request came with one.
@@ -56,13 +60,21 @@ impl Tracer {
             .clone()
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or_else(|| "http://127.0.0.1:4318".to_owned());
-        if base.starts_with("grpc://") || base.starts_with("https://") {
+        if base.starts_with("https://") {
             return Err(err(
                 "endpoint",
-                format!("{base:?}: only OTLP/HTTP over http:// is supported so far (no OTLP/gRPC, no TLS)"),
+                format!("{base:?}: TLS to the collector is not supported yet (http:// or grpc://)"),
             ));
         }
-        let url = format!("{}/v1/traces", base.trim_end_matches('/'));
+        let grpc = base.starts_with("grpc://")
+            || (cfg.endpoint.is_none() && env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() == Some("grpc"));
+        let url = match base.strip_prefix("grpc://") {
+            Some(authority) => {
+                format!("http://{}/{GRPC_EXPORT}", authority.trim_end_matches('/'))
+            }
+            None if grpc => format!("{}/{GRPC_EXPORT}", base.trim_end_matches('/')),
+            None => format!("{}/v1/traces", base.trim_end_matches('/')),
+        };
         let url: Uri = url.parse().map_err(|e| err("endpoint", format!("{base:?}: {e}")))?;
         if url.scheme_str() != Some("http") || url.authority().is_none() {
             return Err(err("endpoint", format!("{base:?}: expected http://host:port")));
@@ -119,7 +131,7 @@ impl Tracer {
             TraceSampler::ParentbasedTraceidratio => (true, ratio),
         };
         let sampler = Sampler { parent_based, root };
-        Ok(Some(Self { sampler, target: Arc::new(Target { url, headers, resource }) }))
+        Ok(Some(Self { sampler, target: Arc::new(Target { url, grpc, headers, resource }) }))
     }
 
     /// The server span of a request, child of its `traceparent` when it has a valid one.
@@ -226,7 +238,11 @@ mod tests {
     #[test]
     fn endpoints_it_cannot_serve_are_load_errors() {
         let none = |_: &str| None;
-        for endpoint in ["grpc://collector:4317", "https://collector:4318", "collector"] {
+        let grpc = TracingConfig { endpoint: Some("grpc://collector:4317".into()), ..cfg(None, None) };
+        let t = Tracer::build(Some(&grpc), &none).expect("valid").expect("on");
+        assert!(t.target.grpc);
+        assert_eq!(t.target.url, "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+        for endpoint in ["https://collector:4318", "collector"] {
             let c = TracingConfig { endpoint: Some(endpoint.into()), ..cfg(None, None) };
             let e = Tracer::build(Some(&c), &none).expect_err(endpoint);
             assert_eq!(e.path, "tracing.endpoint");

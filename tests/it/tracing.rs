@@ -32,7 +32,7 @@ async fn without_tracing_a_forwarded_traceparent_stays_byte_for_byte() {
 }
 
 #[cfg(feature = "services")]
-mod with_a_receiver {
+pub(crate) mod with_a_receiver {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
@@ -42,7 +42,7 @@ mod with_a_receiver {
     use super::*;
     use crate::common::{closed_port, temp_dir};
 
-    struct Receiver {
+    pub struct Receiver {
         child: Child,
         port: u16,
         out: PathBuf,
@@ -56,10 +56,16 @@ mod with_a_receiver {
     }
 
     impl Receiver {
-        async fn start(port: u16, out: PathBuf) -> Receiver {
+        pub async fn start(port: u16, out: PathBuf) -> Receiver {
+            Self::start_as("http", port, out).await
+        }
+
+        /// `mode`: `http` (OTLP/HTTP protobuf) or `grpc` (OTLP/gRPC).
+        pub async fn start_as(mode: &str, port: u16, out: PathBuf) -> Receiver {
             let root = env!("CARGO_MANIFEST_DIR");
             let child = Command::new("python3")
                 .arg(format!("{root}/tests/support/otlp_receiver.py"))
+                .arg(mode)
                 .arg(port.to_string())
                 .arg(&out)
                 .env("PYTHONPATH", format!("{root}/target/ci-tools/otlp"))
@@ -77,7 +83,7 @@ mod with_a_receiver {
             Receiver { child, port, out }
         }
 
-        fn spans(&self) -> Vec<Value> {
+        pub fn spans(&self) -> Vec<Value> {
             std::fs::read_to_string(&self.out)
                 .unwrap_or_default()
                 .lines()
@@ -86,7 +92,7 @@ mod with_a_receiver {
         }
 
         /// Waits (30 s at most) until `pred` holds for the spans received.
-        async fn until(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        pub async fn until(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let spans = self.spans();
@@ -99,7 +105,7 @@ mod with_a_receiver {
         }
     }
 
-    fn config(b: &backend::Backend, endpoint: &str, sampler: &str) -> String {
+    pub fn config(b: &backend::Backend, endpoint: &str, sampler: &str) -> String {
         format!(
             "tracing: {{ exporter: otlp, endpoint: '{endpoint}', service_name: chat-gate, sampler: {sampler}, headers: {{ authorization: Bearer otlp-secret }} }}\n\
              keys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
@@ -245,5 +251,30 @@ mod with_a_receiver {
             .until("spans after a restart", |s| s.iter().any(|s| s["attributes"]["url.path"] == "/after-restart"))
             .await;
         assert_eq!(receiver.port, port);
+    }
+}
+
+#[cfg(feature = "services")]
+mod over_grpc {
+    use super::with_a_receiver::*;
+    use super::*;
+    use crate::common::{closed_port, temp_dir};
+
+    #[tokio::test]
+    async fn spans_go_to_an_otlp_grpc_receiver() {
+        let b = backend::spawn().await;
+        let port = closed_port().port();
+        let receiver = Receiver::start_as("grpc", port, temp_dir("otlp-grpc").join("spans.jsonl")).await;
+        let app = spawn_app(&b.url(), &config(&b, &format!("grpc://127.0.0.1:{port}"), "always_on")).await;
+        let r = client::request(app.addr, Method::GET, "/over-grpc", &[("traceparent", PARENT)], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let spans =
+            receiver.until("spans over gRPC", |s| s.iter().any(|s| s["attributes"]["url.path"] == "/over-grpc")).await;
+        let server = spans.iter().find(|s| s["attributes"]["url.path"] == "/over-grpc").unwrap();
+        assert_eq!(server["protocol"], "grpc");
+        assert_eq!(server["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(server["authorization"], "Bearer otlp-secret", "headers go as gRPC metadata");
     }
 }

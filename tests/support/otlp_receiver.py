@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""An OTLP/HTTP trace receiver for the tests, built on the OpenTelemetry project's own protobuf
-definitions (PyPI `opentelemetry-proto`): decodes each ExportTraceServiceRequest and appends one
-JSON line per span to OUT (ids in hex, attributes and resource as objects, the request's
-Authorization header beside). Usage: otlp_receiver.py PORT OUT"""
+"""An OTLP trace receiver for the tests, built on the OpenTelemetry project's own protobuf
+definitions (PyPI `opentelemetry-proto`, and `grpcio` for OTLP/gRPC): decodes each
+ExportTraceServiceRequest and appends one JSON line per span to OUT (ids in hex, attributes
+and resource as objects, the request's authorization metadata beside).
+Usage: otlp_receiver.py http|grpc PORT OUT"""
 
 import json
 import sys
@@ -13,12 +14,35 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-PORT, OUT = int(sys.argv[1]), sys.argv[2]
+MODE, PORT, OUT = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 
 def value(v):
     kind = v.WhichOneof("value")
     return getattr(v, kind) if kind else None
+
+
+def record(req, authorization, protocol):
+    with open(OUT, "a") as out:
+        for rs in req.resource_spans:
+            resource = {a.key: value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    out.write(json.dumps({
+                        "trace_id": s.trace_id.hex(),
+                        "span_id": s.span_id.hex(),
+                        "parent_span_id": s.parent_span_id.hex(),
+                        "name": s.name,
+                        "kind": s.kind,
+                        "start": s.start_time_unix_nano,
+                        "end": s.end_time_unix_nano,
+                        "error": s.status.code == 2,
+                        "attributes": {a.key: value(a.value) for a in s.attributes},
+                        "resource": resource,
+                        "scope": ss.scope.name,
+                        "authorization": authorization,
+                        "protocol": protocol,
+                    }) + "\n")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,25 +54,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         req = ExportTraceServiceRequest()
         req.ParseFromString(body)
-        with open(OUT, "a") as out:
-            for rs in req.resource_spans:
-                resource = {a.key: value(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        out.write(json.dumps({
-                            "trace_id": s.trace_id.hex(),
-                            "span_id": s.span_id.hex(),
-                            "parent_span_id": s.parent_span_id.hex(),
-                            "name": s.name,
-                            "kind": s.kind,
-                            "start": s.start_time_unix_nano,
-                            "end": s.end_time_unix_nano,
-                            "error": s.status.code == 2,
-                            "attributes": {a.key: value(a.value) for a in s.attributes},
-                            "resource": resource,
-                            "scope": ss.scope.name,
-                            "authorization": self.headers.get("authorization"),
-                        }) + "\n")
+        record(req, self.headers.get("authorization"), "http")
         reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
@@ -60,4 +66,26 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+def serve_grpc():
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            metadata = dict(context.invocation_metadata())
+            record(request, metadata.get("authorization"), "grpc")
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    server.add_insecure_port(f"127.0.0.1:{PORT}")
+    server.start()
+    server.wait_for_termination()
+
+
+if MODE == "grpc":
+    serve_grpc()
+else:
+    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
