@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::auth::Identity;
 use crate::config::{FieldError, RateLimitConfig, RateLimitHeaders};
 use crate::shelf::Shelf;
 pub use gcra::{Decision, Quota};
@@ -59,8 +58,8 @@ impl AsRef<[u8]> for LimitKey<'_> {
 /// What a limit may key on, for one request.
 pub struct LimitInput<'a> {
     pub client_ip: IpAddr,
-    /// The caller, once the auth hook has said who it is.
-    pub identity: Option<&'a Identity>,
+    /// The caller's identity fields, once the auth hook has said who it is.
+    pub identity: Option<&'a serde_json::Map<String, serde_json::Value>>,
     pub route: &'a str,
     pub headers: &'a HeaderMap,
 }
@@ -184,7 +183,14 @@ impl RateLimit {
                 };
                 LimitKey::Ip(bytes, len)
             }
-            KeyKind::User => LimitKey::Bytes(input.identity.and_then(Identity::id).unwrap_or_default().as_bytes()),
+            KeyKind::User => LimitKey::Bytes(
+                input
+                    .identity
+                    .and_then(|i| i.get("id"))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
             KeyKind::UserField(field) => match input.identity.and_then(|i| i.get(field)) {
                 Some(serde_json::Value::String(s)) => LimitKey::Bytes(s.as_bytes()),
                 Some(other) => LimitKey::Owned(other.to_string().into_bytes()),

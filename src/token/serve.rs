@@ -130,7 +130,7 @@ impl Route {
             }
         };
         ctx.auth = Some("allow");
-        let would = match self.limit(&self.user_limits, &limit_input(Some(&identity)), metrics, ctx).await {
+        let would = match self.limit(&self.user_limits, &limit_input(Some(&identity.0)), metrics, ctx).await {
             Ok(would) => would_pre.or(would),
             Err(e) => {
                 ctx.limited = limit_name(&e);

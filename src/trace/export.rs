@@ -104,7 +104,7 @@ async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
 
 async fn export(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    target: &super::tracer::Target,
+    target: &super::span::Target,
     records: Vec<SpanRecord>,
 ) -> Result<(), String> {
     let message = encode(target, records);
@@ -149,7 +149,7 @@ async fn export(
 }
 
 /// One ExportTraceServiceRequest (OTLP protobuf) for spans of one target.
-fn encode(target: &super::tracer::Target, records: Vec<SpanRecord>) -> Bytes {
+fn encode(target: &super::span::Target, records: Vec<SpanRecord>) -> Bytes {
     let spans = records
         .into_iter()
         .map(|r| Span {

@@ -3,8 +3,20 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use http::{HeaderMap, Uri};
+
 use super::context::{new_span_id, SpanContext};
-use super::tracer::Target;
+
+/// Where a config's spans are exported, and as which service.
+#[derive(Debug)]
+pub struct Target {
+    /// The OTLP/HTTP traces URL (`…/v1/traces`), or the gRPC method's (`…/TraceService/Export`).
+    pub url: Uri,
+    pub grpc: bool,
+    pub headers: HeaderMap,
+    /// `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource: Vec<(String, String)>,
+}
 
 /// OTLP span kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

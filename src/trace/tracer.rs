@@ -7,19 +7,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 
 use super::context::{new_span_id, new_trace_id, SpanContext};
-use super::span::{Kind, Span};
+use super::span::{Kind, Span, Target};
 use crate::config::{FieldError, TraceExporter, TraceSampler, TracingConfig};
-
-/// Where a config's spans are exported, and as which service.
-#[derive(Debug)]
-pub struct Target {
-    /// The OTLP/HTTP traces URL (`…/v1/traces`), or the gRPC method's (`…/TraceService/Export`).
-    pub url: Uri,
-    pub grpc: bool,
-    pub headers: HeaderMap,
-    /// `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub resource: Vec<(String, String)>,
-}
 
 /// The OTLP/gRPC method.
 const GRPC_EXPORT: &str = "opentelemetry.proto.collector.trace.v1.TraceService/Export";
