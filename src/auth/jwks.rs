@@ -38,8 +38,13 @@ impl JwksKeys {
         Self { url, pool, timeout, keys: ArcSwap::default(), last_fetch: Mutex::new(None) }
     }
 
-    /// The key for `kid`, refetching the set when it is unknown (rate-limited).
-    pub async fn key(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, String> {
+    /// The key for `kid`, refetching the set when it is unknown (rate-limited); a fetch carries
+    /// `traceparent` when the request is traced.
+    pub async fn key(
+        &self,
+        kid: &str,
+        traceparent: Option<&http::HeaderValue>,
+    ) -> Result<Option<Arc<DecodingKey>>, String> {
         if let Some(k) = self.keys.load().get(kid) {
             return Ok(Some(k.clone()));
         }
@@ -52,16 +57,19 @@ impl JwksKeys {
             return Ok(None);
         }
         *last = Some(Instant::now());
-        let fresh = self.fetch().await?;
+        let fresh = self.fetch(traceparent).await?;
         let found = fresh.get(kid).cloned();
         self.keys.store(Arc::new(fresh));
         Ok(found)
     }
 
-    async fn fetch(&self) -> Result<Keys, String> {
-        let req: Request<UpstreamBody> = crate::proxy::pool::origin_request(http::Method::GET, &self.url)
-            .body(http_body_util::Either::Right(Default::default()))
-            .map_err(|e| e.to_string())?;
+    async fn fetch(&self, traceparent: Option<&http::HeaderValue>) -> Result<Keys, String> {
+        let mut req = crate::proxy::pool::origin_request(http::Method::GET, &self.url);
+        if let Some(traceparent) = traceparent {
+            req = req.header("traceparent", traceparent);
+        }
+        let req: Request<UpstreamBody> =
+            req.body(http_body_util::Either::Right(Default::default())).map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(self.timeout, self.pool.send(req))
             .await
             .map_err(|_| "JWKS fetch timed out".to_owned())?

@@ -100,7 +100,7 @@ impl JwtHook {
                 let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
                     return Err(AuthError::Denied);
                 };
-                fetched = match set.key(&kid).await {
+                fetched = match set.key(&kid, req.traceparent.as_ref()).await {
                     Ok(Some(k)) => k,
                     Ok(None) => return Err(AuthError::Denied),
                     Err(cause) => return Err(AuthError::Unavailable(cause)),

@@ -176,6 +176,8 @@ pub(crate) mod with_a_receiver {
         assert_eq!(limit["attributes"]["rate_limit.decision"], "allow");
         assert_eq!(limit["attributes"]["rate_limit.store"], "local");
         let mint = one(&spans, trace, "mint");
+        assert_eq!(mint["attributes"]["mint.key_id"], "k");
+        assert_eq!(mint["attributes"]["mint.algorithm"], "HS256");
         assert_eq!(mint["parent_span_id"], token_server["span_id"]);
         let upstream = one(&spans, trace, "upstream");
         assert_eq!(upstream["parent_span_id"], proxy_server["span_id"]);
@@ -194,6 +196,38 @@ pub(crate) mod with_a_receiver {
                 s.iter().any(|s| s["trace_id"] == own_trace.as_str() && s["parent_span_id"] == "")
             })
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_jwks_fetch_for_a_traced_request_is_parented_by_the_auth_hook_span() {
+        let b = backend::spawn().await;
+        let port = closed_port().port();
+        let receiver = Receiver::start(port, temp_dir("otlp-jwks").join("spans.jsonl")).await;
+        let yaml = format!(
+            "tracing: {{ exporter: otlp, endpoint: 'http://127.0.0.1:{port}', sampler: always_on }}\n\
+             keys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
+             auth_hooks:\n  idp: {{ type: jwt, jwks_url: '{}/jwks-probe', algorithms: [ES256], identity: {{ id: claim:sub }} }}\n\
+             routes: [{{ name: j, path: /j, auth: idp, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}]\n",
+            b.url()
+        );
+        let app = spawn_app(&b.url(), &yaml).await;
+        // A token naming a key the (empty) set does not have: tokengate fetches the set.
+        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6Im5ldyJ9.eyJzdWIiOiJhbm4ifQ.c2ln";
+        let auth = format!("Bearer {token}");
+        let r = client::request(
+            app.addr,
+            Method::POST,
+            "/j",
+            &[("authorization", auth.as_str()), ("traceparent", PARENT)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 401, "{}", r.text());
+        let saw = b.session_traceparent.lock().unwrap().clone().expect("the JWKS fetch carried a traceparent");
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let spans = receiver.until("the auth_hook span", |s| s.iter().any(|s| s["name"] == "auth_hook")).await;
+        assert_eq!(parent_id(&saw), one(&spans, trace, "auth_hook")["span_id"]);
     }
 
     #[tokio::test]

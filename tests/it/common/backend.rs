@@ -28,7 +28,7 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// Requests to `/api/me` (session endpoint) so far.
     pub session_calls: Arc<AtomicUsize>,
-    /// The `traceparent` of the last request to `/api/me`.
+    /// The `traceparent` of the last request to `/api/me` or `/jwks-probe`.
     pub session_traceparent: Arc<std::sync::Mutex<Option<String>>>,
     /// Lets a held response (`/held`, `/sse`) send its next part.
     pub release: Arc<Notify>,
@@ -113,6 +113,12 @@ async fn route(b: Backend, req: Request<Incoming>) -> Response<BoxBody> {
         return reply(200, "slept");
     }
     match path.as_str() {
+        "/jwks-probe" => {
+            // A JWKS endpoint that records who asked (its `traceparent`) and serves no keys.
+            *b.session_traceparent.lock().unwrap() =
+                req.headers().get("traceparent").map(|v| v.to_str().unwrap().to_owned());
+            reply(200, "{\"keys\": []}")
+        }
         "/ws" => websocket(req),
         "/held" => Response::new(held_body(vec!["first\n", "last\n"], b.release.clone(), None)),
         "/sse" => {
