@@ -42,6 +42,14 @@ impl<'g> RequestCtx<'g> {
         self.request_id.to_str().unwrap_or("-")
     }
 
+    /// For a traced request, a `tracing` span with its ids, so every log line written while it
+    /// is served carries them (under `span`). At error level: enabled whatever `--log-level`.
+    pub fn log_span(&self) -> Option<tracing::Span> {
+        let t = self.trace.as_ref()?;
+        let (trace_id, span_id) = (hex(&t.span.context.trace_id), hex(&t.span.context.span_id));
+        Some(tracing::error_span!("request", trace_id = %trace_id, span_id = %span_id))
+    }
+
     /// A child span of the request's, when it is traced.
     pub fn child_span(&self, name: &'static str, kind: Kind) -> Option<Span> {
         self.trace.as_ref().map(|t| t.child(name, kind))

@@ -23,7 +23,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
             .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
             .with_span_list(false)
             .try_init(),
         // No colours: their escape bytes would be escaped too.

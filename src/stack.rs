@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response};
+use tracing::Instrument;
 
 use crate::admission::{self, Refusal};
 use crate::body::{Body, ClientFault, RequestBody};
@@ -102,13 +103,22 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
             // Boxed: the token pipeline's future is large, and hyper moves the request future
             // around; forwarded requests should not pay for its size.
             Destination::Token(route, captures) => {
-                Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics, &mut ctx)).await
+                let log_span = ctx.log_span();
+                let serving =
+                    Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics, &mut ctx));
+                match log_span {
+                    Some(span) => serving.instrument(span).await,
+                    None => serving.await,
+                }
             }
             Destination::Jwks => gateway.jwks_response(),
             Destination::Proxy { limited } => {
                 match limited.then(|| proxy_limits(&gateway, &req, &conn, &state, &mut ctx)) {
                     Some(Some(refused)) => refused,
-                    _ => forward_traced(&state, &gateway, req, &conn, &ctx).await,
+                    _ => match ctx.log_span() {
+                        Some(span) => forward_traced(&state, &gateway, req, &conn, &ctx).instrument(span).await,
+                        None => forward_traced(&state, &gateway, req, &conn, &ctx).await,
+                    },
                 }
             }
         }

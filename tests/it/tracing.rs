@@ -31,6 +31,46 @@ async fn without_tracing_a_forwarded_traceparent_stays_byte_for_byte() {
     }
 }
 
+#[tokio::test]
+async fn every_log_line_of_a_traced_request_carries_its_trace_id() {
+    let b = backend::spawn().await;
+    let down = crate::common::closed_port();
+    let collector = crate::common::closed_port();
+    let extra = format!(
+        "tracing: {{ exporter: otlp, endpoint: 'http://{collector}', sampler: always_on }}\n\
+         keys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
+         auth_hooks:\n  session: {{ type: http, url: 'http://{down}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\n\
+         routes: [{{ name: chat, path: /t, auth: session, tokens: {{ t: {{ key: k, ttl: 1m }} }} }}]\n"
+    );
+    let bin = crate::common::Binary::start("trace-logs", &b.url(), &extra, &[]).await;
+    let r = client::request(
+        bin.addr,
+        Method::POST,
+        "/t",
+        &[("cookie", "session=ann"), ("traceparent", PARENT)],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "the hook is down: fail closed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let logs = bin.logs();
+        let lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let warn = lines.iter().find(|l| l["message"] == "auth hook failed");
+        let access = lines.iter().find(|l| l["message"] == "request" && l["route"] == "chat");
+        if let (Some(warn), Some(access)) = (warn, access) {
+            assert_eq!(warn["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{warn}");
+            assert_eq!(access["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{access}");
+            assert_eq!(warn["span"]["span_id"], access["span_id"], "the server span's id on both");
+            assert!(!logs.contains("session=ann"), "no cookie in any line");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lines not found:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(feature = "services")]
 pub(crate) mod with_a_receiver {
     use std::path::PathBuf;
