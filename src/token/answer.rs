@@ -12,16 +12,27 @@ use crate::body::Body;
 use crate::error::Error;
 use crate::ledger::Recorder;
 use crate::metrics::Metrics;
+use crate::trace::{Attr, Kind, RequestTrace, Span};
+
+/// Ends a span `answer` started, marked failed when `failed`.
+fn end(trace: Option<&RequestTrace>, span: Option<Span>, failed: bool) {
+    if let (Some(trace), Some(mut span)) = (trace, span) {
+        span.error = failed;
+        trace.record(span);
+    }
+}
 
 impl Route {
     /// Mints the route's tokens for `identity`, records them in the ledger, and renders the
     /// route's response (or its error shape). A full ledger queue refuses before minting.
+    /// Traced requests get a `mint` span (key ids and algorithms) and a `ledger` span.
     pub async fn answer(
         &self,
         values: &Values<'_>,
         identity: &Identity,
         metrics: &Metrics,
         record: Record,
+        trace: Option<&RequestTrace>,
     ) -> Response<Body> {
         let values = Values { identity: Some(identity), ..*values };
         let ledger = self.ledger.as_ref().filter(|_| record == Record::Ledger);
@@ -29,13 +40,26 @@ impl Route {
             Ok(reserved) => reserved,
             Err(e) => return self.error(&Error::from(e), &values),
         };
-        let minted = match self.mint_all(&values, identity, metrics).await {
+        let mut mint_span = trace.map(|t| t.child("mint", Kind::Internal));
+        if let Some(span) = mint_span.as_mut() {
+            // The keys and algorithms, never a claim value or a token.
+            let kids = self.tokens.iter().map(|t| t.key.kid.as_str()).collect::<Vec<_>>().join(",");
+            let algs = self.tokens.iter().map(|t| format!("{:?}", t.key.algorithm)).collect::<Vec<_>>().join(",");
+            span.set("mint.key_id", Attr::Str(kids));
+            span.set("mint.algorithm", Attr::Str(algs));
+        }
+        let minted = self.mint_all(&values, identity, metrics).await;
+        end(trace, mint_span, minted.is_err());
+        let minted = match minted {
             Ok(m) => m,
             Err(e) => return self.error(&e, &values),
         };
         if let (Some(reserved), Some(recorder)) = (reserved, ledger) {
             let entry = record::entry(self, recorder, &minted, identity, values.now);
-            if let Err(e) = reserved.record(entry).await {
+            let ledger_span = trace.map(|t| t.child("ledger", Kind::Internal));
+            let recorded = reserved.record(entry).await;
+            end(trace, ledger_span, recorded.is_err());
+            if let Err(e) = recorded {
                 tracing::warn!(route = %self.name, error = %e, "minted tokens not answered: the ledger did not take them");
                 return self.error(&Error::from(e), &values);
             }

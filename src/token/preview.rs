@@ -58,7 +58,7 @@ pub async fn preview(
         error: None,
     };
     // A preview mints nothing anyone receives: nothing to record.
-    let resp = route.answer(&values, &Identity(identity), &Metrics::new(), Record::Nothing).await;
+    let resp = route.answer(&values, &Identity(identity), &Metrics::new(), Record::Nothing, None).await;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))

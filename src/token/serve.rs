@@ -137,16 +137,7 @@ impl Route {
                 return self.error(&e, &values);
             }
         };
-        let mut mint_span = ctx.child_span("mint", Kind::Internal);
-        if let Some(span) = mint_span.as_mut() {
-            // The keys and algorithms, never a claim value or a token.
-            let kids = self.tokens.iter().map(|t| t.key.kid.as_str()).collect::<Vec<_>>().join(",");
-            let algs = self.tokens.iter().map(|t| format!("{:?}", t.key.algorithm)).collect::<Vec<_>>().join(",");
-            span.set("mint.key_id", Attr::Str(kids));
-            span.set("mint.algorithm", Attr::Str(algs));
-        }
-        let mut resp = self.answer(&values, &identity, metrics, Record::Ledger).await;
-        ctx.end_span(mint_span);
+        let mut resp = self.answer(&values, &identity, metrics, Record::Ledger, ctx.trace.as_deref()).await;
         if let Some(would) = would {
             // A dry-run limit would have refused: the answer says so in its RateLimit fields.
             would.report(resp.headers_mut());

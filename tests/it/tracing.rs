@@ -148,10 +148,12 @@ pub(crate) mod with_a_receiver {
     pub fn config(b: &backend::Backend, endpoint: &str, sampler: &str) -> String {
         format!(
             "tracing: {{ exporter: otlp, endpoint: '{endpoint}', service_name: chat-gate, sampler: {sampler}, headers: {{ authorization: Bearer otlp-secret }} }}\n\
+             ledger: {{ type: sqlite, path: {} }}\n\
              keys: [{{ id: k, algorithm: HS256, secret: s }}]\n\
              rate_limits: {{ per_user: {{ key: user, rate: 100, per: 1m }} }}\n\
              auth_hooks:\n  session: {{ type: http, url: '{}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\n\
              routes: [{{ name: chat, path: /t, auth: session, rate_limits: [per_user], tokens: {{ t: {{ key: k, ttl: 1m }} }} }}]\n",
+            temp_dir("otlp-ledger").join(format!("ledger-{}.db", closed_port().port())).display(),
             b.url()
         )
     }
@@ -192,7 +194,7 @@ pub(crate) mod with_a_receiver {
         assert!(upstream_saw.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && upstream_saw.ends_with("-01"));
 
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let spans = receiver.until("six spans", |s| s.iter().filter(|s| s["trace_id"] == trace).count() >= 6).await;
+        let spans = receiver.until("seven spans", |s| s.iter().filter(|s| s["trace_id"] == trace).count() >= 7).await;
         let servers: Vec<_> = spans.iter().filter(|s| s["trace_id"] == trace && s["name"] == "request").collect();
         assert_eq!(servers.len(), 2, "{spans:#?}");
         let token_server = servers.iter().find(|s| s["attributes"]["http.route"] == "chat").unwrap();
@@ -218,6 +220,9 @@ pub(crate) mod with_a_receiver {
         let mint = one(&spans, trace, "mint");
         assert_eq!(mint["attributes"]["mint.key_id"], "k");
         assert_eq!(mint["attributes"]["mint.algorithm"], "HS256");
+        let ledger = one(&spans, trace, "ledger");
+        assert_eq!(ledger["parent_span_id"], token_server["span_id"]);
+        assert_eq!(ledger["error"], false);
         assert_eq!(mint["parent_span_id"], token_server["span_id"]);
         let upstream = one(&spans, trace, "upstream");
         assert_eq!(upstream["parent_span_id"], proxy_server["span_id"]);
