@@ -45,18 +45,8 @@ pub async fn preview(
         }
     }
     let (body, query) = (Value::Object(body), query.join("&"));
-    let values = Values {
-        identity: None,
-        body: &body,
-        query: &query,
-        captures: &captures,
-        headers: &headers,
-        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        now: crate::clock::unix_now(),
-        tokens: &[],
-        first: None,
-        error: None,
-    };
+    let values =
+        Values { body: &body, ..Values::new(&query, &captures, &headers, std::net::IpAddr::from([127, 0, 0, 1])) };
     // A preview mints nothing anyone receives: nothing to record.
     let resp = route.answer(&values, &Identity(identity), &Metrics::new(), Record::Nothing, None).await;
     let status = resp.status();

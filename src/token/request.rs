@@ -127,6 +127,24 @@ pub struct Values<'a> {
     pub error: Option<(&'a str, &'a str, u16)>,
 }
 
+impl<'a> Values<'a> {
+    /// A request's inputs before its body is read and its caller known, at the current time.
+    pub fn new(query: &'a str, captures: &'a [(String, String)], headers: &'a HeaderMap, client_ip: IpAddr) -> Self {
+        Self {
+            identity: None,
+            body: &Value::Null,
+            query,
+            captures,
+            headers,
+            client_ip,
+            now: crate::clock::unix_now(),
+            tokens: &[],
+            first: None,
+            error: None,
+        }
+    }
+}
+
 impl Lookup for Values<'_> {
     fn lookup(&self, source: &Source) -> Option<Value> {
         match source {

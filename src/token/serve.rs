@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
-use serde_json::Value;
 
 use super::request::Values;
 use super::{limits, Record, Route};
@@ -40,18 +39,8 @@ impl Route {
             let (result, resp) = match cors.preflight(req.headers()) {
                 Some(resp) => ("allowed", resp),
                 None => {
-                    let values = Values {
-                        identity: None,
-                        body: &Value::Null,
-                        query: req.uri().query().unwrap_or(""),
-                        captures: &captures,
-                        headers: req.headers(),
-                        client_ip: crate::proxy::headers::client_ip(rules, conn.peer.ip(), req.headers()),
-                        now: crate::clock::unix_now(),
-                        tokens: &[],
-                        first: None,
-                        error: None,
-                    };
+                    let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), req.headers());
+                    let values = Values::new(req.uri().query().unwrap_or(""), &captures, req.headers(), client_ip);
                     ("refused", self.error(&Error::OriginNotAllowed, &values))
                 }
             };
@@ -77,20 +66,7 @@ impl Route {
         let (parts, body) = req.into_parts();
         let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), &parts.headers);
         ctx.client_ip = Some(client_ip);
-        let query = parts.uri.query().unwrap_or("");
-        let now = crate::clock::unix_now();
-        let mut values = Values {
-            identity: None,
-            body: &Value::Null,
-            query,
-            captures: &captures,
-            headers: &parts.headers,
-            client_ip,
-            now,
-            tokens: &[],
-            first: None,
-            error: None,
-        };
+        let mut values = Values::new(parts.uri.query().unwrap_or(""), &captures, &parts.headers, client_ip);
         let body = match self.read_body(&parts.method, &parts.headers, body).await {
             Ok(body) => body,
             Err(e) => return self.error(&e, &values),
