@@ -14,6 +14,7 @@ use http::Response;
 use crate::auth::Hook;
 use crate::body::Body;
 use crate::config::{Config, ConfigErrors, FieldError, Loaded};
+use crate::forward_auth::ForwardAuths;
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, LedgerShape};
 use crate::metrics::Metrics;
@@ -35,6 +36,8 @@ pub struct Gateway {
     pub proxy: Proxy,
     pub keys: KeyRing,
     pub routes: Routes,
+    /// `forward_auth` entries: decisions for a proxy in front.
+    pub forward_auths: ForwardAuths,
     /// Limits applied to forwarded traffic (`proxy_rate_limits`), in order.
     pub proxy_limits: Vec<Arc<RateLimit>>,
     /// The JWK set, serialized once.
@@ -114,6 +117,7 @@ impl Gateway {
             shared: shared.as_ref().map(|s| (s, on_error)),
         };
         let routes = Routes::build(&config, &compiled, &stores.tokens)?;
+        let forward_auths = ForwardAuths::build(&config, &compiled, &stores.tokens)?;
         let proxy_limits = config.proxy_rate_limits.iter().filter_map(|n| limits.get(n).cloned()).collect();
         let jwks = Bytes::from(keys.jwks().to_string());
         let l = &config.limits;
@@ -134,6 +138,7 @@ impl Gateway {
             proxy,
             keys,
             routes,
+            forward_auths,
             proxy_limits,
             jwks,
             tls,

@@ -15,6 +15,7 @@ pub mod context;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod forward_auth;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

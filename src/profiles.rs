@@ -34,6 +34,10 @@ pub const PROFILES: &[Profile] = &[
     profile!("supabase", "Supabase user JWT (role/aud authenticated) for row-level security"),
     profile!("ably", "Ably JWT for a client SDK's authUrl (clientId, capability, kid = key name)"),
     profile!("mux", "Mux signed playback tokens (video, thumbnail, storyboard) for a playback ID"),
+    profile!(
+        "forward-auth",
+        "the decision service of nginx auth_request, Traefik, Caddy or Envoy: session, limits, an assertion"
+    ),
     profile!("livekit", "LiveKit access token: join a room (video grants), TokenVerifier-checked"),
 ];
 

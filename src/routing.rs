@@ -1,7 +1,7 @@
-//! Where a request on the public listener goes, decided once, by path: a token route, the JWK
-//! set, or the upstream (with or without `proxy_rate_limits`). Both the byte relay and the
-//! `http`-types path ask this one function, so a new kind of route cannot be relayed by
-//! mistake: the relay takes only `Destination::Proxy { limited: false }`.
+//! Where a request on the public listener goes, decided once, by path: a token route, a
+//! forward-auth entry, the JWK set, or the upstream (with or without `proxy_rate_limits`).
+//! Both the byte relay and the `http`-types path ask this one function, so a new kind of route
+//! cannot be relayed by mistake: the relay takes only `Destination::Proxy { limited: false }`.
 //!
 //! Routes match the normalized path (RFC 3986 §6.2.2, as Envoy's `normalize_path` and nginx's
 //! `location` do): `/api/auth/%63hat-token`, `/api/auth/./chat-token` and
@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use crate::forward_auth::ForwardAuth;
 use crate::gateway::Gateway;
 use crate::token::Route;
 
@@ -22,6 +23,8 @@ pub const JWKS_ROUTE: &str = "jwks";
 pub enum Destination<'g> {
     /// A token route, with the values its path pattern captured.
     Token(&'g Route, Vec<(String, String)>),
+    /// A `forward_auth` entry: a decision for a proxy in front.
+    ForwardAuth(&'g ForwardAuth),
     /// The public JWK set (`jwks_path`).
     Jwks,
     /// The upstream; `limited` when `proxy_rate_limits` apply first.
@@ -33,6 +36,7 @@ impl<'g> Destination<'g> {
     pub fn label(&self) -> &'g str {
         match self {
             Self::Token(route, _) => route.name.as_str(),
+            Self::ForwardAuth(entry) => entry.name.as_str(),
             Self::Jwks => JWKS_ROUTE,
             Self::Proxy { .. } => PROXY_ROUTE,
         }
@@ -42,13 +46,15 @@ impl<'g> Destination<'g> {
 /// Where a request for `path` goes under `gateway`.
 pub fn route<'g>(gateway: &'g Gateway, path: &str) -> Destination<'g> {
     let limited = !gateway.proxy_limits.is_empty();
-    if gateway.routes.is_empty() && gateway.config.jwks_path.is_none() {
+    if gateway.routes.is_empty() && gateway.forward_auths.is_empty() && gateway.config.jwks_path.is_none() {
         // Nothing to match: a pure proxy need not look at the path at all.
         return Destination::Proxy { limited };
     }
     let path = normalize_path(path);
     if let Some((route, captures)) = gateway.routes.find(&path) {
         Destination::Token(route, captures)
+    } else if let Some(entry) = gateway.forward_auths.find(&path) {
+        Destination::ForwardAuth(entry)
     } else if gateway.config.jwks_path.as_deref() == Some(&*path) {
         Destination::Jwks
     } else {

@@ -1,6 +1,7 @@
 //! The public listener's request path, top-down: request id → route (`routing`) → token route,
-//! JWK set or proxy → rescue → metrics and the access log line, written once from the
-//! request's context (`context`). Every failure is a response by the time it leaves.
+//! forward-auth entry, JWK set or proxy → rescue → metrics and the access log line, written
+//! once from the request's context (`context`). Every failure is a response by the time it
+//! leaves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,6 +110,14 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
                 match log_span {
                     Some(span) => serving.instrument(span).await,
                     None => serving.await,
+                }
+            }
+            Destination::ForwardAuth(entry) => {
+                let log_span = ctx.log_span();
+                let deciding = Box::pin(entry.serve(req, &conn, &gateway.proxy.rules, &state.metrics, &mut ctx));
+                match log_span {
+                    Some(span) => deciding.instrument(span).await,
+                    None => deciding.await,
                 }
             }
             Destination::Jwks => gateway.jwks_response(),

@@ -66,6 +66,10 @@ pub struct Config {
     /// Token routes; all other traffic is forwarded.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Decisions for a proxy in front (nginx `auth_request`, Traefik ForwardAuth, Caddy
+    /// `forward_auth`, Envoy `ext_authz`); never forwarded.
+    #[serde(default)]
+    pub forward_auth: Vec<ForwardAuthConfig>,
     #[serde(default)]
     pub ledger: Option<LedgerConfig>,
     #[serde(default)]
@@ -457,6 +461,54 @@ pub struct RouteConfig {
     /// Browser pages on other origins may call this route.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+}
+
+/// SPEC §2 `forward_auth[]`: a decision endpoint on `listen` for a proxy in front.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    pub name: String,
+    /// Exact path on `listen`, e.g. `/_tokengate/auth`.
+    pub path: String,
+    /// Name of an auth hook.
+    pub auth: String,
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Set on an allow, for the proxy to copy upstream (templates; a header whose value is
+    /// missing is left out).
+    #[serde(default)]
+    pub response_headers: IndexMap<String, String>,
+    /// Optional tokens minted on an allow (`tokens.<name>` in `response_headers`).
+    #[serde(default)]
+    pub tokens: IndexMap<String, TokenConfig>,
+    /// Reuse a minted token while over half its lifetime is left.
+    #[serde(default)]
+    pub cache_tokens: bool,
+    /// Path pattern of the original request whose `{name}` captures are `path.<name>`.
+    #[serde(default)]
+    pub original_path: Option<String>,
+    #[serde(default)]
+    pub error_response: Option<ErrorResponseConfig>,
+    #[serde(default)]
+    pub ledger: Option<RouteLedgerConfig>,
+    /// Preflights of these origins (original method OPTIONS, from a trusted proxy) are
+    /// allowed without authentication; every answer gets the CORS fields.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
+    pub compat: Compat,
+}
+
+/// How a forward-auth entry speaks to the proxy in front.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compat {
+    /// 200, 401, 429, 503 as they are (Traefik, Caddy, Envoy, ingress-nginx ≥ 1.9 via snippet).
+    #[default]
+    Standard,
+    /// nginx `auth_request` understands only 2xx, 401 and 403: every other status becomes 403
+    /// with `X-Auth-Request-Status` (and `X-Auth-Request-Retry-After`).
+    Nginx,
 }
 
 /// SPEC §2 `rate_limit_headers`.

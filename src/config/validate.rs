@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::{AuthHookType, Config, FieldError, LedgerType, SharedStateType};
+use indexmap::IndexMap;
+
+use super::{AuthHookType, Config, FieldError, LedgerType, RouteLedgerConfig, SharedStateType, TokenConfig};
 
 /// hyper refuses a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
@@ -179,43 +181,42 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         if r.tokens.is_empty() {
             err(at("tokens"), "a token route mints at least one token".into());
         }
-        for (name, t) in &r.tokens {
-            match c.keys.iter().find(|k| k.id == t.key) {
-                None => err(at(&format!("tokens.{name}.key")), format!("no key with id {:?}", t.key)),
-                Some(k) if k.retired => {
-                    err(at(&format!("tokens.{name}.key")), format!("key {:?} is retired: it no longer signs", t.key))
-                }
-                Some(_) => {}
-            }
-            for reserved in ["iat", "exp"] {
-                if t.claims.contains_key(reserved) {
-                    err(
-                        at(&format!("tokens.{name}.claims.{reserved}")),
-                        "set by tokengate from ttl; not templatable".into(),
-                    );
-                }
-            }
-        }
+        check_tokens(c, &r.tokens, &at, &mut err);
         if !(100..=599).contains(&r.response.status) {
             err(at("response.status"), format!("invalid status {}", r.response.status));
         }
-        if let Some(recorded) = &r.ledger {
-            if c.ledger.is_none() {
-                err(at("ledger"), "records claims, but there is no top-level `ledger` to record them in".into());
-            }
-            let first = r.tokens.first();
-            let mut seen = HashSet::new();
-            for (j, claim) in recorded.record.iter().enumerate() {
-                let at = at(&format!("ledger.record[{j}]"));
-                if !seen.insert(claim.as_str()) {
-                    err(at, format!("{claim:?} is listed twice"));
-                } else if matches!(claim.as_str(), "iat" | "exp" | "jti") {
-                    err(at, format!("{claim:?} is recorded for every token already"));
-                } else if let Some((name, _)) = first.filter(|(_, t)| !t.claims.contains_key(claim)) {
-                    err(at, format!("the route's first token {name:?} has no claim {claim:?}"));
-                }
+        check_recorded(c, r.ledger.as_ref(), &r.tokens, &at, &mut err);
+    }
+
+    let mut paths: HashSet<&str> = c.routes.iter().map(|r| r.path.as_str()).chain(c.jwks_path.as_deref()).collect();
+    for (i, f) in c.forward_auth.iter().enumerate() {
+        let at = |key: &str| format!("forward_auth[{i}].{key}");
+        if !route_names.insert(f.name.as_str()) {
+            err(at("name"), format!("duplicate name {:?} (token routes and forward-auth entries share names)", f.name));
+        }
+        if matches!(f.name.as_str(), "proxy" | "jwks") {
+            err(at("name"), format!("{:?} is reserved for other traffic in metrics", f.name));
+        }
+        if !f.path.starts_with('/') || f.path.contains(['{', '}', '?', '#']) {
+            err(at("path"), format!("must be an exact path starting with '/': {:?}", f.path));
+        } else if !paths.insert(f.path.as_str()) {
+            err(at("path"), format!("{:?} is already served by a token route, the JWK set or another entry", f.path));
+        }
+        if !c.auth_hooks.contains_key(&f.auth) {
+            err(at("auth"), format!("no auth hook named {:?}", f.auth));
+        }
+        for (j, l) in f.rate_limits.iter().enumerate() {
+            if !c.rate_limits.contains_key(l) {
+                err(at(&format!("rate_limits[{j}]")), format!("no rate limit named {l:?}"));
             }
         }
+        for name in f.response_headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                err(at(&format!("response_headers.{name}")), "not a header name".into());
+            }
+        }
+        check_tokens(c, &f.tokens, &at, &mut err);
+        check_recorded(c, f.ledger.as_ref(), &f.tokens, &at, &mut err);
     }
 
     if let Some(l) = &c.ledger {
@@ -313,6 +314,60 @@ pub(super) fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(ledger) = &mut c.ledger {
         for file in [&mut ledger.path, &mut ledger.ca_file].into_iter().flatten() {
             *file = base.join(&*file);
+        }
+    }
+}
+
+/// The tokens of a route or forward-auth entry: known, unretired keys; `iat`/`exp` untouched.
+fn check_tokens(
+    c: &Config,
+    tokens: &IndexMap<String, TokenConfig>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    for (name, t) in tokens {
+        match c.keys.iter().find(|k| k.id == t.key) {
+            None => err(at(&format!("tokens.{name}.key")), format!("no key with id {:?}", t.key)),
+            Some(k) if k.retired => {
+                err(at(&format!("tokens.{name}.key")), format!("key {:?} is retired: it no longer signs", t.key))
+            }
+            Some(_) => {}
+        }
+        for reserved in ["iat", "exp"] {
+            if t.claims.contains_key(reserved) {
+                err(
+                    at(&format!("tokens.{name}.claims.{reserved}")),
+                    "set by tokengate from ttl; not templatable".into(),
+                );
+            }
+        }
+    }
+}
+
+/// `ledger.record` of a route or forward-auth entry: claims of its first token, each once.
+fn check_recorded(
+    c: &Config,
+    recorded: Option<&RouteLedgerConfig>,
+    tokens: &IndexMap<String, TokenConfig>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    let Some(recorded) = recorded else { return };
+    if c.ledger.is_none() {
+        err(at("ledger"), "records claims, but there is no top-level `ledger` to record them in".into());
+    }
+    let first = tokens.first();
+    let mut seen = HashSet::new();
+    for (j, claim) in recorded.record.iter().enumerate() {
+        let at = at(&format!("ledger.record[{j}]"));
+        if !seen.insert(claim.as_str()) {
+            err(at, format!("{claim:?} is listed twice"));
+        } else if matches!(claim.as_str(), "iat" | "exp" | "jti") {
+            err(at, format!("{claim:?} is recorded for every token already"));
+        } else if let Some((name, _)) = first.filter(|(_, t)| !t.claims.contains_key(claim)) {
+            err(at, format!("the route's first token {name:?} has no claim {claim:?}"));
+        } else if first.is_none() {
+            err(at, "there is no token whose claims could be recorded".into());
         }
     }
 }

@@ -53,6 +53,8 @@ pub fn changes(old: &Gateway, new: &Gateway) -> String {
         ("proxy_rate_limits", o.proxy_rate_limits == n.proxy_rate_limits),
         ("ledger", o.ledger == n.ledger),
         ("shared_state", o.shared_state == n.shared_state),
+        ("forward_auth", o.forward_auth == n.forward_auth),
+        ("tracing", o.tracing == n.tracing),
     ];
     out.extend(sections.iter().filter(|(_, same)| !same).map(|(name, _)| (*name).to_owned()));
     if out.is_empty() {

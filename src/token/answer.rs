@@ -22,10 +22,15 @@ fn end(trace: Option<&RequestTrace>, span: Option<Span>, failed: bool) {
     }
 }
 
+/// The tokens one answer carries: by name, and the first one's (iat, exp).
+pub(crate) struct Issued {
+    pub named: Vec<(String, String)>,
+    pub first: Option<(u64, u64)>,
+}
+
 impl Route {
     /// Mints the route's tokens for `identity`, records them in the ledger, and renders the
-    /// route's response (or its error shape). A full ledger queue refuses before minting.
-    /// Traced requests get a `mint` span (key ids and algorithms) and a `ledger` span.
+    /// route's response (or its error shape).
     pub async fn answer(
         &self,
         values: &Values<'_>,
@@ -35,11 +40,33 @@ impl Route {
         trace: Option<&RequestTrace>,
     ) -> Response<Body> {
         let values = Values { identity: Some(identity), ..*values };
-        let ledger = self.ledger.as_ref().filter(|_| record == Record::Ledger);
-        let reserved = match ledger.map(Recorder::reserve).transpose() {
-            Ok(reserved) => reserved,
-            Err(e) => return self.error(&Error::from(e), &values),
+        let issued = match self.issue(&values, identity, metrics, record, trace).await {
+            Ok(issued) => issued,
+            Err(e) => return self.error(&e, &values),
         };
+        let values = Values { tokens: &issued.named, first: issued.first, ..values };
+        match self.response.body.render(&values) {
+            Ok(rendered) => respond(&self.response, self.response.status, &rendered),
+            Err(missing) => self.error(&Error::InvalidRequest(missing.to_string()), &values),
+        }
+    }
+
+    /// Mints (or reuses) the route's tokens for `identity` and records them in the ledger. A
+    /// full ledger queue refuses before minting. Traced requests get a `mint` span (key ids and
+    /// algorithms) and a `ledger` span.
+    pub(crate) async fn issue(
+        &self,
+        values: &Values<'_>,
+        identity: &Identity,
+        metrics: &Metrics,
+        record: Record,
+        trace: Option<&RequestTrace>,
+    ) -> Result<Issued, Error> {
+        if self.tokens.is_empty() {
+            return Ok(Issued { named: Vec::new(), first: None });
+        }
+        let ledger = self.ledger.as_ref().filter(|_| record == Record::Ledger);
+        let reserved = ledger.map(Recorder::reserve).transpose().map_err(Error::from)?;
         let mut mint_span = trace.map(|t| t.child("mint", Kind::Internal));
         if let Some(span) = mint_span.as_mut() {
             // The keys and algorithms, never a claim value or a token.
@@ -48,12 +75,9 @@ impl Route {
             span.set("mint.key_id", Attr::Str(kids));
             span.set("mint.algorithm", Attr::Str(algs));
         }
-        let minted = self.mint_all(&values, identity, metrics).await;
+        let minted = self.mint_all(values, identity, metrics).await;
         end(trace, mint_span, minted.is_err());
-        let minted = match minted {
-            Ok(m) => m,
-            Err(e) => return self.error(&e, &values),
-        };
+        let minted = minted?;
         if let (Some(reserved), Some(recorder)) = (reserved, ledger) {
             let entry = record::entry(self, recorder, &minted, identity, values.now);
             let ledger_span = trace.map(|t| t.child("ledger", Kind::Internal));
@@ -61,16 +85,11 @@ impl Route {
             end(trace, ledger_span, recorded.is_err());
             if let Err(e) = recorded {
                 tracing::warn!(route = %self.name, error = %e, "minted tokens not answered: the ledger did not take them");
-                return self.error(&Error::from(e), &values);
+                return Err(Error::from(e));
             }
         }
         let minted: Vec<Minted> = minted.into_iter().map(|(m, _)| m).collect();
-        let named: Vec<(String, String)> =
-            self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
-        let values = Values { tokens: &named, first: minted.first().map(|m| (m.iat, m.exp)), ..values };
-        match self.response.body.render(&values) {
-            Ok(rendered) => respond(&self.response, self.response.status, &rendered),
-            Err(missing) => self.error(&Error::InvalidRequest(missing.to_string()), &values),
-        }
+        let named = self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
+        Ok(Issued { named, first: minted.first().map(|m| (m.iat, m.exp)) })
     }
 }

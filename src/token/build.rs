@@ -41,15 +41,17 @@ fn content_type(value: &str, at: String) -> Result<HeaderValue, FieldError> {
 }
 
 impl Route {
-    pub(super) fn build(
-        i: usize,
+    /// Builds the route `cfg`, which sits at key path `place` (`routes[0]`, or `forward_auth[0]`
+    /// for an entry's pipeline).
+    pub(crate) fn build(
+        place: &str,
         cfg: &RouteConfig,
         config: &Config,
         compiled: &Compiled<'_>,
         caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, FieldError> {
         let Compiled { keys, hooks, limits, ledger, shared } = compiled;
-        let at = |key: &str| format!("routes[{i}].{key}");
+        let at = |key: &str| format!("{place}.{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
         let methods: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
         let allow_text = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");

@@ -32,11 +32,13 @@ use crate::ledger::Recorder;
 use crate::ratelimit::RateLimit;
 use crate::shared::Shared;
 use crate::template::Template;
+pub(crate) use answer::Issued;
 pub use build::Compiled;
 use mint::{Minted, TokenSpec};
 pub use preview::preview;
 use request::PathPattern;
 pub use routes::{forget_user, Routes};
+pub(crate) use serve::Admitted;
 
 /// Reused tokens held per route.
 const TOKEN_CACHE_ENTRIES: u64 = 100_000;
@@ -87,6 +89,18 @@ pub struct Route {
 pub enum Record {
     Ledger,
     Nothing,
+}
+
+impl Route {
+    /// The route's `cors`, if browser pages on other origins may call it.
+    pub(crate) fn cors(&self) -> Option<&Cors> {
+        self.cors.as_ref()
+    }
+
+    /// True when the route's auth hook produces no user (type none without `identity`).
+    pub(crate) fn is_anonymous(&self) -> bool {
+        self.hook.is_anonymous()
+    }
 }
 
 impl std::fmt::Debug for Route {

@@ -12,7 +12,7 @@ use crate::error::{add_error_headers, Error};
 
 impl Route {
     /// The error in this route's `error_response` shape (or the default JSON body).
-    pub(super) fn error(&self, err: &Error, values: &Values<'_>) -> Response<Body> {
+    pub(crate) fn error(&self, err: &Error, values: &Values<'_>) -> Response<Body> {
         let status = err.status();
         let mut resp = match &self.error_response {
             Some(shape) => {

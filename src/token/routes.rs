@@ -32,7 +32,7 @@ impl Routes {
         let mut routes = Routes::default();
         let mut errors = Vec::new();
         for (i, cfg) in config.routes.iter().enumerate() {
-            match Route::build(i, cfg, config, compiled, caches) {
+            match Route::build(&format!("routes[{i}]"), cfg, config, compiled, caches) {
                 Ok(route) => {
                     let index = routes.routes.len();
                     if route.pattern.is_exact() {

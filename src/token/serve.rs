@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use std::net::IpAddr;
+
+use http::{HeaderMap, Request, Response};
+use serde_json::Value;
 
 use super::request::Values;
 use super::{limits, Record, Route};
-use crate::auth::{AuthError, AuthRequest};
+use crate::auth::{AuthError, AuthRequest, Identity};
 use crate::body::{Body, RequestBody};
 use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
@@ -72,46 +75,9 @@ impl Route {
             Err(e) => return self.error(&e, &values),
         };
         values.body = &body;
-        let limit_input = |identity| LimitInput { client_ip, identity, route: &self.name, headers: &parts.headers };
-        let would_pre = match self.limit(&self.pre_auth_limits, &limit_input(None), metrics, ctx).await {
-            Ok(would) => would,
-            Err(e) => {
-                ctx.limited = limit_name(&e);
-                return self.error(&e, &values);
-            }
-        };
-        let mut hook_span = ctx.child_span("auth_hook", Kind::Client);
-        let asking = AuthRequest::new(&parts.headers, &body, hook_span.as_ref().map(|s| s.context.traceparent()));
-        let decided = self.hook.authenticate(&asking, metrics).await;
-        if let Some(span) = hook_span.as_mut() {
-            span.set("auth.hook", Attr::Str(self.hook.name.clone()));
-            span.set("cache.hit", Attr::Bool(asking.cache_hit.load(std::sync::atomic::Ordering::Relaxed)));
-            span.error = matches!(decided, Err(AuthError::Unavailable(_)));
-        }
-        ctx.end_span(hook_span);
-        let identity = match decided {
-            Ok(identity) => identity,
-            Err(e) => {
-                let err = match e {
-                    AuthError::Denied => Error::Unauthorized,
-                    AuthError::Unavailable(cause) => {
-                        tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
-                        Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
-                    }
-                    AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
-                    AuthError::NotAString(field) => Error::InvalidRequest(format!("field {field} must be a string")),
-                };
-                ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
-                return self.error(&err, &values);
-            }
-        };
-        ctx.auth = Some("allow");
-        let would = match self.limit(&self.user_limits, &limit_input(Some(&identity.0)), metrics, ctx).await {
-            Ok(would) => would_pre.or(would),
-            Err(e) => {
-                ctx.limited = limit_name(&e);
-                return self.error(&e, &values);
-            }
+        let Admitted { identity, would } = match self.admit(&parts.headers, &body, client_ip, metrics, ctx).await {
+            Ok(admitted) => admitted,
+            Err(e) => return self.error(&e, &values),
         };
         let mut resp = self.answer(&values, &identity, metrics, Record::Ledger, ctx.trace.as_deref()).await;
         if let Some(would) = would {
@@ -122,7 +88,58 @@ impl Route {
     }
 }
 
+/// A caller the route's limits and auth hook let through.
+pub(crate) struct Admitted {
+    pub identity: Arc<Identity>,
+    /// A dry-run limit that would have refused.
+    pub would: Option<limits::WouldLimit>,
+}
+
 impl Route {
+    /// Limits before the hook → auth hook (401/503) → per-user limits, for a request with these
+    /// `headers` and (JSON) `body`; what was decided goes into the request's context.
+    pub(crate) async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: &Value,
+        client_ip: IpAddr,
+        metrics: &Metrics,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Admitted, Error> {
+        let limit_input = |identity| LimitInput { client_ip, identity, route: &self.name, headers };
+        let would_pre = self.limit(&self.pre_auth_limits, &limit_input(None), metrics, ctx).await.inspect_err(|e| {
+            ctx.limited = limit_name(e);
+        })?;
+        let mut hook_span = ctx.child_span("auth_hook", Kind::Client);
+        let asking = AuthRequest::new(headers, body, hook_span.as_ref().map(|s| s.context.traceparent()));
+        let decided = self.hook.authenticate(&asking, metrics).await;
+        if let Some(span) = hook_span.as_mut() {
+            span.set("auth.hook", Attr::Str(self.hook.name.clone()));
+            span.set("cache.hit", Attr::Bool(asking.cache_hit.load(std::sync::atomic::Ordering::Relaxed)));
+            span.error = matches!(decided, Err(AuthError::Unavailable(_)));
+        }
+        ctx.end_span(hook_span);
+        let identity = decided.map_err(|e| {
+            let err = match e {
+                AuthError::Denied => Error::Unauthorized,
+                AuthError::Unavailable(cause) => {
+                    tracing::warn!(hook = %self.hook.name, route = %self.name, %cause, "auth hook failed");
+                    Error::AuthUnavailable { hook: self.hook.name.clone(), cause }
+                }
+                AuthError::Missing(field) => Error::InvalidRequest(format!("missing required field: {field}")),
+                AuthError::NotAString(field) => Error::InvalidRequest(format!("field {field} must be a string")),
+            };
+            ctx.auth = Some(if matches!(err, Error::Unauthorized) { "deny" } else { "error" });
+            err
+        })?;
+        ctx.auth = Some("allow");
+        let would =
+            self.limit(&self.user_limits, &limit_input(Some(&identity.0)), metrics, ctx).await.inspect_err(|e| {
+                ctx.limited = limit_name(e);
+            })?;
+        Ok(Admitted { identity, would: would_pre.or(would) })
+    }
+
     /// Counts the request against `limits` (`limits::check`), in a `rate_limit` span when traced.
     async fn limit(
         &self,

@@ -91,6 +91,7 @@ fn every_shipped_config_passes_check() {
                 ("ABLY_KEY_SECRET", "s"),
                 ("MUX_SIGNING_KEY_ID", "k"),
                 ("MUX_SIGNING_KEY_PRIVATE_KEY", &mux_key),
+                ("TOKENGATE_ASSERTION_KEY_FILE", es256.to_str().unwrap()),
             ])
             .output()
             .unwrap();

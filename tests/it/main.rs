@@ -14,6 +14,9 @@ mod cors;
 mod downstream_wire;
 mod errors;
 mod forward;
+mod forward_auth;
+#[cfg(feature = "services")]
+mod forward_auth_peers;
 mod fuzz_findings;
 mod h2;
 mod ledger;

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{backend, client, closed_port, temp_dir, Binary};
 
-struct Nginx(Child);
+pub(crate) struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -48,7 +48,7 @@ fn site(dir: &Path, https: u16, http: u16, tokengate: SocketAddr) -> String {
     })
 }
 
-fn start_nginx(dir: &Path, site: &str, port: u16) -> Nginx {
+pub(crate) fn start_nginx(dir: &Path, site: &str, port: u16) -> Nginx {
     std::fs::write(dir.join("site.conf"), site).unwrap();
     let d = dir.display();
     let conf = format!(

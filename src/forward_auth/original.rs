@@ -1,0 +1,94 @@
+//! The request a proxy in front is asking about, as it describes it: `X-Forwarded-Method`,
+//! `-Uri`, `-Host`, `-Proto` (Traefik, Caddy) or `X-Original-Method` and `X-Original-URL`
+//! (nginx, ingress-nginx). Believed only from a trusted proxy (`forwarding.trusted_proxies`);
+//! from anyone else the decision is about the auth request itself, so a forged original method
+//! or URI changes nothing.
+
+use http::{HeaderMap, Method, Uri};
+
+/// The original request's method, path, query and host.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Original {
+    pub method: Method,
+    /// As the client sent it (not normalized), without the query.
+    pub path: String,
+    pub query: String,
+    pub host: Option<String>,
+}
+
+impl Original {
+    /// The original request described by `headers` when `trusted`; else (or where they say
+    /// nothing usable) the auth request's own `method` and `uri`.
+    pub fn of(headers: &HeaderMap, method: &Method, uri: &Uri, trusted: bool) -> Self {
+        let own = || Self {
+            method: method.clone(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or("").to_owned(),
+            host: None,
+        };
+        if !trusted {
+            return own();
+        }
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let described = text("x-forwarded-uri").or_else(|| text("x-original-url")).and_then(|u| u.parse::<Uri>().ok());
+        let mut original = match &described {
+            Some(u) if u.path().starts_with('/') => Self {
+                method: method.clone(),
+                path: u.path().to_owned(),
+                query: u.query().unwrap_or("").to_owned(),
+                host: u.authority().map(|a| a.to_string()),
+            },
+            _ => own(),
+        };
+        let named = text("x-forwarded-method").or_else(|| text("x-original-method"));
+        if let Some(m) = named.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) {
+            original.method = m;
+        }
+        if let Some(host) = text("x-forwarded-host").filter(|h| !h.is_empty()) {
+            original.host = Some(host.to_owned());
+        }
+        original
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn traefik_and_caddy_fields_describe_the_original_request() {
+        let h = headers(&[
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-uri", "/orgs/acme/items?id=7&x=%20y"),
+            ("x-forwarded-host", "app.example.com"),
+        ]);
+        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), true);
+        assert_eq!(o.method, Method::DELETE);
+        assert_eq!(o.path, "/orgs/acme/items");
+        assert_eq!(o.query, "id=7&x=%20y");
+        assert_eq!(o.host.as_deref(), Some("app.example.com"));
+    }
+
+    #[test]
+    fn nginx_fields_describe_the_original_request() {
+        let h = headers(&[("x-original-method", "OPTIONS"), ("x-original-url", "https://app.example.com/a/b?c=d")]);
+        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), true);
+        assert_eq!((o.method, o.path.as_str(), o.query.as_str()), (Method::OPTIONS, "/a/b", "c=d"));
+        assert_eq!(o.host.as_deref(), Some("app.example.com"));
+    }
+
+    #[test]
+    fn an_untrusted_peer_or_garbage_describes_nothing() {
+        let h = headers(&[("x-forwarded-method", "OPTIONS"), ("x-forwarded-uri", "/admin?q=1")]);
+        let own: Uri = "/_tokengate/auth?q=2".parse().expect("uri");
+        let o = Original::of(&h, &Method::GET, &own, false);
+        assert_eq!((o.method, o.path.as_str(), o.query.as_str()), (Method::GET, "/_tokengate/auth", "q=2"));
+        let h = headers(&[("x-forwarded-method", "NOT A METHOD"), ("x-forwarded-uri", "no slash")]);
+        let o = Original::of(&h, &Method::GET, &own, true);
+        assert_eq!((o.method, o.path.as_str()), (Method::GET, "/_tokengate/auth"));
+    }
+}
