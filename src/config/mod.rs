@@ -503,11 +503,13 @@ pub struct ForwardAuthConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compat {
-    /// 200, 401, 429, 503 as they are (Traefik, Caddy, Envoy, ingress-nginx ≥ 1.9 via snippet).
+    /// 200, 401, 429, 503 as they are; the original request read from `X-Forwarded-Method`,
+    /// `-Uri`, `-Host` (Traefik, Caddy, Envoy).
     #[default]
     Standard,
     /// nginx `auth_request` understands only 2xx, 401 and 403: every other status becomes 403
-    /// with `X-Auth-Request-Status` (and `X-Auth-Request-Retry-After`).
+    /// with `X-Auth-Request-Status` (and `X-Auth-Request-Retry-After`); the original request
+    /// read from `X-Original-Method` and `X-Original-URL` (nginx, ingress-nginx).
     Nginx,
 }
 

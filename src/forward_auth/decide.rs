@@ -37,7 +37,8 @@ impl ForwardAuth {
     ) -> Response<Body> {
         let (parts, _unread) = req.into_parts();
         let trusted = rules.trusts_peer(conn.peer.ip());
-        let original = Original::of(&parts.headers, &parts.method, &parts.uri, trusted);
+        let fields = trusted.then_some(self.fields());
+        let original = Original::of(&parts.headers, &parts.method, &parts.uri, fields);
         if let Some(trace) = ctx.trace.as_mut() {
             trace.span.set("tokengate.original.method", Attr::Str(original.method.as_str().to_owned()));
             trace.span.set("tokengate.original.path", Attr::Str(original.path.clone()));

@@ -21,7 +21,7 @@ use crate::shelf::Shelf;
 use crate::template::{Scope, Source, Template};
 use crate::token::request::PathPattern;
 use crate::token::{Compiled, Route, TokenCache, TokenShape};
-pub use original::Original;
+pub use original::{Fields, Original};
 
 /// The methods a forward-auth entry decides about (and lists in a CORS preflight's answer).
 const METHODS: [Method; 7] =
@@ -88,6 +88,17 @@ impl ForwardAuth {
             None => None,
         };
         Ok(Self { name: cfg.name.clone(), route, headers, original_path, compat: cfg.compat })
+    }
+}
+
+impl ForwardAuth {
+    /// The fields the proxy describes the original request with: nginx and ingress-nginx (the
+    /// proxies `compat: nginx` is for) set `X-Original-*`, the others `X-Forwarded-*`.
+    fn fields(&self) -> Fields {
+        match self.compat {
+            Compat::Nginx => Fields::Original,
+            Compat::Standard => Fields::Forwarded,
+        }
     }
 }
 

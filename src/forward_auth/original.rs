@@ -1,10 +1,21 @@
 //! The request a proxy in front is asking about, as it describes it: `X-Forwarded-Method`,
-//! `-Uri`, `-Host`, `-Proto` (Traefik, Caddy) or `X-Original-Method` and `X-Original-URL`
-//! (nginx, ingress-nginx). Believed only from a trusted proxy (`forwarding.trusted_proxies`);
-//! from anyone else the decision is about the auth request itself, so a forged original method
-//! or URI changes nothing.
+//! `-Uri`, `-Host` (Traefik, Caddy) or `X-Original-Method` and `X-Original-URL` (nginx,
+//! ingress-nginx). Believed only from a trusted proxy (`forwarding.trusted_proxies`); from
+//! anyone else the decision is about the auth request itself, so a forged original method or
+//! URI changes nothing. Only the family the proxy sets is read: a proxy overwrites its own
+//! fields but passes the client's others on, so reading both would let a client describe the
+//! request (say, as a CORS preflight that needs no session).
 
 use http::{HeaderMap, Method, Uri};
+
+/// Which fields a proxy describes the original request with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fields {
+    /// `X-Forwarded-Method`, `-Uri`, `-Host`: Traefik, Caddy.
+    Forwarded,
+    /// `X-Original-Method`, `X-Original-URL`: nginx `auth_request`, ingress-nginx `auth-url`.
+    Original,
+}
 
 /// The original request's method, path, query and host.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,20 +28,24 @@ pub struct Original {
 }
 
 impl Original {
-    /// The original request described by `headers` when `trusted`; else (or where they say
-    /// nothing usable) the auth request's own `method` and `uri`.
-    pub fn of(headers: &HeaderMap, method: &Method, uri: &Uri, trusted: bool) -> Self {
+    /// The original request described by `headers` in `fields` (None: the peer is not a trusted
+    /// proxy); else, or where they say nothing usable, the auth request's own `method` and `uri`.
+    pub fn of(headers: &HeaderMap, method: &Method, uri: &Uri, fields: Option<Fields>) -> Self {
         let own = || Self {
             method: method.clone(),
             path: uri.path().to_owned(),
             query: uri.query().unwrap_or("").to_owned(),
             host: None,
         };
-        if !trusted {
+        let Some(fields) = fields else {
             return own();
-        }
+        };
+        let (method_field, uri_field) = match fields {
+            Fields::Forwarded => ("x-forwarded-method", "x-forwarded-uri"),
+            Fields::Original => ("x-original-method", "x-original-url"),
+        };
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let described = text("x-forwarded-uri").or_else(|| text("x-original-url")).and_then(|u| u.parse::<Uri>().ok());
+        let described = text(uri_field).and_then(|u| u.parse::<Uri>().ok());
         let mut original = match &described {
             Some(u) if u.path().starts_with('/') => Self {
                 method: method.clone(),
@@ -40,11 +55,10 @@ impl Original {
             },
             _ => own(),
         };
-        let named = text("x-forwarded-method").or_else(|| text("x-original-method"));
-        if let Some(m) = named.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) {
+        if let Some(m) = text(method_field).and_then(|m| Method::from_bytes(m.as_bytes()).ok()) {
             original.method = m;
         }
-        if let Some(host) = text("x-forwarded-host").filter(|h| !h.is_empty()) {
+        if let Some(host) = text("x-forwarded-host").filter(|h| !h.is_empty() && fields == Fields::Forwarded) {
             original.host = Some(host.to_owned());
         }
         original
@@ -66,7 +80,7 @@ mod tests {
             ("x-forwarded-uri", "/orgs/acme/items?id=7&x=%20y"),
             ("x-forwarded-host", "app.example.com"),
         ]);
-        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), true);
+        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), Some(Fields::Forwarded));
         assert_eq!(o.method, Method::DELETE);
         assert_eq!(o.path, "/orgs/acme/items");
         assert_eq!(o.query, "id=7&x=%20y");
@@ -76,7 +90,7 @@ mod tests {
     #[test]
     fn nginx_fields_describe_the_original_request() {
         let h = headers(&[("x-original-method", "OPTIONS"), ("x-original-url", "https://app.example.com/a/b?c=d")]);
-        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), true);
+        let o = Original::of(&h, &Method::GET, &"/_tokengate/auth".parse().expect("uri"), Some(Fields::Original));
         assert_eq!((o.method, o.path.as_str(), o.query.as_str()), (Method::OPTIONS, "/a/b", "c=d"));
         assert_eq!(o.host.as_deref(), Some("app.example.com"));
     }
@@ -85,10 +99,13 @@ mod tests {
     fn an_untrusted_peer_or_garbage_describes_nothing() {
         let h = headers(&[("x-forwarded-method", "OPTIONS"), ("x-forwarded-uri", "/admin?q=1")]);
         let own: Uri = "/_tokengate/auth?q=2".parse().expect("uri");
-        let o = Original::of(&h, &Method::GET, &own, false);
+        let o = Original::of(&h, &Method::GET, &own, None);
         assert_eq!((o.method, o.path.as_str(), o.query.as_str()), (Method::GET, "/_tokengate/auth", "q=2"));
+        // nginx sets X-Original-*: what a client added in the other family is not read.
+        let o = Original::of(&h, &Method::GET, &own, Some(Fields::Original));
+        assert_eq!((o.method, o.path.as_str()), (Method::GET, "/_tokengate/auth"));
         let h = headers(&[("x-forwarded-method", "NOT A METHOD"), ("x-forwarded-uri", "no slash")]);
-        let o = Original::of(&h, &Method::GET, &own, true);
+        let o = Original::of(&h, &Method::GET, &own, Some(Fields::Forwarded));
         assert_eq!((o.method, o.path.as_str()), (Method::GET, "/_tokengate/auth"));
     }
 }

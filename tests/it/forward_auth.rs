@@ -170,10 +170,11 @@ async fn the_original_request_is_believed_only_from_a_trusted_proxy() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "origin_not_allowed");
     assert_eq!(b.session_calls.load(Ordering::SeqCst), calls, "no preflight reached the hook");
-    // nginx's spelling of the original request is read too.
+    // Traefik and Caddy set X-Forwarded-*: nginx's family, which such a proxy passes on from the
+    // client as it came, is not read.
     let nginx_style = [("cookie", "session=ann"), ("x-original-url", "https://app.example.com/orgs/ibm/items?id=9")];
     let r = ask(trusted.addr, Method::GET, &nginx_style).await;
-    assert_eq!((r.header("x-auth-request-org"), r.header("x-auth-request-item")), (Some("ibm"), Some("9")));
+    assert_eq!((r.header("x-auth-request-org"), r.header("x-auth-request-item")), (None, None));
 }
 
 #[tokio::test]
@@ -192,6 +193,22 @@ async fn compat_nginx_folds_429_and_503_into_403_with_the_real_status() {
     assert_eq!((failed.status.as_u16(), failed.header("x-auth-request-status")), (403, Some("503")));
     let denied = ask(app.addr, Method::GET, &[]).await;
     assert_eq!((denied.status.as_u16(), denied.header("x-auth-request-status")), (401, None), "nginx reads 401");
+    // nginx describes the original request with X-Original-*; it passes a client's own
+    // X-Forwarded-Method on untouched, so that one must not turn a GET into a preflight.
+    let forged = [
+        ("origin", APP),
+        ("access-control-request-method", "GET"),
+        ("x-forwarded-method", "OPTIONS"),
+        ("x-original-method", "GET"),
+        ("x-original-url", "http://app.example.com/orgs/ibm/items?id=9"),
+    ];
+    let r = ask(app.addr, Method::GET, &forged).await;
+    assert_eq!(r.status, 401, "a GET without a session: {}", r.text());
+    let mut honest = forged.to_vec();
+    honest[3] = ("x-original-method", "OPTIONS");
+    assert_eq!(ask(app.addr, Method::GET, &honest).await.status, 200, "a real preflight, as nginx describes it");
+    let r = ask(app.addr, Method::GET, &[("cookie", "session=cat"), forged[4]]).await;
+    assert_eq!((r.header("x-auth-request-org"), r.header("x-auth-request-item")), (Some("ibm"), Some("9")));
     let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
     assert!(metrics.contains("tokengate_forward_auth_total{name=\"app\",outcome=\"limited\"} 1"), "{metrics}");
 }

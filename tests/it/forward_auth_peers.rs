@@ -27,6 +27,7 @@ forward_auth:
     response_headers:
       X-Auth-Request-User: "{{{{ user.id }}}}"
       X-Auth-Request-Email: "{{{{ user.email }}}}"
+    cors: {{ allowed_origins: ['https://app.example.com'] }}
     compat: {compat}
 "#
     )
@@ -54,6 +55,16 @@ async fn the_proxy_enforces_tokengates_decisions(front: SocketAddr, proxy: &str)
     let r = client::get(front, "/echo", &[]).await.unwrap();
     assert_eq!(r.status, 401, "{proxy}: {}", r.text());
     assert_eq!(r.json()["error"], "unauthorized", "{proxy}");
+    // A client describing its GET as a CORS preflight (which needs no session) in either
+    // family of fields: the proxy sets its own, and tokengate reads only those.
+    let forged = [
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "GET"),
+        ("x-forwarded-method", "OPTIONS"),
+        ("x-original-method", "OPTIONS"),
+    ];
+    let r = client::get(front, "/echo", &forged).await.unwrap();
+    assert_eq!(r.status, 401, "{proxy}: a forged preflight got through: {}", r.text());
 
     let r = client::get(front, "/echo", &[("cookie", "session=ann")]).await.unwrap();
     assert_eq!(r.status, 200, "{proxy}: ann's second request");
