@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Checks deploy/kubernetes/ with real tools (CI runs it):
-#   kubectl kustomize           renders the base and the replicas overlay (Redis shared state)
+#   kubectl kustomize           renders the base, the replicas overlay (Redis shared state) and
+#                               the forward-auth overlay (ingress-nginx auth-url, Traefik)
 #   kubernetes-validate 1.30    every rendered object against the Kubernetes 1.30 OpenAPI
 #                               schemas (native sidecars are on by default since 1.29),
-#                               strict: an unknown field fails; the ServiceMonitor (a CRD)
-#                               has no schema there and is reported as skipped
+#                               strict: an unknown field fails; the ServiceMonitor and the
+#                               Traefik Middleware (CRDs) have no schema there and are
+#                               reported as skipped
 #   checkov                     its Kubernetes policy checks; the findings that remain are
 #                               listed and justified in the README and skipped here by id
 #   tokengate check             the config the ConfigMap carries, with a key file in place
@@ -28,7 +30,7 @@ mkdir -p "$dir/keys" "$dir/redis"
 printf 'a-chat-key-for-the-check-of-the-base' >"$dir/keys/chat.key"
 printf 'redis://redis:6379/0' >"$dir/redis/url"
 printf 'an-hmac-key-for-the-check-of-the-overlay' >"$dir/redis/secret"
-for target in base overlays/replicas; do
+for target in base overlays/replicas overlays/forward-auth; do
   out="$dir/$(echo "$target" | tr / -)"
   mkdir -p "$out"
   kubectl kustomize "deploy/kubernetes/$target" >"$out/rendered.yaml"

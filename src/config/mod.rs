@@ -468,7 +468,8 @@ pub struct RouteConfig {
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthConfig {
     pub name: String,
-    /// Exact path on `listen`, e.g. `/_tokengate/auth`.
+    /// Exact path on `listen`, e.g. `/_tokengate/auth`; or a prefix ending in `/*`, whose rest
+    /// is the original path (Envoy's ext_authz `path_prefix`).
     pub path: String,
     /// Name of an auth hook.
     pub auth: String,

@@ -197,8 +197,9 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
         if matches!(f.name.as_str(), "proxy" | "jwks") {
             err(at("name"), format!("{:?} is reserved for other traffic in metrics", f.name));
         }
-        if !f.path.starts_with('/') || f.path.contains(['{', '}', '?', '#']) {
-            err(at("path"), format!("must be an exact path starting with '/': {:?}", f.path));
+        let exact = f.path.strip_suffix("/*").unwrap_or(&f.path);
+        if !f.path.starts_with('/') || exact.contains(['{', '}', '?', '#', '*']) || exact.is_empty() {
+            err(at("path"), format!("must be an exact path starting with '/', or a prefix ending in /*: {:?}", f.path));
         } else if !paths.insert(f.path.as_str()) {
             err(at("path"), format!("{:?} is already served by a token route, the JWK set or another entry", f.path));
         }

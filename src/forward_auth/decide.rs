@@ -38,7 +38,8 @@ impl ForwardAuth {
         let (parts, _unread) = req.into_parts();
         let trusted = rules.trusts_peer(conn.peer.ip());
         let fields = trusted.then_some(self.fields());
-        let original = Original::of(&parts.headers, &parts.method, &parts.uri, fields);
+        let own = (self.own_path(parts.uri.path()), parts.uri.query().unwrap_or(""));
+        let original = Original::of(&parts.headers, &parts.method, own, fields);
         if let Some(trace) = ctx.trace.as_mut() {
             trace.span.set("tokengate.original.method", Attr::Str(original.method.as_str().to_owned()));
             trace.span.set("tokengate.original.path", Attr::Str(original.path.clone()));

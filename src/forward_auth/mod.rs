@@ -36,6 +36,9 @@ pub struct ForwardAuth {
     headers: Vec<(HeaderName, Template)>,
     /// `original_path`: its captures are `path.<name>`.
     original_path: Option<PathPattern>,
+    /// For a `path` ending in `/*`, what comes before it: the rest of a request's path is the
+    /// original path (Envoy's ext_authz appends it to its `path_prefix`).
+    prefix: Option<String>,
     compat: Compat,
 }
 
@@ -87,11 +90,21 @@ impl ForwardAuth {
             Some(p) => Some(PathPattern::parse(p).map_err(|r| FieldError::new(at("original_path"), r))?),
             None => None,
         };
-        Ok(Self { name: cfg.name.clone(), route, headers, original_path, compat: cfg.compat })
+        let prefix = cfg.path.strip_suffix("/*").map(str::to_owned);
+        Ok(Self { name: cfg.name.clone(), route, headers, original_path, prefix, compat: cfg.compat })
     }
 }
 
 impl ForwardAuth {
+    /// The original path an auth request's own `path` carries: past the prefix of a `/*` entry
+    /// (`/` when nothing follows it), else the path itself.
+    fn own_path<'p>(&self, path: &'p str) -> &'p str {
+        match &self.prefix {
+            Some(prefix) => path.strip_prefix(prefix.as_str()).filter(|rest| rest.starts_with('/')).unwrap_or("/"),
+            None => path,
+        }
+    }
+
     /// The fields the proxy describes the original request with: nginx and ingress-nginx (the
     /// proxies `compat: nginx` is for) set `X-Original-*`, the others `X-Forwarded-*`.
     fn fields(&self) -> Fields {
@@ -102,10 +115,11 @@ impl ForwardAuth {
     }
 }
 
-/// Every forward-auth entry, by path.
+/// Every forward-auth entry, by path (exact, or the prefix of a `/*` path).
 #[derive(Debug, Default)]
 pub struct ForwardAuths {
     by_path: HashMap<String, ForwardAuth>,
+    prefixed: Vec<ForwardAuth>,
 }
 
 impl ForwardAuths {
@@ -119,6 +133,7 @@ impl ForwardAuths {
         let mut errors = Vec::new();
         for (i, cfg) in config.forward_auth.iter().enumerate() {
             match ForwardAuth::build(i, cfg, config, compiled, caches) {
+                Ok(entry) if entry.prefix.is_some() => entries.prefixed.push(entry),
                 Ok(entry) => {
                     entries.by_path.insert(cfg.path.clone(), entry);
                 }
@@ -133,11 +148,17 @@ impl ForwardAuths {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.by_path.is_empty() && self.prefixed.is_empty()
     }
 
-    /// The entry at `path` (normalized).
+    /// The entry serving `path` (normalized): an exact path, or the first `/*` entry whose
+    /// prefix it is or lies under.
     pub fn find(&self, path: &str) -> Option<&ForwardAuth> {
-        self.by_path.get(path)
+        self.by_path.get(path).or_else(|| {
+            self.prefixed.iter().find(|e| {
+                let prefix = e.prefix.as_deref().unwrap_or_default();
+                path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        })
     }
 }

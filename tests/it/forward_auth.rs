@@ -214,6 +214,34 @@ async fn compat_nginx_folds_429_and_503_into_403_with_the_real_status() {
 }
 
 #[tokio::test]
+async fn a_prefix_entry_reads_the_original_path_after_it_as_envoy_sends_it() {
+    let b = backend::spawn().await;
+    let yaml =
+        yaml(&b.url(), &key_file("fa-envoy"), "127.0.0.1/32", "standard").replace("path: /_auth", "path: /_envoy/*");
+    let app = spawn_app(&b.url(), &yaml).await;
+    // Envoy's ext_authz: path_prefix + the original path and query, the original method, no
+    // X-Forwarded-Method.
+    let r = client::request(
+        app.addr,
+        Method::DELETE,
+        "/_envoy/orgs/acme/items?id=7",
+        &[("cookie", "session=ann")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.header("x-auth-request-org"), r.header("x-auth-request-item")), (Some("acme"), Some("7")));
+    let r = client::get(app.addr, "/_envoy", &[("cookie", "session=ann")]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.header("x-auth-request-org")), (200, None));
+    // Not under the prefix: forwarded to the app (the fake backend echoes it).
+    let r = client::get(app.addr, "/_envoyx/a", &[]).await.unwrap();
+    assert_eq!(r.json()["uri"], "/_envoyx/a");
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_forward_auth_total{name=\"app\",outcome=\"allow\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
 async fn check_names_the_keys_of_a_bad_entry() {
     let key = key_file("fa-check");
     let bad = format!(
