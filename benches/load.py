@@ -206,6 +206,80 @@ def token_scenarios(args, workdir):
           f"CPU per request {median(limited, 'cpu_us') / median(warm, 'cpu_us'):.3f}")
 
 
+# A forward-auth entry over the token route's keys and session hook (warm cache), a per-user
+# limit that never refuses, and the user's id for the app; no token (the token
+# route's HS256 mint is measured beside it in the same run).
+FORWARD_AUTH = TOKEN_ROUTE.split("routes:")[0].format(cache="") + """forwarding: { trusted_proxies: [127.0.0.1/32] }
+rate_limits:
+  per_user: { key: user, rate: 100000000, per: 1s }
+forward_auth:
+  - name: app
+    path: /_tokengate/auth
+    auth: session
+    rate_limits: [per_user]
+    response_headers: { X-Auth-Request-User: "{{ user.id }}" }
+    compat: nginx
+"""
+
+
+def nginx_auth_conf(workdir):
+    """The baseline nginx (one worker) plus the shipped auth_request snippets, asking tokengate."""
+    conf = nginx_conf(workdir, 1)
+    with open(conf) as f:
+        text = f.read()
+    deploy = os.path.join(ROOT, "deploy", "nginx")
+    text = text.replace("  upstream app {", f"  upstream tokengate_auth {{ server 127.0.0.1:{TG_PORT}; keepalive 64; }}\n  upstream app {{")
+    text = text.replace("    location / {\n", f"    include {deploy}/tokengate-auth.conf;\n    location / {{\n      include {deploy}/tokengate-auth-request.conf;\n", 1)
+    auth_conf = conf.replace(".conf", "-auth.conf")
+    with open(auth_conf, "w") as f:
+        f.write(text)
+    return auth_conf
+
+
+def forward_auth_scenario(args, workdir):
+    """nginx alone vs nginx asking tokengate (auth_request, warm session cache) before each
+    request; tokengate's CPU per decision beside its CPU per token-route request (HS256, warm)."""
+    results = {"nginx": [], "nginx+auth": [], "token warm": []}
+    cookie = ("Cookie: session=bench-user",)
+    for _ in range(args.rounds):
+        proc, pids = start_nginx(workdir, 1)
+        try:
+            results["nginx"].append(measure(NGINX_PORT, pids, "/", args.seconds, args.connections, cookie))
+        finally:
+            stop(proc)
+        tg, tg_pids = start_tokengate(workdir, 1, FORWARD_AUTH)
+        conf = nginx_auth_conf(workdir)
+        ngx = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
+        try:
+            wait_port(NGINX_PORT)
+            ngx_pids = [ngx.pid] + [int(c) for c in subprocess.run(["pgrep", "-P", str(ngx.pid)], capture_output=True, text=True).stdout.split()]
+            wrk(NGINX_PORT, "/", 1, args.connections, cookie)  # warm the session cache
+            before_tg = cpu_seconds(tg_pids)
+            row = measure(NGINX_PORT, ngx_pids, "/", args.seconds, args.connections, cookie)
+            row["tg_us"] = (cpu_seconds(tg_pids) - before_tg) / (row["rps"] * args.seconds) * 1e6
+            results["nginx+auth"].append(row)
+        finally:
+            stop(ngx)
+            stop(tg)
+        tg, tg_pids = start_tokengate(workdir, 1, TOKEN_ROUTE.format(cache="false"))
+        try:
+            wrk(TG_PORT, "/generate-token", 1, args.connections, (), "post.lua")
+            results["token warm"].append(measure(TG_PORT, tg_pids, "/generate-token", args.seconds, args.connections, (), "post.lua"))
+        finally:
+            stop(tg)
+    print(f"\n== forward auth: nginx (1 worker) alone, and asking tokengate (1 worker) with the shipped auth_request snippets")
+    print(f"{'target':<12}{'req/s':>10}{'p99 ms':>9}{'nginx CPU µs/req':>18}{'tokengate CPU µs':>18}   (medians of {args.rounds} rounds)")
+    for name in ("nginx", "nginx+auth"):
+        rows = results[name]
+        tg_us = f"{median(rows, 'tg_us'):>18.1f}" if name == "nginx+auth" else f"{'-':>18}"
+        print(f"{name:<12}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>18.1f}{tg_us}")
+    alone, auth, token = results["nginx"], results["nginx+auth"], results["token warm"]
+    print(f"p99 added by the decision: {median(auth, 'p99') - median(alone, 'p99'):.2f} ms "
+          f"({median(auth, 'p99') / median(alone, 'p99'):.2f}x); requests/s {median(auth, 'rps') / median(alone, 'rps'):.2f}x")
+    print(f"tokengate CPU per decision {median(auth, 'tg_us'):.1f} µs vs per token-route request (HS256, warm, "
+          f"direct) {median(token, 'cpu_us'):.1f} µs: {median(auth, 'tg_us') / median(token, 'cpu_us'):.2f}x")
+
+
 def generated_config(workdir, routes=200, keys=50):
     """TOKEN_ROUTE (cache off) plus `routes` more routes over `keys` more keys (a fifth ES256, a
     fifth RS256, the rest HS256), as benches/reload.rs generates them."""
@@ -382,8 +456,9 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--ledgers", default="", help="ledger scenario: comma-separated queued, commit, pg (default: all)")
-    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, reload, ledger")
+    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, forward_auth, reload, ledger")
     args = ap.parse_args()
+    args.scenarios = args.scenarios.split(",")
 
     workdir = tempfile.mkdtemp(prefix="tokengate-load-")
     backend = subprocess.Popen([os.path.join(RELEASE, "examples", "bench_backend"), f"127.0.0.1:{BACKEND_PORT}"])
@@ -394,6 +469,8 @@ def main():
               f"both proxies log nothing per request")
         if "token" in args.scenarios:
             token_scenarios(args, workdir)
+        if "forward_auth" in args.scenarios:
+            forward_auth_scenario(args, workdir)
         if "reload" in args.scenarios:
             reload_scenario(args, workdir)
         if "ledger" in args.scenarios:
