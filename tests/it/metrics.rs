@@ -11,7 +11,7 @@ use crate::common::{backend, client, closed_port, spawn_app, TestApp};
 async fn exercised_app() -> (TestApp, String) {
     let b = backend::spawn().await;
     let yaml = format!(
-        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nrate_limits: {{ one: {{ key: client_ip, rate: 3, per: 1m }} }}\nauth_hooks:\n  session: {{ type: http, url: '{}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\nroutes: [{{ name: chat, path: /t, auth: session, cache_tokens: true, rate_limits: [one], tokens: {{ t: {{ key: k, ttl: 1h, claims: {{ sub: '{{{{ user.id }}}}' }} }} }}, response: {{ body: {{ token: '{{{{ tokens.t }}}}' }} }} }}]\n",
+        "keys: [{{ id: k, algorithm: HS256, secret: s }}]\nrate_limits: {{ one: {{ key: client_ip, rate: 3, per: 1m }} }}\nauth_hooks:\n  session: {{ type: http, url: '{}/api/me', forward_headers: [cookie], identity: {{ id: body:/id }} }}\nroutes: [{{ name: chat, path: /t, auth: session, cache_tokens: true, rate_limits: [one], tokens: {{ t: {{ key: k, ttl: 1h, claims: {{ sub: '{{{{ user.id }}}}' }} }} }}, response: {{ body: {{ token: '{{{{ tokens.t }}}}' }} }} }}]\nforward_auth: [{{ name: gate, path: /_auth, auth: session, response_headers: {{ X-User: '{{{{ user.id }}}}' }} }}]\n",
         b.url()
     );
     let app = spawn_app(&b.url(), &yaml).await;
@@ -24,6 +24,7 @@ async fn exercised_app() -> (TestApp, String) {
     assert_eq!(post("session=").await.status, 401); // deny
     assert_eq!(post("session=ann").await.status, 429); // limited
     assert_eq!(client::get(app.addr, "/echo", &[]).await.unwrap().status, 200); // forwarded
+    assert_eq!(client::get(app.addr, "/_auth", &[("cookie", "session=ann")]).await.unwrap().status, 200); // decided
     let dead = spawn_app(&format!("http://{}", closed_port()), "").await;
     assert_eq!(client::get(dead.addr, "/x", &[]).await.unwrap().status, 502);
     let scrape = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
@@ -48,6 +49,7 @@ async fn every_spec_metric_is_exported_with_bounded_labels() {
         "tokengate_auth_hook_duration_seconds",
         "tokengate_auth_cache_total",
         "tokengate_rate_limited_total",
+        "tokengate_forward_auth_total",
         "tokengate_config_reloads_total",
         "tokengate_open_connections",
         "tokengate_build_info",
