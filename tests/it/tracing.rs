@@ -244,6 +244,30 @@ pub(crate) mod with_a_receiver {
     }
 
     #[tokio::test]
+    async fn a_forward_auth_decision_is_a_server_span_named_for_its_entry_with_the_hook_below() {
+        let b = backend::spawn().await;
+        let port = closed_port().port();
+        let receiver = Receiver::start(port, temp_dir("otlp-fa").join("spans.jsonl")).await;
+        let yaml = config(&b, &format!("http://127.0.0.1:{port}"), "parentbased_always_on")
+            + "forwarding: { trusted_proxies: [127.0.0.1/32] }\n\
+               forward_auth: [{ name: gate, path: /_auth, auth: session, rate_limits: [per_user] }]\n";
+        let app = spawn_app(&b.url(), &yaml).await;
+        let headers = [("cookie", "session=ann"), ("traceparent", PARENT), ("x-forwarded-uri", "/orgs/a?secret=1")];
+        let r = client::request(app.addr, Method::GET, "/_auth", &headers, Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 200);
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let spans = receiver.until("three spans", |s| s.iter().filter(|s| s["trace_id"] == trace).count() >= 3).await;
+        let server = one(&spans, trace, "request");
+        assert_eq!(server["attributes"]["http.route"], "gate");
+        assert_eq!(server["parent_span_id"], "00f067aa0ba902b7", "the proxy's span is the parent");
+        assert_eq!(server["attributes"]["tokengate.original.path"], "/orgs/a", "no query string");
+        assert_eq!(one(&spans, trace, "auth_hook")["parent_span_id"], server["span_id"]);
+        assert_eq!(one(&spans, trace, "rate_limit")["parent_span_id"], server["span_id"]);
+        let hook_saw = b.session_traceparent.lock().unwrap().clone().expect("the hook got a traceparent");
+        assert_eq!(parent_id(&hook_saw), one(&spans, trace, "auth_hook")["span_id"]);
+    }
+
+    #[tokio::test]
     async fn a_jwks_fetch_for_a_traced_request_is_parented_by_the_auth_hook_span() {
         let b = backend::spawn().await;
         let port = closed_port().port();
