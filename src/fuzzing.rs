@@ -59,7 +59,8 @@ impl Forwarder {
         let name = &self.proxy.rules.request_id;
         let id = RequestId { value: HeaderValue::from_static("fuzz-request-id"), generated: true };
         let mut relayed = BytesMut::new();
-        self.proxy.encode(&head, &self.conn, &id.value, id.generated, &mut relayed);
+        let stamp = crate::proxy::relay::Stamp { id: &id.value, generated: id.generated, traceparent: None };
+        self.proxy.encode(&head, &self.conn, stamp, &mut relayed);
         let mut req = head.to_request(http_body_util::Either::Right(http_body_util::Empty::new()))?;
         req.headers_mut().remove(name);
         req.headers_mut().insert(name.clone(), id.value.clone());

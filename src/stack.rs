@@ -19,13 +19,14 @@ use crate::error::rescue;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::proxy::headers;
+use crate::proxy::relay::Stamp;
 use crate::proxy::rules::{self, RequestId};
 use crate::ratelimit::LimitInput;
 use crate::routing::{self, Destination};
 use crate::server::{Reply, Service};
 use crate::state::State;
 use crate::token::limits::check_limits;
-use crate::trace::{Attr, Kind, RequestTrace};
+use crate::trace::{Attr, Kind, RequestTrace, SpanContext};
 use crate::wire::request::RequestHead;
 
 /// The public listener's service.
@@ -56,16 +57,39 @@ impl Service for Public {
     ) -> Option<impl Future<Output = Reply> + Send + 'a> {
         let gateway = self.0.gateway.load_full();
         let plain = matches!(routing::route(&gateway, head.path()), Destination::Proxy { limited: false });
-        // Traced requests take `call`, where the spans and the outgoing `traceparent` are.
-        (plain && head.is_origin_form() && gateway.tracer.is_none()).then(|| relay(&self.0, gateway, head, conn))
+        if !plain || !head.is_origin_form() {
+            return None;
+        }
+        // Sampled requests take `call`, where the spans are; an unsampled one is relayed with a
+        // `traceparent` of its own (the trace id propagated, nothing recorded).
+        let traceparent = match &gateway.tracer {
+            None => None,
+            Some(tracer) => {
+                let sent = head.fields.iter().find(|f| f.is(&head.bytes, &TRACEPARENT));
+                let parent = sent.and_then(|f| SpanContext::parse(f.value(&head.bytes)));
+                let context = tracer.context(parent);
+                if context.sampled {
+                    return None;
+                }
+                Some(context.traceparent())
+            }
+        };
+        Some(relay(&self.0, gateway, head, conn, traceparent))
     }
 }
 
 /// Relays one forwarded request (see `Public::relay`).
-async fn relay(state: &State, gateway: Arc<Gateway>, head: &RequestHead, conn: &ConnInfo) -> Reply {
+async fn relay(
+    state: &State,
+    gateway: Arc<Gateway>,
+    head: &RequestHead,
+    conn: &ConnInfo,
+    traceparent: Option<HeaderValue>,
+) -> Reply {
     let RequestId { value, generated } = request_id(head, &gateway.proxy.rules.request_id);
     let ctx = RequestCtx::new(value, PROXY_ROUTE, head.method.clone(), Instant::now());
-    let (status, reply) = match gateway.proxy.relay(head, conn, &ctx.request_id, generated).await {
+    let stamp = Stamp { id: &ctx.request_id, generated, traceparent: traceparent.as_ref() };
+    let (status, reply) = match gateway.proxy.relay(head, conn, stamp).await {
         Ok(relayed) => (relayed.head.status, Reply::Relayed(relayed)),
         Err(err) => {
             let mut resp = upstream_failure(state, &err, &ctx);

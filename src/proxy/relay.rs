@@ -32,16 +32,28 @@ pub struct Relayed {
     pub body: PooledBody,
 }
 
+/// What tokengate sets on a relayed request besides the rules' fields: the request id, and
+/// the `traceparent` of an unsampled traced request (its client's, if any, is replaced).
+#[derive(Clone, Copy)]
+pub struct Stamp<'a> {
+    pub id: &'a HeaderValue,
+    /// The id was generated here (the client sent none).
+    pub generated: bool,
+    pub traceparent: Option<&'a HeaderValue>,
+}
+
+const TRACEPARENT: &[u8] = b"traceparent";
+
 impl Proxy {
     /// Relays `req` upstream and returns the answer, or the error to answer with instead.
     pub fn relay<'a>(
         &'a self,
         req: &'a RequestHead,
         conn: &'a ConnInfo,
-        id: &'a HeaderValue,
-        generated: bool,
+        stamp: Stamp<'a>,
     ) -> impl Future<Output = Result<Box<Relayed>, Error>> + Send + 'a {
-        let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, id, generated, dst));
+        let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, stamp, dst));
+        let id = stamp.id;
         async move {
             let (mut head, body) = match tokio::time::timeout(self.response_timeout, exchange).await {
                 Ok(Ok(answer)) => answer,
@@ -58,18 +70,12 @@ impl Proxy {
     }
 
     /// Writes the upstream request: the client's request line with HTTP/1.1, then its fields
-    /// in order, each as the rules decide (`rules::RequestPlan`), then the fields they add.
-    pub(crate) fn encode(
-        &self,
-        req: &RequestHead,
-        conn: &ConnInfo,
-        id: &HeaderValue,
-        generated: bool,
-        dst: &mut BytesMut,
-    ) {
+    /// in order, each as the rules decide (`rules::RequestPlan`), then the fields they add and
+    /// the stamp's `traceparent`.
+    pub(crate) fn encode(&self, req: &RequestHead, conn: &ConnInfo, stamp: Stamp<'_>, dst: &mut BytesMut) {
         let head = &req.bytes[..];
-        let facts =
-            RequestFacts { trusted: self.rules.trusts_peer(conn.peer.ip()), upgrade: false, id_generated: generated };
+        let trusted = self.rules.trusts_peer(conn.peer.ip());
+        let facts = RequestFacts { trusted, upgrade: false, id_generated: stamp.generated };
         let connection = req.fields.iter().filter(|f| f.known == Known::Connection).map(|f| f.value(head));
         let mut plan = RequestPlan::new(&self.rules, facts, connection);
         dst.put_slice(req.method.as_str().as_bytes());
@@ -78,12 +84,16 @@ impl Proxy {
         dst.put_slice(b" HTTP/1.1\r\n");
         for f in &req.fields {
             let (name, value) = (f.name(head), f.value(head));
-            if plan.keep(f.known, name, value) {
+            let replaced = stamp.traceparent.is_some() && name.eq_ignore_ascii_case(TRACEPARENT);
+            if plan.keep(f.known, name, value) && !replaced {
                 fields::put(dst, name, value);
             }
         }
         let peer = PeerFacts { ip: conn.peer_ip.as_bytes(), tls: conn.tls };
-        plan.added(self.host.as_bytes(), &peer, id, |name, pieces| put_pieces(dst, name, pieces));
+        plan.added(self.host.as_bytes(), &peer, stamp.id, |name, pieces| put_pieces(dst, name, pieces));
+        if let Some(traceparent) = stamp.traceparent {
+            fields::put(dst, TRACEPARENT, traceparent.as_bytes());
+        }
         dst.put_slice(b"\r\n");
     }
 }

@@ -126,6 +126,13 @@ impl Tracer {
     /// The server span of a request, child of its `traceparent` when it has a valid one.
     pub fn server_span(&self, headers: &HeaderMap) -> Span {
         let parent = headers.get("traceparent").and_then(|v| SpanContext::parse(v.as_bytes()));
+        let context = self.context(parent);
+        Span::start(context, parent.map(|p| p.span_id), "request", Kind::Server, self.target.clone())
+    }
+
+    /// The context of a request's server span: its caller's trace (or a new one), a new span
+    /// id, and the sampler's decision.
+    pub fn context(&self, parent: Option<SpanContext>) -> SpanContext {
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         let sampled = match (parent, self.sampler.root) {
             (Some(p), _) if self.sampler.parent_based => p.sampled,
@@ -136,8 +143,7 @@ impl Tracer {
                 low < threshold || threshold == u64::MAX
             }
         };
-        let context = SpanContext { trace_id, span_id: new_span_id(), sampled };
-        Span::start(context, parent.map(|p| p.span_id), "request", Kind::Server, self.target.clone())
+        SpanContext { trace_id, span_id: new_span_id(), sampled }
     }
 }
 

@@ -305,10 +305,25 @@ pub(crate) mod with_a_receiver {
         let port = closed_port().port();
         let receiver = Receiver::start(port, temp_dir("otlp-off").join("spans.jsonl")).await;
         let app = spawn_app(&b.url(), &config(&b, &format!("http://127.0.0.1:{port}"), "always_off")).await;
+        // Unsampled forwarded requests take the relay (HTTP/1.1 without a body), which replaces
+        // the caller's traceparent with one of its own in the same trace.
         let fwd = client::request(app.addr, Method::GET, "/x", &[("traceparent", PARENT)], Bytes::new()).await.unwrap();
-        let saw = client::echoed(&fwd.json(), "traceparent").pop().unwrap();
+        let mut seen = client::echoed(&fwd.json(), "traceparent");
+        assert_eq!(seen.len(), 1, "replaced, not added: {seen:?}");
+        let saw = seen.pop().unwrap();
         assert!(saw.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && saw.ends_with("-00"), "{saw}");
         assert_ne!(parent_id(&saw), "00f067aa0ba902b7");
+        // Without one, a new trace id is propagated all the same; and a request with a body
+        // (the http-types path) likewise.
+        let fresh = client::request(app.addr, Method::GET, "/x", &[], Bytes::new()).await.unwrap();
+        let fresh = client::echoed(&fresh.json(), "traceparent");
+        assert!(fresh.len() == 1 && fresh[0].len() == 55 && fresh[0].ends_with("-00"), "{fresh:?}");
+        let posted =
+            client::request(app.addr, Method::POST, "/x", &[("traceparent", PARENT)], Bytes::from_static(b"body"))
+                .await
+                .unwrap();
+        let posted = client::echoed(&posted.json(), "traceparent");
+        assert!(posted.len() == 1 && posted[0].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{posted:?}");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
     }
