@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{fields, Decision, LimitInput, RateLimit};
 use crate::shared::limits::{Checked, SharedLimit};
 use crate::shared::Shared;
+use crate::trace::{Attr, Kind, RequestTrace, Span};
 
 /// A `dry_run` limit that would have refused the request: logged, counted, and reported in the
 /// answer's RateLimit fields.
@@ -68,12 +69,14 @@ fn decided(
     }
 }
 
-/// Counts the request against `limits`, in Redis when the route has shared state.
+/// Counts the request against `limits`, in Redis when the route has shared state; a traced
+/// request's Redis call is a `redis` client span under `parent` (its `rate_limit` span).
 pub async fn check(
     limits: &[Arc<RateLimit>],
     input: &LimitInput<'_>,
     shared: Option<&(Shared, OnError)>,
     metrics: &Metrics,
+    parent: Option<(&RequestTrace, &Span)>,
 ) -> Result<Option<WouldLimit>, Error> {
     let Some((shared, on_error)) = shared.filter(|_| !limits.is_empty()) else {
         return check_limits(limits, input, metrics);
@@ -88,7 +91,16 @@ pub async fn check(
         .collect();
     let mut would = None;
     let allow = Decision { allowed: true, remaining: 0, reset: Default::default(), retry_after: Default::default() };
-    match shared.check_limits(&keys).await {
+    let redis_span = parent.map(|(_, span)| span.child("redis", Kind::Client));
+    let checked = shared.check_limits(&keys).await;
+    if let (Some((trace, _)), Some(mut span)) = (parent, redis_span) {
+        span.set("db.system", Attr::Str("redis".to_owned()));
+        span.set("db.operation.name", Attr::Str("EVALSHA".to_owned()));
+        // No answer: Redis failed, timed out, or its circuit breaker is open.
+        span.error = checked.is_none();
+        trace.record(span);
+    }
+    match checked {
         Some(Checked::Refused(i, decision)) => {
             decided(&limits[i], decision, metrics, &mut would)?;
             Ok(would)

@@ -152,7 +152,8 @@ impl Route {
             return Ok(None);
         }
         let mut span = ctx.child_span("rate_limit", Kind::Internal);
-        let result = limits::check(limits, input, self.shared.as_ref(), metrics).await;
+        let parent = ctx.trace.as_deref().zip(span.as_ref());
+        let result = limits::check(limits, input, self.shared.as_ref(), metrics, parent).await;
         if let Some(span) = span.as_mut() {
             let names = limits.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(",");
             let decision = match &result {

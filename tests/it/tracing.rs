@@ -244,6 +244,51 @@ pub(crate) mod with_a_receiver {
     }
 
     #[tokio::test]
+    async fn a_limit_counted_in_redis_is_a_redis_client_span_under_rate_limit() {
+        let b = backend::spawn().await;
+        let port = closed_port().port();
+        let receiver = Receiver::start(port, temp_dir("otlp-redis").join("spans.jsonl")).await;
+        let prefix = format!("tgtest-trace-{}-{port}:", std::process::id());
+        let yaml = config(&b, &format!("http://127.0.0.1:{port}"), "parentbased_always_on")
+            + &format!(
+                "shared_state: {{ type: redis, url: '{}', secret: tracing-test-secret-0123, key_prefix: '{prefix}', timeout: 2s }}\n",
+                crate::common::test_redis_url()
+            );
+        let app = spawn_app(&b.url(), &yaml).await;
+        // Redis is connected in the background: until then limits fall back to local ones. (Not
+        // `contains`: the family's HELP line reads "tokengate_shared_state_up 1 while…".)
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+            if metrics.lines().any(|l| l == "tokengate_shared_state_up 1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Redis never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = client::request(
+            app.addr,
+            Method::POST,
+            "/t",
+            &[("cookie", "session=ann"), ("traceparent", PARENT)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let spans =
+            receiver.until("a redis span", |s| s.iter().any(|s| s["trace_id"] == trace && s["name"] == "redis")).await;
+        let limit = one(&spans, trace, "rate_limit");
+        assert_eq!(limit["attributes"]["rate_limit.store"], "redis");
+        let redis = one(&spans, trace, "redis");
+        assert_eq!(redis["parent_span_id"], limit["span_id"]);
+        assert_eq!(redis["kind"], 3, "client");
+        assert_eq!(redis["attributes"]["db.system"], "redis");
+        assert_eq!(redis["error"], false);
+    }
+
+    #[tokio::test]
     async fn a_forward_auth_decision_is_a_server_span_named_for_its_entry_with_the_hook_below() {
         let b = backend::spawn().await;
         let port = closed_port().port();
