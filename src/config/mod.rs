@@ -97,6 +97,10 @@ pub struct TracingConfig {
     /// For the ratio samplers, 0.0 to 1.0.
     #[serde(default)]
     pub ratio: Option<f64>,
+    /// For an `https://` endpoint: CA certificates (PEM) trusted besides the system roots
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE` when absent).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]

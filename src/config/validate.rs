@@ -291,6 +291,7 @@ pub(super) fn referenced_files(c: &Config) -> Vec<PathBuf> {
     files.extend(c.auth_hooks.values().filter_map(|h| h.ca_file.clone()));
     files.extend(c.ledger.as_ref().and_then(|l| l.ca_file.clone()));
     files.extend(c.shared_state.as_ref().and_then(|s| s.ca_file.clone()));
+    files.extend(c.tracing.as_ref().and_then(|t| t.ca_file.clone()));
     files
 }
 
@@ -310,6 +311,9 @@ pub(super) fn resolve_paths(c: &mut Config, base: &Path) {
         *file = base.join(&*file);
     }
     if let Some(file) = c.shared_state.as_mut().and_then(|s| s.ca_file.as_mut()) {
+        *file = base.join(&*file);
+    }
+    if let Some(file) = c.tracing.as_mut().and_then(|t| t.ca_file.as_mut()) {
         *file = base.join(&*file);
     }
     if let Some(ledger) = &mut c.ledger {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -27,6 +29,15 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The OTLP/HTTP client of a target: plain HTTP or HTTPS (rustls), pooled.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An OTLP/HTTP client trusting what `config` trusts.
+pub fn http_client(config: rustls::ClientConfig) -> HttpClient {
+    let connector = HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
 
 /// The process's span exporter (it outlives configs: a reload changes where spans go, not it).
 pub struct Exporter {
@@ -63,7 +74,6 @@ impl Exporter {
 }
 
 async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     // gRPC: HTTP/2 with prior knowledge (h2c), as collectors listen on 4317.
     let grpc = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -86,8 +96,11 @@ async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
             let (these, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|s| Arc::ptr_eq(&s.target, &target));
             batch = rest;
             let n = these.len() as u64;
-            let client = if target.grpc { &grpc } else { &http };
-            match export(client, &target, these).await {
+            let exported = match &target.http {
+                Some(http) => export(http, &target, these).await,
+                None => export(&grpc, &target, these).await,
+            };
+            match exported {
                 Ok(()) => spans.with_label_values(&["exported"]).inc_by(n),
                 Err(reason) => {
                     spans.with_label_values(&["dropped"]).inc_by(n);
@@ -102,8 +115,8 @@ async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
     }
 }
 
-async fn export(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+async fn export<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, Full<Bytes>>,
     target: &super::span::Target,
     records: Vec<SpanRecord>,
 ) -> Result<(), String> {

@@ -13,6 +13,9 @@ pub struct Target {
     /// The OTLP/HTTP traces URL (`…/v1/traces`), or the gRPC method's (`…/TraceService/Export`).
     pub url: Uri,
     pub grpc: bool,
+    /// The OTLP/HTTP client (`http://` or `https://`, trusting the system roots and
+    /// `tracing.ca_file`); gRPC targets use the exporter's h2c client.
+    pub http: Option<super::export::HttpClient>,
     pub headers: HeaderMap,
     /// `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource: Vec<(String, String)>,

@@ -49,12 +49,6 @@ impl Tracer {
             .clone()
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or_else(|| "http://127.0.0.1:4318".to_owned());
-        if base.starts_with("https://") {
-            return Err(err(
-                "endpoint",
-                format!("{base:?}: TLS to the collector is not supported yet (http:// or grpc://)"),
-            ));
-        }
         let grpc = base.starts_with("grpc://")
             || (cfg.endpoint.is_none() && env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() == Some("grpc"));
         let url = match base.strip_prefix("grpc://") {
@@ -65,9 +59,21 @@ impl Tracer {
             None => format!("{}/v1/traces", base.trim_end_matches('/')),
         };
         let url: Uri = url.parse().map_err(|e| err("endpoint", format!("{base:?}: {e}")))?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
-            return Err(err("endpoint", format!("{base:?}: expected http://host:port")));
+        let https = url.scheme_str() == Some("https");
+        if !(url.scheme_str() == Some("http") || https && !grpc) || url.authority().is_none() {
+            return Err(err(
+                "endpoint",
+                format!("{base:?}: expected http://host:port, https://host:port or grpc://host:port"),
+            ));
         }
+        let ca_file = cfg.ca_file.clone().or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE").map(Into::into));
+        let http = if grpc {
+            None
+        } else {
+            let (config, _) = crate::tls::client_config(if https { ca_file.as_deref() } else { None })
+                .map_err(|e| err("ca_file", crate::logging::chain(&e)))?;
+            Some(super::export::http_client(config))
+        };
         let mut headers = HeaderMap::new();
         let mut add = |key: &str, name: &str, value: &str| -> Result<(), FieldError> {
             let bad = || err(key, "invalid header".into());
@@ -120,7 +126,7 @@ impl Tracer {
             TraceSampler::ParentbasedTraceidratio => (true, ratio),
         };
         let sampler = Sampler { parent_based, root };
-        Ok(Some(Self { sampler, target: Arc::new(Target { url, grpc, headers, resource }) }))
+        Ok(Some(Self { sampler, target: Arc::new(Target { url, grpc, http, headers, resource }) }))
     }
 
     /// The server span of a request, child of its `traceparent` when it has a valid one.
@@ -237,11 +243,17 @@ mod tests {
         let t = Tracer::build(Some(&grpc), &none).expect("valid").expect("on");
         assert!(t.target.grpc);
         assert_eq!(t.target.url, "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export");
-        for endpoint in ["https://collector:4318", "collector"] {
+        let https = TracingConfig { endpoint: Some("https://collector:4318".into()), ..cfg(None, None) };
+        let t = Tracer::build(Some(&https), &none).expect("valid").expect("on");
+        assert_eq!(t.target.url, "https://collector:4318/v1/traces");
+        for endpoint in ["collector", "ftp://collector"] {
             let c = TracingConfig { endpoint: Some(endpoint.into()), ..cfg(None, None) };
             let e = Tracer::build(Some(&c), &none).expect_err(endpoint);
             assert_eq!(e.path, "tracing.endpoint");
         }
+        // A CA file that holds no certificate is named by its key.
+        let bad_ca = TracingConfig { ca_file: Some("/dev/null".into()), ..https };
+        assert_eq!(Tracer::build(Some(&bad_ca), &none).expect_err("empty CA").path, "tracing.ca_file");
     }
 
     use super::super::context::hex;

@@ -97,17 +97,19 @@ pub(crate) mod with_a_receiver {
 
     impl Receiver {
         pub async fn start(port: u16, out: PathBuf) -> Receiver {
-            Self::start_as("http", port, out).await
+            Self::start_as("http", port, out, &[]).await
         }
 
-        /// `mode`: `http` (OTLP/HTTP protobuf) or `grpc` (OTLP/gRPC).
-        pub async fn start_as(mode: &str, port: u16, out: PathBuf) -> Receiver {
+        /// `mode`: `http` (OTLP/HTTP protobuf), `grpc` (OTLP/gRPC) or `https` (`extra`: the
+        /// certificate and key files).
+        pub async fn start_as(mode: &str, port: u16, out: PathBuf, extra: &[PathBuf]) -> Receiver {
             let root = env!("CARGO_MANIFEST_DIR");
             let child = Command::new("python3")
                 .arg(format!("{root}/tests/support/otlp_receiver.py"))
                 .arg(mode)
                 .arg(port.to_string())
                 .arg(&out)
+                .args(extra)
                 .env("PYTHONPATH", format!("{root}/target/ci-tools/otlp"))
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -427,7 +429,7 @@ mod over_grpc {
     async fn spans_go_to_an_otlp_grpc_receiver() {
         let b = backend::spawn().await;
         let port = closed_port().port();
-        let receiver = Receiver::start_as("grpc", port, temp_dir("otlp-grpc").join("spans.jsonl")).await;
+        let receiver = Receiver::start_as("grpc", port, temp_dir("otlp-grpc").join("spans.jsonl"), &[]).await;
         let app = spawn_app(&b.url(), &config(&b, &format!("grpc://127.0.0.1:{port}"), "always_on")).await;
         let r = client::request(app.addr, Method::GET, "/over-grpc", &[("traceparent", PARENT)], Bytes::new())
             .await
@@ -439,5 +441,28 @@ mod over_grpc {
         assert_eq!(server["protocol"], "grpc");
         assert_eq!(server["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(server["authorization"], "Bearer otlp-secret", "headers go as gRPC metadata");
+    }
+
+    #[tokio::test]
+    async fn spans_go_to_an_https_collector_trusted_through_ca_file() {
+        let dir = temp_dir("otlp-https");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let b = backend::spawn().await;
+        let port = closed_port().port();
+        let receiver = Receiver::start_as("https", port, dir.join("spans.jsonl"), &[cert_file.clone(), key_file]).await;
+        let yaml = config(&b, &format!("https://127.0.0.1:{port}"), "always_on")
+            .replace("tracing: {", &format!("tracing: {{ ca_file: '{}',", cert_file.display()));
+        let app = spawn_app(&b.url(), &yaml).await;
+        let r = client::request(app.addr, Method::GET, "/over-https", &[], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 200);
+        let spans = receiver
+            .until("spans over https", |s| s.iter().any(|s| s["attributes"]["url.path"] == "/over-https"))
+            .await;
+        let server = spans.iter().find(|s| s["attributes"]["url.path"] == "/over-https").unwrap();
+        assert_eq!(server["authorization"], "Bearer otlp-secret");
     }
 }

@@ -3,7 +3,7 @@
 definitions (PyPI `opentelemetry-proto`, and `grpcio` for OTLP/gRPC): decodes each
 ExportTraceServiceRequest and appends one JSON line per span to OUT (ids in hex, attributes
 and resource as objects, the request's authorization metadata beside).
-Usage: otlp_receiver.py http|grpc PORT OUT"""
+Usage: otlp_receiver.py http|grpc|https PORT OUT [CERT KEY]"""
 
 import json
 import sys
@@ -88,4 +88,10 @@ def serve_grpc():
 if MODE == "grpc":
     serve_grpc()
 else:
-    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    if MODE == "https":
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[4], sys.argv[5])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
