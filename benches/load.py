@@ -27,6 +27,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 BACKEND_PORT, NGINX_PORT, TG_PORT, TG_ADMIN, FLASK_PORT = 3901, 3902, 3903, 3904, 3905
 BENCHES = os.path.dirname(os.path.abspath(__file__))
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 
 # A ContactsManager-style token route behind the backend's session endpoint.
 TOKEN_ROUTE = """keys: [{{ id: cm, algorithm: HS256, secret: cm-secret-for-the-benchmark }}]
@@ -427,6 +428,75 @@ def ledger_scenario(args, workdir):
     print("503 %: answers refused because the ledger's queue was full (the database fell behind)")
 
 
+def softhsm_token(workdir):
+    """A SoftHSM2 token in `workdir` with an ES256 key labelled `es` (made inside it by
+    pkcs11-tool), and a file ES256 key beside it; sets SOFTHSM2_CONF for tokengate."""
+    tokens = os.path.join(workdir, "softhsm-tokens")
+    os.makedirs(tokens, exist_ok=True)
+    conf = os.path.join(workdir, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = conf
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"],
+                   check=True, capture_output=True)
+    subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "bench", "--login", "--pin", "1234",
+                    "--keypairgen", "--key-type", "EC:prime256v1", "--label", "es", "--id", "01", "--usage-sign"],
+                   check=True, capture_output=True)
+    pem = os.path.join(workdir, "es256.pem")
+    subprocess.run([os.path.join(RELEASE, "tokengate"), "keygen", "--alg", "ES256", "--out", pem], check=True)
+    return {
+        "file": f"keys: [{{{{ id: cm, algorithm: ES256, private_key_file: {pem} }}}}]",
+        "hsm": f"keys: [{{{{ id: cm, algorithm: ES256, pkcs11: {{{{ module: {SOFTHSM}, token_label: bench, key_label: es, pin: '1234' }}}} }}}}]",
+    }
+
+
+def hsm_scenario(args, workdir):
+    """The token route (ES256) signing with a file key and with a key inside SoftHSM2, with and
+    without cache_tokens; then forwarded GETs measured alone and while a second wrk mints through
+    each key, so that the p99 shows whether signing ever holds up a worker."""
+    workers = 2
+    keys = softhsm_token(workdir)
+    route = TOKEN_ROUTE.split("\n", 1)[1]
+    cases = [("file", "false"), ("hsm", "false"), ("file", "true"), ("hsm", "true")]
+    results = {f"{key} cache {'on' if cache == 'true' else 'off'}": [] for key, cache in cases}
+    beside = {"alone": [], "beside file mints": [], "beside hsm mints": []}
+    for _ in range(args.rounds):
+        for key, cache in cases:
+            proc, pids = start_tokengate(workdir, workers, (keys[key] + "\n" + route).format(cache=cache))
+            try:
+                wrk(TG_PORT, "/generate-token", 1, args.connections, (), "post.lua")
+                name = f"{key} cache {'on' if cache == 'true' else 'off'}"
+                results[name].append(measure(TG_PORT, pids, "/generate-token", args.seconds, args.connections, (), "post.lua"))
+            finally:
+                stop(proc)
+        for name, key in [("alone", None), ("beside file mints", "file"), ("beside hsm mints", "hsm")]:
+            proc, pids = start_tokengate(workdir, workers, (keys[key or "file"] + "\n" + route).format(cache="false"))
+            try:
+                load = None
+                if key:
+                    load = threading.Thread(target=wrk, args=(TG_PORT, "/generate-token", args.seconds + 2, args.connections, (), "cold_cookie.lua"))
+                    load.start()
+                    time.sleep(1)
+                beside[name].append(measure(TG_PORT, pids, "/", args.seconds, 8))
+                if load:
+                    load.join()
+            finally:
+                stop(proc)
+    print(f"\n== HSM signing (SoftHSM2 {subprocess.run(['softhsm2-util', '--version'], capture_output=True, text=True).stdout.strip()}, ES256), "
+          f"token route, {workers} workers (medians of {args.rounds} rounds)")
+    print(f"{'key':<16}{'mints/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}")
+    for name, rows in results.items():
+        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+    off = median(results["hsm cache off"], "rps") / median(results["file cache off"], "rps")
+    on = median(results["hsm cache on"], "rps") / median(results["file cache on"], "rps")
+    print(f"hsm/file mints/s: cache off {off:.2f}, cache on {on:.2f}")
+    print(f"\n{'forwarded GET':<20}{'req/s':>10}{'p99 ms':>9}   (8 connections; the minting wrk: cold cookies, -c{args.connections})")
+    for name, rows in beside.items():
+        print(f"{name:<20}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}")
+    ratio = median(beside["beside hsm mints"], "p99") / median(beside["beside file mints"], "p99")
+    print(f"forwarded p99 beside hsm mints / beside file-key mints: {ratio:.2f}")
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -456,7 +526,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--ledgers", default="", help="ledger scenario: comma-separated queued, commit, pg (default: all)")
-    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, forward_auth, reload, ledger")
+    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, forward_auth, reload, ledger, hsm")
     args = ap.parse_args()
     args.scenarios = args.scenarios.split(",")
 
@@ -475,6 +545,8 @@ def main():
             reload_scenario(args, workdir)
         if "ledger" in args.scenarios:
             ledger_scenario(args, workdir)
+        if "hsm" in args.scenarios:
+            hsm_scenario(args, workdir)
         for workers in ([int(w) for w in args.workers.split(",")] if "forward" in args.scenarios else []):
             results = {"direct": [], "nginx": [], "tokengate": []}
             for _ in range(args.rounds):

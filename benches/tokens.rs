@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 use tokengate::auth::{AuthCache, Identity};
 use tokengate::config::{Algorithm, KeyConfig, Secret, TokenConfig};
+use tokengate::hsm::Modules;
 use tokengate::keys::{generate_pem, KeyRing};
 use tokengate::template::{Lookup, Scope, Source, Template};
 use tokengate::token::mint::TokenSpec;
@@ -47,6 +49,7 @@ fn key(alg: Algorithm) -> KeyConfig {
         private_key,
         private_key_base64: None,
         service_account: None,
+        pkcs11: None,
         retired: false,
     }
 }
@@ -59,13 +62,15 @@ fn bench(c: &mut Criterion) {
     let claims = json!({"sub": "{{ user.id }}", "name": "{{ user.name }}", "channel": "user:{{ user.id }}", "custom": "{{ user.custom | {} }}"});
     let algs =
         [Algorithm::HS256, Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256, Algorithm::ES384];
-    let ring = KeyRing::load(&algs.iter().map(|a| key(*a)).collect::<Vec<_>>()).unwrap();
+    let ring = KeyRing::load(&algs.iter().map(|a| key(*a)).collect::<Vec<_>>(), &Modules::default()).unwrap();
     let mut group = c.benchmark_group("mint");
     for alg in algs {
         let cfg: TokenConfig =
             serde_json::from_value(json!({"key": alg.name(), "ttl": "24h", "claims": claims})).unwrap();
         let spec = TokenSpec::build("token", &cfg, &ring, "bench").unwrap();
-        group.bench_function(alg.name(), |b| b.iter(|| spec.mint(black_box(&ctx), 1_795_000_000).unwrap()));
+        group.bench_function(alg.name(), |b| {
+            b.iter(|| spec.mint(black_box(&ctx), 1_795_000_000).now_or_never().unwrap().unwrap())
+        });
     }
     group.finish();
 

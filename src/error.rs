@@ -75,7 +75,8 @@ impl Error {
             Self::ClientBody(ClientFault::Broken) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Sign(crate::keys::SignError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Sign(crate::keys::SignError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
@@ -95,7 +96,8 @@ impl Error {
             Self::ClientBody(ClientFault::Timeout) => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::AuthUnavailable { .. } => "auth_unavailable",
-            Self::Sign(_) => "internal_error",
+            Self::Sign(crate::keys::SignError::Failed(_)) => "internal_error",
+            Self::Sign(crate::keys::SignError::Unavailable { .. }) => "signer_unavailable",
             Self::RateLimited { .. } => "rate_limited",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Refused(Refusal::Connect) => "method_not_allowed",
@@ -118,7 +120,8 @@ impl Error {
             Self::ClientBody(ClientFault::Broken) => "the request body was malformed or cut short",
             Self::Unauthorized => "authentication required",
             Self::AuthUnavailable { .. } => "authentication is temporarily unavailable",
-            Self::Sign(_) => "cannot sign the token",
+            Self::Sign(crate::keys::SignError::Failed(_)) => "cannot sign the token",
+            Self::Sign(crate::keys::SignError::Unavailable { .. }) => "tokens cannot be signed right now, retry later",
             Self::RateLimited { .. } => "too many requests, retry later",
             Self::OriginNotAllowed => "this origin may not call this route (cors.allowed_origins)",
             Self::InvalidRequest(m) => return Cow::Owned(m.clone()),
@@ -164,7 +167,7 @@ pub fn add_error_headers(err: &Error, resp: &mut Response<Body>) {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs(decision.retry_after).max(1)));
             crate::ratelimit::fields::insert(h, limit, quota, decision, *headers);
         }
-        Error::Ledger(_) | Error::SharedStateUnavailable => {
+        Error::Ledger(_) | Error::SharedStateUnavailable | Error::Sign(crate::keys::SignError::Unavailable { .. }) => {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         Error::Refused(refusal) => {

@@ -60,7 +60,7 @@ impl Gateway {
     pub fn build(loaded: Loaded, stores: &Stores) -> Result<Self, Vec<FieldError>> {
         let Loaded { config, files, digest, .. } = loaded;
         let mut errors = Vec::new();
-        let keys = KeyRing::load(&config.keys).unwrap_or_else(|e| {
+        let keys = KeyRing::load(&config.keys, crate::hsm::Modules::process()).unwrap_or_else(|e| {
             errors.extend(e);
             KeyRing::default()
         });
@@ -154,6 +154,7 @@ impl Gateway {
     /// ledger's writer and the Redis connection if they are new (`check` never calls it, so
     /// it opens nothing).
     pub fn start_background(&self, metrics: &Metrics) {
+        self.keys.start(&metrics.signer);
         if let (Some(ledger), Some(cfg)) = (&self.ledger, &self.config.ledger) {
             ledger.configure(cfg);
             ledger.start(&metrics.ledger);

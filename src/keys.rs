@@ -12,6 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
 use crate::config::{Algorithm, FieldError, KeyConfig};
+use crate::hsm::{HsmKey, Modules, Unavailable};
+use crate::metrics::SignerFamilies;
 
 /// A loaded signing key. Never printed: `Debug` shows only the id and algorithm.
 pub struct SigningKey {
@@ -35,6 +37,8 @@ enum Signer {
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair, &'static dyn sig::RsaEncoding),
     Ed(Ed25519KeyPair),
+    /// In an HSM: signed by its PKCS#11 module, on the key's signer threads.
+    Hsm(HsmKey),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -43,10 +47,16 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-/// Signing failed inside the crypto library (should not happen with a key that loaded).
+/// Why a token was not signed.
 #[derive(Debug, thiserror::Error)]
-#[error("signing with key {0:?} failed")]
-pub struct SignError(pub String);
+pub enum SignError {
+    /// Inside the crypto library (should not happen with a key that loaded).
+    #[error("signing with key {0:?} failed")]
+    Failed(String),
+    /// An HSM key's signers cannot sign now (queue full, too slow, token gone): a 503.
+    #[error("key {key:?} cannot sign now: {why}")]
+    Unavailable { key: String, why: Unavailable },
+}
 
 impl Algorithm {
     /// The JOSE `alg` name.
@@ -88,8 +98,36 @@ impl Algorithm {
 }
 
 impl SigningKey {
-    /// Loads one key; the error names what is wrong (the caller adds the key path).
-    pub fn load(cfg: &KeyConfig) -> Result<Self, String> {
+    /// Loads one key; the error names the field below `keys[i]` and what is wrong.
+    pub fn load(cfg: &KeyConfig, modules: &Modules) -> Result<Self, (&'static str, String)> {
+        let field = if cfg.algorithm.is_hmac() { "secret" } else { "private_key" };
+        match &cfg.pkcs11 {
+            Some(hsm) => Self::open_hsm(cfg, hsm, modules),
+            None => Self::parse(cfg).map_err(|reason| (field, reason)),
+        }
+    }
+
+    /// A key kept in an HSM: its public half and fingerprint come from the token.
+    fn open_hsm(
+        cfg: &KeyConfig,
+        hsm: &crate::config::Pkcs11Config,
+        modules: &Modules,
+    ) -> Result<Self, (&'static str, String)> {
+        let key = HsmKey::open(hsm, cfg.algorithm, &cfg.id, modules)?;
+        Ok(Self {
+            id: cfg.id.clone(),
+            kid: cfg.id.clone(),
+            client_email: None,
+            algorithm: cfg.algorithm,
+            retired: cfg.retired,
+            fingerprint: key.fingerprint.clone(),
+            jwk: key.jwk.clone(),
+            signer: Signer::Hsm(key),
+        })
+    }
+
+    /// A key given as PEM, a secret or a service-account file.
+    fn parse(cfg: &KeyConfig) -> Result<Self, String> {
         let account = cfg.service_account.as_ref().map(|json| ServiceAccount::parse(json.expose())).transpose()?;
         let from_base64 = match &cfg.private_key_base64 {
             Some(b64) => Some(
@@ -178,10 +216,12 @@ impl SigningKey {
         })
     }
 
-    /// Signs `message` (the JWS signing input) and returns the raw signature bytes.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let fail = |_| SignError(self.id.clone());
+    /// Signs `message` (the JWS signing input) and returns the raw signature bytes. Only an
+    /// HSM key waits (for its signer threads); the others sign here.
+    pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let fail = |_| SignError::Failed(self.id.clone());
         match &self.signer {
+            Signer::Hsm(k) => k.sign(message).await.map_err(|why| SignError::Unavailable { key: self.id.clone(), why }),
             Signer::Hmac(k) => Ok(hmac::sign(k, message).as_ref().to_vec()),
             Signer::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).map_err(fail)?.as_ref().to_vec()),
             Signer::Ed(k) => Ok(k.sign(message).as_ref().to_vec()),
@@ -248,20 +288,17 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// Loads every key; errors carry the key path (`keys[2].private_key`).
-    pub fn load(cfgs: &[KeyConfig]) -> Result<Self, Vec<FieldError>> {
+    pub fn load(cfgs: &[KeyConfig], modules: &Modules) -> Result<Self, Vec<FieldError>> {
         let mut ring = KeyRing::default();
         let mut errors = Vec::new();
         for (i, cfg) in cfgs.iter().enumerate() {
-            match SigningKey::load(cfg) {
+            match SigningKey::load(cfg, modules) {
                 Ok(key) => {
                     let key = Arc::new(key);
                     ring.keys.insert(key.id.clone(), key.clone());
                     ring.order.push(key);
                 }
-                Err(reason) => {
-                    let field = if cfg.algorithm.is_hmac() { "secret" } else { "private_key" };
-                    errors.push(FieldError::new(format!("keys[{i}].{field}"), reason));
-                }
+                Err((field, reason)) => errors.push(FieldError::new(format!("keys[{i}].{field}"), reason)),
             }
         }
         if errors.is_empty() {
@@ -273,6 +310,23 @@ impl KeyRing {
 
     pub fn get(&self, id: &str) -> Option<&Arc<SigningKey>> {
         self.keys.get(id)
+    }
+
+    /// Gives each HSM key its metrics, once the config is in service.
+    pub fn start(&self, metrics: &SignerFamilies) {
+        for key in &self.order {
+            if let Signer::Hsm(hsm) = &key.signer {
+                hsm.start_metrics(metrics.for_key(&key.id));
+            }
+        }
+    }
+
+    /// The first signing (unretired) HSM key whose token cannot sign now, for `/readyz`.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.order
+            .iter()
+            .find(|k| !k.retired && matches!(&k.signer, Signer::Hsm(hsm) if !hsm.is_up()))
+            .map(|k| k.id.as_str())
     }
 
     /// The JWK set: public keys of every asymmetric key, retired ones included.
@@ -323,6 +377,11 @@ mod tests {
     use super::*;
     use crate::config::Secret;
 
+    /// File keys sign without waiting: their future is ready at once.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(f).expect("a file key never waits")
+    }
+
     fn key(alg: Algorithm, pem: Option<String>, secret: Option<&str>) -> KeyConfig {
         KeyConfig {
             id: "k".into(),
@@ -332,6 +391,7 @@ mod tests {
             private_key: pem.map(Secret::new),
             private_key_base64: None,
             service_account: None,
+            pkcs11: None,
             retired: false,
         }
     }
@@ -339,8 +399,8 @@ mod tests {
     #[test]
     fn generated_keys_load_sign_and_export_jwks() {
         for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256] {
-            let k = SigningKey::load(&key(alg, Some(generate_pem(alg).unwrap()), None)).unwrap();
-            assert!(!k.sign(b"msg").unwrap().is_empty());
+            let k = SigningKey::parse(&key(alg, Some(generate_pem(alg).unwrap()), None)).unwrap();
+            assert!(!block_on(k.sign(b"msg")).unwrap().is_empty());
             let jwk = k.jwk.unwrap();
             assert_eq!(jwk["kid"], "k");
             assert_eq!(jwk["alg"], alg.name());
@@ -349,15 +409,15 @@ mod tests {
 
     #[test]
     fn hmac_secret_is_utf8_text_never_hex() {
-        let k = SigningKey::load(&key(Algorithm::HS256, None, Some("deadbeef"))).unwrap();
+        let k = SigningKey::parse(&key(Algorithm::HS256, None, Some("deadbeef"))).unwrap();
         let expected = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"deadbeef"), b"m");
-        assert_eq!(k.sign(b"m").unwrap(), expected.as_ref());
+        assert_eq!(block_on(k.sign(b"m")).unwrap(), expected.as_ref());
     }
 
     #[test]
     fn wrong_curve_is_rejected() {
         let p384 = generate_pem(Algorithm::ES384).unwrap();
-        let err = SigningKey::load(&key(Algorithm::ES256, Some(p384), None)).unwrap_err();
+        let err = SigningKey::parse(&key(Algorithm::ES256, Some(p384), None)).unwrap_err();
         assert!(err.contains("not a valid ES256 private key"), "{err}");
     }
 
@@ -370,7 +430,7 @@ mod tests {
         });
         let mut cfg = key(Algorithm::RS256, None, None);
         cfg.service_account = Some(Secret::new(json.to_string()));
-        let k = SigningKey::load(&cfg).unwrap();
+        let k = SigningKey::parse(&cfg).unwrap();
         assert_eq!((k.id.as_str(), k.kid.as_str()), ("k", "kid-9"));
         assert_eq!(k.client_email.as_deref(), Some("svc@p.iam.gserviceaccount.com"));
         assert_eq!(k.jwk.as_ref().unwrap()["kid"], "kid-9", "the JWK names the same kid");
@@ -380,7 +440,7 @@ mod tests {
             (serde_json::json!({"type": "service_account", "private_key": "x"}).to_string(), "no \"private_key_id\""),
         ] {
             cfg.service_account = Some(Secret::new(bad));
-            let err = SigningKey::load(&cfg).unwrap_err();
+            let err = SigningKey::parse(&cfg).unwrap_err();
             assert!(err.contains(says), "{err}");
         }
     }

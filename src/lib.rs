@@ -19,6 +19,7 @@ pub mod forward_auth;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod hsm;
 pub mod keys;
 pub mod ledger;
 pub mod logging;

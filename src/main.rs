@@ -97,6 +97,13 @@ fn init(vendor: Option<&str>, list: bool) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let code = command(&cli);
+    // HSM modules last: no signature is wanted any more, and none may run during exit.
+    tokengate::hsm::Modules::process().close();
+    code
+}
+
+fn command(cli: &Cli) -> ExitCode {
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&config::schema()).unwrap_or_default());
@@ -130,7 +137,7 @@ fn main() -> ExitCode {
             };
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let overrides = config::Overrides { workers: cli.workers, default_workers: cores };
-            with_runtime(&cli, async move {
+            with_runtime(cli, async move {
                 // Before anything else: SIGHUP's default action would end the process.
                 let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let app = tokengate::App::bind(loaded, overrides).await.map_err(|e| tokengate::logging::chain(&e))?;
@@ -191,7 +198,7 @@ fn main() -> ExitCode {
                 // Still single-threaded: no other thread reads the environment yet.
                 std::env::set_var("TOKENGATE_SECRET", uuid::Uuid::new_v4().simple().to_string());
             }
-            with_runtime(&cli, async {
+            with_runtime(cli, async {
                 let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let stop = tokio_util::sync::CancellationToken::new();
                 tokio::spawn(signals.dispatch(stop.clone(), None));

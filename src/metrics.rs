@@ -38,6 +38,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub ledger: LedgerMetrics,
     pub shared: SharedMetrics,
+    /// HSM keys' signers (`keys[].pkcs11`).
+    pub signer: SignerFamilies,
     /// Pre-resolved handles for forwarded traffic (`route="proxy"`), the hot path.
     pub proxy: RouteMetrics,
 }
@@ -51,6 +53,46 @@ pub struct LedgerMetrics {
     pub errors: IntCounter,
     /// Answers waiting in the queue to be written.
     pub queue_depth: IntGauge,
+}
+
+/// The HSM signers' families, by key id.
+pub struct SignerFamilies {
+    duration: HistogramVec,
+    queue_depth: IntGaugeVec,
+    unavailable: IntCounterVec,
+}
+
+impl SignerFamilies {
+    /// The handles one key's signer threads use.
+    pub fn for_key(&self, key: &str) -> SignerMetrics {
+        for reason in ["queue_full", "timeout", "token"] {
+            self.unavailable.with_label_values(&[key, reason]);
+        }
+        SignerMetrics {
+            key: key.to_owned(),
+            duration: self.duration.with_label_values(&[key]),
+            queue_depth: self.queue_depth.with_label_values(&[key]),
+            unavailable: self.unavailable.clone(),
+        }
+    }
+}
+
+/// One HSM key's signer metrics.
+#[derive(Clone)]
+pub struct SignerMetrics {
+    key: String,
+    /// Time inside the module per signature.
+    pub duration: Histogram,
+    /// Signatures waiting for a signer thread.
+    pub queue_depth: IntGauge,
+    unavailable: IntCounterVec,
+}
+
+impl SignerMetrics {
+    /// Counts a signature refused with 503, by reason (queue_full, timeout, token).
+    pub fn unavailable(&self, reason: &str) {
+        self.unavailable.with_label_values(&[&self.key, reason]).inc();
+    }
 }
 
 /// Redis shared state (SPEC §7).
@@ -260,6 +302,27 @@ impl Metrics {
                     "tokengate_shared_state_fallback_total",
                     "Limit checks decided without Redis, by limit and on_error decision",
                     &["limit", "decision"],
+                ),
+            },
+            signer: SignerFamilies {
+                duration: histogram(
+                    &r,
+                    "tokengate_signer_duration_seconds",
+                    "Time an HSM key's PKCS#11 module took to sign, by key",
+                    &["key"],
+                ),
+                queue_depth: register(
+                    &r,
+                    IntGaugeVec::new(
+                        Opts::new("tokengate_signer_queue_depth", "Signatures waiting for an HSM key's signer threads"),
+                        &["key"],
+                    ),
+                ),
+                unavailable: counter(
+                    &r,
+                    "tokengate_signer_unavailable_total",
+                    "Signatures refused with 503 signer_unavailable, by key and reason (queue_full, timeout, token)",
+                    &["key", "reason"],
                 ),
             },
             registry: r,

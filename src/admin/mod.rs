@@ -44,14 +44,19 @@ pub async fn handle(state: Arc<State>, req: Request<RequestBody>, conn: ConnInfo
     }
 }
 
-/// 200 while listening with a config in service and, with a ledger, while it writes; else 503.
+/// 200 while listening with a config in service, with a ledger while it writes, and with HSM
+/// keys while their tokens sign; else 503.
 fn readyz(state: &State) -> Response<Body> {
     let unready = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n").into_bytes());
     if !state.is_ready() {
         return unready("shutting down");
     }
-    if state.gateway.load().ledger.as_ref().is_some_and(|l| !l.health().is_up()) {
+    let gateway = state.gateway.load();
+    if gateway.ledger.as_ref().is_some_and(|l| !l.health().is_up()) {
         return unready("ledger unavailable");
+    }
+    if let Some(key) = gateway.keys.unavailable() {
+        return unready(&format!("signer unavailable: key {key} (its HSM token cannot sign)"));
     }
     text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
 }

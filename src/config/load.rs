@@ -9,8 +9,17 @@ use serde_json::{Map, Value};
 use super::Config;
 
 /// Secret keys that have a `<key>_file` twin reading the value from a file.
-const FILE_TWINS: &[&str] =
-    &["admin_token", "secret", "secret_base64", "private_key", "private_key_base64", "service_account", "keys", "url"];
+const FILE_TWINS: &[&str] = &[
+    "admin_token",
+    "secret",
+    "secret_base64",
+    "private_key",
+    "private_key_base64",
+    "service_account",
+    "keys",
+    "url",
+    "pin",
+];
 
 /// Stop collecting after this many errors: the rest are usually echoes of the first.
 const MAX_ERRORS: usize = 50;
@@ -407,6 +416,32 @@ mod tests {
     fn missing_required_key_is_named() {
         let err = load_str("listen: 127.0.0.1:1\n", "t.yaml", Path::new(".")).unwrap_err();
         assert_eq!(err.errors, vec![FieldError::new("upstream", "missing required key")]);
+    }
+
+    #[test]
+    fn a_pkcs11_key_reads_its_pin_from_a_file_and_is_checked_without_the_module() {
+        let dir = std::env::temp_dir().join(format!("tg-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pin"), "1234\n").unwrap();
+        let key = |pkcs11: &str| {
+            format!("upstream: {{ url: 'http://127.0.0.1:1' }}\nkeys:\n  - {{ id: k, algorithm: ES256, pkcs11: {pkcs11} }}\n")
+        };
+        let good = key("{ module: /m.so, token_label: t, key_label: l, pin_file: pin }");
+        let loaded = load_str(&good, "t.yaml", &dir).unwrap();
+        let hsm = loaded.config.keys[0].pkcs11.clone().unwrap();
+        assert_eq!(hsm.pin.unwrap().expose(), "1234");
+        assert_eq!((hsm.sessions, hsm.queue, hsm.timeout.0.as_secs()), (2, 1024, 2));
+
+        let bad = key("{ module: '', token_label: '', key_label: l, sessions: 0, queue: 0 }");
+        let err = load_str(&bad, "t.yaml", &dir).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        for path in ["module", "token_label", "pin", "sessions", "queue"] {
+            assert!(paths.contains(&format!("keys[0].pkcs11.{path}").as_str()), "{path}: {paths:?}");
+        }
+        let both =
+            key("{ module: /m.so, token_label: t, key_label: l, pin: x }").replace("pkcs11:", "secret: s, pkcs11:");
+        let err = load_str(&both, "t.yaml", &dir).unwrap_err();
+        assert!(err.errors.iter().any(|e| e.path == "keys[0].id" && e.reason.contains("pkcs11")), "{err:?}");
     }
 
     #[test]

@@ -327,9 +327,50 @@ pub struct KeyConfig {
     /// `{{ key.client_email }}`.
     #[serde(default)]
     pub service_account: Option<Secret>,
+    /// The key lives in an HSM and is used there through its PKCS#11 module; tokengate never
+    /// holds the private key (SPEC §2 `keys[].pkcs11`).
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
     /// No longer signs, but stays in the JWK set.
     #[serde(default)]
     pub retired: bool,
+}
+
+/// Where an HSM keeps a key (`keys[].pkcs11`).
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The vendor's PKCS#11 module, such as `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The token (partition) holding the key, by its label.
+    pub token_label: String,
+    /// The key, by its `CKA_LABEL`: a private key (its public key beside it, same label) or,
+    /// for HS256/HS384/HS512, a secret key.
+    pub key_label: String,
+    /// The user PIN (`pin_file` reads it from a file). Never logged.
+    #[serde(default)]
+    pub pin: Option<Secret>,
+    /// Signer threads, each with its own logged-in session.
+    #[serde(default = "default_pkcs11_sessions")]
+    pub sessions: usize,
+    /// Signatures that may wait for a signer; one more is refused with 503.
+    #[serde(default = "default_pkcs11_queue")]
+    pub queue: usize,
+    /// How long a signature may take, waiting included, before the request gets 503.
+    #[serde(default = "default_pkcs11_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_pkcs11_sessions() -> usize {
+    2
+}
+
+fn default_pkcs11_queue() -> usize {
+    1024
+}
+
+fn default_pkcs11_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]

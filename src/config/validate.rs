@@ -61,9 +61,14 @@ pub(super) fn validate(c: &Config) -> Vec<FieldError> {
             err(at("id"), format!("duplicate key id {:?}", k.id));
         }
         let pem = [&k.private_key, &k.private_key_base64, &k.service_account].iter().filter(|m| m.is_some()).count();
-        let material = [k.secret.is_some(), k.secret_base64.is_some(), pem > 0];
+        let material = [k.secret.is_some(), k.secret_base64.is_some(), pem > 0, k.pkcs11.is_some()];
         if material.iter().filter(|m| **m).count() != 1 {
-            err(at("id"), "give exactly one of secret, secret_base64, private_key(_file), service_account_file".into());
+            err(
+                at("id"),
+                "give exactly one of secret, secret_base64, private_key(_file), service_account_file, pkcs11".into(),
+            );
+        } else if let Some(hsm) = &k.pkcs11 {
+            pkcs11(hsm, &|key| at(&format!("pkcs11.{key}")), &mut err);
         } else if k.algorithm.is_hmac() && pem > 0 {
             err(at("private_key"), format!("{:?} is an HMAC algorithm: use secret or secret_base64", k.algorithm));
         } else if pem > 1 {
@@ -374,5 +379,29 @@ fn check_recorded(
         } else if first.is_none() {
             err(at, "there is no token whose claims could be recorded".into());
         }
+    }
+}
+
+/// `keys[i].pkcs11`: what can be told without loading the module (`keys::load` does the rest).
+fn pkcs11(hsm: &super::Pkcs11Config, at: &dyn Fn(&str) -> String, err: &mut dyn FnMut(String, String)) {
+    if hsm.module.as_os_str().is_empty() {
+        err(at("module"), "is empty: give the path of the HSM vendor's PKCS#11 module".into());
+    }
+    for (key, value) in [("token_label", &hsm.token_label), ("key_label", &hsm.key_label)] {
+        if value.is_empty() {
+            err(at(key), "is empty".into());
+        }
+    }
+    if hsm.pin.as_ref().is_none_or(|p| p.is_empty()) {
+        err(at("pin"), "missing: give pin or pin_file (the token's user PIN)".into());
+    }
+    if hsm.sessions == 0 || hsm.sessions > 64 {
+        err(at("sessions"), "must be between 1 and 64".into());
+    }
+    if hsm.queue == 0 {
+        err(at("queue"), "must be at least 1".into());
+    }
+    if hsm.timeout.0.is_zero() {
+        err(at("timeout"), "must be longer than 0".into());
     }
 }

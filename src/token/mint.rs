@@ -140,18 +140,32 @@ impl TokenSpec {
     }
 
     /// Renders the claims and signs them.
-    pub fn mint(&self, values: &dyn Lookup, now: u64) -> Result<Minted, Error> {
-        self.mint_noting(values, now, None).map(|(minted, _)| minted)
+    pub async fn mint(&self, values: &(dyn Lookup + Sync), now: u64) -> Result<Minted, Error> {
+        self.mint_noting(values, now, None).await.map(|(minted, _)| minted)
     }
 
     /// Like `mint`; with `note`, also returns the token's `jti` and the values of the claims
     /// named in `note` (for the ledger).
-    pub fn mint_noting(
+    pub async fn mint_noting(
+        &self,
+        values: &(dyn Lookup + Sync),
+        now: u64,
+        note: Option<&[String]>,
+    ) -> Result<(Minted, Option<Noted>), Error> {
+        let (mut token, iat, exp, noted) = self.signing_input(values, now, note)?;
+        let signature = self.key.sign(token.as_bytes()).await?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok((Minted { token: token.into(), iat, exp }, noted))
+    }
+
+    /// The JWS signing input (`header.payload`), `iat`, `exp`, and what `note` asks for.
+    fn signing_input(
         &self,
         values: &dyn Lookup,
         now: u64,
         note: Option<&[String]>,
-    ) -> Result<(Minted, Option<Noted>), Error> {
+    ) -> Result<(String, u64, u64, Option<Noted>), Error> {
         let values = WithKey { key: &self.key, values };
         let mut claims = match self.claims.render(&values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
             Value::Object(map) => map,
@@ -176,10 +190,7 @@ impl TokenSpec {
         let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
         token.push_str(&self.header_prefix);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self.key.sign(token.as_bytes())?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Ok((Minted { token: token.into(), iat, exp }, noted))
+        Ok((token, iat, exp, noted))
     }
 
     /// The cache key of this token for one request, or None when it must be fresh.
@@ -203,6 +214,7 @@ impl TokenSpec {
 mod tests {
     use super::*;
     use crate::config::{Algorithm, KeyConfig, Secret};
+    use futures_util::FutureExt;
 
     struct Ctx;
     impl Lookup for Ctx {
@@ -227,9 +239,10 @@ mod tests {
             private_key: None,
             private_key_base64: None,
             service_account: None,
+            pkcs11: None,
             retired: false,
         };
-        let ring = KeyRing::load(&[key]).unwrap();
+        let ring = KeyRing::load(&[key], &crate::hsm::Modules::default()).unwrap();
         let cfg: TokenConfig =
             serde_json::from_value(serde_json::json!({"key": "k", "ttl": "1h", "claims": claims})).unwrap();
         TokenSpec::build("t", &cfg, &ring, "test")
@@ -237,7 +250,11 @@ mod tests {
 
     #[test]
     fn claims_read_the_signing_keys_own_fields() {
-        let minted = spec("s", serde_json::json!({"k": "{{ key.id }}/{{ key.kid }}"})).mint(&Ctx, 1000).unwrap();
+        let minted = spec("s", serde_json::json!({"k": "{{ key.id }}/{{ key.kid }}"}))
+            .mint(&Ctx, 1000)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
         let payload = minted.token.split('.').nth(1).unwrap();
         let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert_eq!(claims["k"], "k/k");

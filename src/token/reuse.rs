@@ -37,7 +37,7 @@ impl Route {
                 metrics.token_cache_total.with_label_values(&[&self.name, "miss"]).inc();
             }
             let note = self.ledger.as_ref().map(|l| if i == 0 { l.record.as_slice() } else { &[] });
-            let (token, noted) = spec.mint_noting(values, values.now, note)?;
+            let (token, noted) = spec.mint_noting(values, values.now, note).await?;
             metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
             if let Some(key) = key {
                 self.keep(spec, key, shared_key.as_deref(), &token, identity.id(), values.now).await;

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -29,15 +28,6 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The OTLP/HTTP client of a target: plain HTTP or HTTPS (rustls), pooled.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// An OTLP/HTTP client trusting what `config` trusts.
-pub fn http_client(config: rustls::ClientConfig) -> HttpClient {
-    let connector = HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
-    Client::builder(TokioExecutor::new()).build(connector)
-}
 
 /// The process's span exporter (it outlives configs: a reload changes where spans go, not it).
 pub struct Exporter {
@@ -117,7 +107,7 @@ async fn run(mut rx: mpsc::Receiver<SpanRecord>, spans: IntCounterVec) {
 
 async fn export<C: Connect + Clone + Send + Sync + 'static>(
     client: &Client<C, Full<Bytes>>,
-    target: &super::span::Target,
+    target: &super::target::Target,
     records: Vec<SpanRecord>,
 ) -> Result<(), String> {
     let message = encode(target, records);
@@ -162,7 +152,7 @@ async fn export<C: Connect + Clone + Send + Sync + 'static>(
 }
 
 /// One ExportTraceServiceRequest (OTLP protobuf) for spans of one target.
-fn encode(target: &super::span::Target, records: Vec<SpanRecord>) -> Bytes {
+fn encode(target: &super::target::Target, records: Vec<SpanRecord>) -> Bytes {
     let spans = records
         .into_iter()
         .map(|r| Span {

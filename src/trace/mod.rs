@@ -6,6 +6,7 @@
 pub mod context;
 pub mod export;
 pub mod span;
+pub mod target;
 pub mod tracer;
 
 use std::sync::Arc;

@@ -3,23 +3,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, Uri};
-
 use super::context::{new_span_id, SpanContext};
-
-/// Where a config's spans are exported, and as which service.
-#[derive(Debug)]
-pub struct Target {
-    /// The OTLP/HTTP traces URL (`…/v1/traces`), or the gRPC method's (`…/TraceService/Export`).
-    pub url: Uri,
-    pub grpc: bool,
-    /// The OTLP/HTTP client (`http://` or `https://`, trusting the system roots and
-    /// `tracing.ca_file`); gRPC targets use the exporter's h2c client.
-    pub http: Option<super::export::HttpClient>,
-    pub headers: HeaderMap,
-    /// `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub resource: Vec<(String, String)>,
-}
+use super::target::Target;
 
 /// OTLP span kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 
 use super::context::{new_span_id, new_trace_id, SpanContext};
-use super::span::{Kind, Span, Target};
+use super::span::{Kind, Span};
+use super::target::Target;
 use crate::config::{FieldError, TraceExporter, TraceSampler, TracingConfig};
 
 /// The OTLP/gRPC method.
@@ -72,7 +73,7 @@ impl Tracer {
         } else {
             let (config, _) = crate::tls::client_config(if https { ca_file.as_deref() } else { None })
                 .map_err(|e| err("ca_file", crate::logging::chain(&e)))?;
-            Some(super::export::http_client(config))
+            Some(super::target::http_client(config))
         };
         let mut headers = HeaderMap::new();
         let mut add = |key: &str, name: &str, value: &str| -> Result<(), FieldError> {

@@ -19,6 +19,8 @@ mod forward_auth;
 mod forward_auth_peers;
 mod fuzz_findings;
 mod h2;
+#[cfg(feature = "services")]
+mod hsm;
 mod ledger;
 #[cfg(feature = "services")]
 mod ledger_postgres;

@@ -93,11 +93,16 @@ pub struct Binary {
 impl Binary {
     /// Writes `yaml` (with `listen`/`admin_listen` on free ports) and starts `tokengate run`.
     pub async fn start(name: &str, upstream: &str, extra: &str, args: &[&str]) -> Binary {
+        Self::start_with(name, upstream, extra, args, &[]).await
+    }
+
+    /// Like `start`, with environment variables for the process.
+    pub async fn start_with(name: &str, upstream: &str, extra: &str, args: &[&str], envs: &[(&str, &str)]) -> Binary {
         let dir = temp_dir(name);
         let (addr, admin) = (closed_port(), closed_port());
         let config = dir.join("tokengate.yaml");
         std::fs::write(&config, binary_yaml(addr, admin, upstream, extra)).unwrap();
-        Self::spawn(&dir, &config, addr, admin, args, &[]).await
+        Self::spawn(&dir, &config, addr, admin, args, envs).await
     }
 
     /// The config text `start` writes, for this binary's ports.
