@@ -2,7 +2,8 @@
 //! worker: each of a few threads owns a logged-in session and takes signatures from one bounded
 //! queue, from the key's first signature on. A signature whose deadline passed while it waited is not made. A session that fails
 //! is dropped and opened again (the module restarted if it must be), at most twice a second
-//! per thread, also while idle, so that the key comes back without traffic.
+//! per thread, also while idle, so that the key comes back without traffic; an idle session
+//! is probed every 2 s, so that `/readyz` notices a token gone before a request does.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -17,6 +18,8 @@ use crate::metrics::SignerMetrics;
 
 /// How often an idle thread without a session tries to open one.
 const REOPEN_EVERY: Duration = Duration::from_millis(500);
+/// How often an idle thread with a session asks whether the token still answers.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a signature was not made: each is a 503 `signer_unavailable`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +86,7 @@ impl Pool {
             let (rx, shared, session) = (rx.clone(), self.shared.clone(), first.take());
             let spawned = std::thread::Builder::new()
                 .name(format!("tokengate-signer-{i}"))
-                .spawn(move || Signer { shared, session, next_open: Instant::now() }.run(&rx));
+                .spawn(move || Signer { shared, session, next_open: Instant::now(), probed: Instant::now() }.run(&rx));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a signer thread");
             }
@@ -147,6 +150,7 @@ struct Signer {
     shared: Arc<Shared>,
     session: Option<KeySession>,
     next_open: Instant,
+    probed: Instant,
 }
 
 impl Signer {
@@ -159,9 +163,7 @@ impl Signer {
             let job = match next {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.session.is_none() {
-                        self.reopen();
-                    }
+                    self.idle();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -174,6 +176,25 @@ impl Signer {
             }
             let result = self.sign(&job.message);
             let _ = job.reply.send(result);
+        }
+    }
+
+    /// Between signatures: reopen a missing session, or probe the one there is now and then.
+    fn idle(&mut self) {
+        match &self.session {
+            None => {
+                self.reopen();
+            }
+            Some(session) if self.probed.elapsed() >= PROBE_EVERY => {
+                self.probed = Instant::now();
+                if !session.probe() {
+                    tracing::warn!(key_label = %self.shared.at.key_label, "the HSM token stopped answering; reopening the session");
+                    self.session = None;
+                    self.shared.up.store(false, Ordering::Relaxed);
+                    self.reopen();
+                }
+            }
+            Some(_) => {}
         }
     }
 

@@ -72,6 +72,7 @@ pub struct KeySession {
     module: Arc<Module>,
     session: Option<Session>,
     pub key: ObjectHandle,
+    slot: Slot,
     epoch: u64,
 }
 
@@ -93,7 +94,7 @@ impl KeySession {
         }
         let session = module.ctx.open_ro_session_no_drop(slot).map_err(|e| OpenError::Token(describe(&e)))?;
         match login_and_find(&session, at) {
-            Ok(key) => Ok(KeySession { module: module.clone(), session: Some(session), key, epoch }),
+            Ok(key) => Ok(KeySession { module: module.clone(), session: Some(session), key, slot, epoch }),
             Err(e) => {
                 // Same epoch, call lock held: the handle is still ours.
                 let _ = session.close();
@@ -140,6 +141,13 @@ impl KeySession {
             Algorithm::HS384 => session.sign(&Mechanism::Sha384Hmac, self.key, message),
             Algorithm::HS512 => session.sign(&Mechanism::Sha512Hmac, self.key, message),
         }
+    }
+
+    /// Whether the token still answers (`C_GetTokenInfo` on its slot): how an idle signer
+    /// notices that it went away before a request does.
+    pub fn probe(&self) -> bool {
+        let Some(_call) = self.module.call() else { return false };
+        self.module.epoch() == self.epoch && self.module.ctx.get_token_info(self.slot).is_ok()
     }
 
     /// The session, for reading the key's attributes right after `open`.

@@ -235,11 +235,12 @@ async fn the_token_going_away_gives_503s_and_readyz_says_so_until_it_comes_back(
 
     let away = hsm.tokens.with_extension("away");
     std::fs::rename(&hsm.tokens, &away).unwrap();
+    // The idle signers notice by themselves, before any request needs them.
+    eventually("readyz 503", || async { client::get(bin.admin, "/readyz", &[]).await.unwrap().status == 503 }).await;
     let r = mint(&bin, "u").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "signer_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
-    eventually("readyz 503", || async { client::get(bin.admin, "/readyz", &[]).await.unwrap().status == 503 }).await;
     let why = client::get(bin.admin, "/readyz", &[]).await.unwrap().text();
     assert!(why.contains("signer unavailable: key k"), "{why}");
     let forwarded = client::get(bin.addr, "/anything", &[]).await.unwrap();
