@@ -9,7 +9,11 @@ share, ~16–18 µs/req for both on loopback, is not in them). Prints instructio
 each and the tokengate/nginx ratio, interleaved ROUNDS times, medians.
 
 Usage (after `bash benches/load.sh` has installed nginx/wrk and built the release binaries):
-    python3 benches/instructions.py [--rounds 3] [--seconds 5] [--also NAME=BINARY ...]
+    python3 benches/instructions.py [--rounds 3] [--seconds 5] [--also NAME=BINARY ...] [--tracing]
+
+`--tracing` also measures tokengate with `tracing` sampling 1 % and 100 % of requests (spans
+exported to the bench backend as a free collector), beside tracing off: the cost of tracing in
+user-space instructions, which the noise of wall-clock CPU hides at 1 %.
 
 `--also` measures another tokengate build in the same interleaved rounds (a change against the
 commit before it: build that commit's release binary in a worktree and name it here).
@@ -71,6 +75,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
                     help="another tokengate binary to measure beside target/release's")
+    ap.add_argument("--tracing", action="store_true", help="also tokengate with tracing at ratio 0.01 and 1.0")
     args = ap.parse_args()
     others = [tuple(a.split("=", 1)) for a in args.also]
     for tool in ("valgrind", "callgrind_control", "nginx", "wrk"):
@@ -79,14 +84,23 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix="tokengate-instr-")
     tg_conf = os.path.join(workdir, "tokengate.yaml")
+    base = (f"listen: 127.0.0.1:{load.TG_PORT}\nadmin_listen: 127.0.0.1:{load.TG_ADMIN}\n"
+            f"upstream:\n  url: http://127.0.0.1:{load.BACKEND_PORT}\n")
     with open(tg_conf, "w") as f:
-        f.write(f"listen: 127.0.0.1:{load.TG_PORT}\nadmin_listen: 127.0.0.1:{load.TG_ADMIN}\n"
-                f"upstream:\n  url: http://127.0.0.1:{load.BACKEND_PORT}\n")
+        f.write(base)
+    configs = [("tokengate", os.path.join(load.RELEASE, "tokengate"), tg_conf)]
+    configs += [(name, binary, tg_conf) for name, binary in others]
+    if args.tracing:
+        collector = f"http://127.0.0.1:{load.BACKEND_PORT}"
+        for name, sampler in [("ratio 0.01", "traceidratio, ratio: 0.01"), ("ratio 1.0", "always_on")]:
+            conf = os.path.join(workdir, f"tokengate-{name.replace(' ', '-')}.yaml")
+            with open(conf, "w") as f:
+                f.write(base + f"tracing: {{ exporter: otlp, endpoint: '{collector}', sampler: {sampler} }}\n")
+            configs.append((name, os.path.join(load.RELEASE, "tokengate"), conf))
     backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
                                 f"127.0.0.1:{load.BACKEND_PORT}"])
-    results = {"nginx": [], "tokengate": []}
-    binaries = [("tokengate", os.path.join(load.RELEASE, "tokengate"))] + others
-    for name, _ in others:
+    results = {"nginx": []}
+    for name, _, _ in configs:
         results[name] = []
     try:
         load.wait_port(load.BACKEND_PORT)
@@ -95,9 +109,9 @@ def main():
             proc = under_callgrind(["nginx", "-c", load.nginx_conf(workdir, 1, master=False), "-p", workdir], out)
             load.wait_port(load.NGINX_PORT, timeout=30)
             results["nginx"].append(count(proc, out, load.NGINX_PORT, args.seconds))
-            for name, binary in binaries:
-                out = os.path.join(workdir, f"{name}.cg")
-                proc = under_callgrind([binary, "run", "--config", tg_conf, "--workers", "1", "--log-level", "warn"],
+            for name, binary, conf in configs:
+                out = os.path.join(workdir, f"{name.replace(' ', '-')}.cg")
+                proc = under_callgrind([binary, "run", "--config", conf, "--workers", "1", "--log-level", "warn"],
                                        out)
                 load.wait_port(load.TG_PORT, timeout=30)
                 results[name].append(count(proc, out, load.TG_PORT, args.seconds))
@@ -113,6 +127,8 @@ def main():
             print(f"ratio {name}/nginx: {statistics.median(results[name]) / statistics.median(results['nginx']):.2f}")
     for name, _ in others:
         print(f"ratio tokengate/{name}: {statistics.median(results['tokengate']) / statistics.median(results[name]):.3f}")
+    for name in ("ratio 0.01", "ratio 1.0") if args.tracing else ():
+        print(f"tracing {name} / off: {statistics.median(results[name]) / statistics.median(results['tokengate']):.3f}")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ impl Service for Public {
                 if context.sampled {
                     return None;
                 }
-                Some(context.traceparent())
+                Some(context.traceparent_bytes())
             }
         };
         Some(relay(&self.0, gateway, head, conn, traceparent))
@@ -84,11 +84,11 @@ async fn relay(
     gateway: Arc<Gateway>,
     head: &RequestHead,
     conn: &ConnInfo,
-    traceparent: Option<HeaderValue>,
+    traceparent: Option<[u8; 55]>,
 ) -> Reply {
     let RequestId { value, generated } = request_id(head, &gateway.proxy.rules.request_id);
     let ctx = RequestCtx::new(value, PROXY_ROUTE, head.method.clone(), Instant::now());
-    let stamp = Stamp { id: &ctx.request_id, generated, traceparent: traceparent.as_ref() };
+    let stamp = Stamp { id: &ctx.request_id, generated, traceparent: traceparent.as_ref().map(|t| t.as_slice()) };
     let (status, reply) = match gateway.proxy.relay(head, conn, stamp).await {
         Ok(relayed) => (relayed.head.status, Reply::Relayed(relayed)),
         Err(err) => {

@@ -39,7 +39,7 @@ pub struct Stamp<'a> {
     pub id: &'a HeaderValue,
     /// The id was generated here (the client sent none).
     pub generated: bool,
-    pub traceparent: Option<&'a HeaderValue>,
+    pub traceparent: Option<&'a [u8]>,
 }
 
 const TRACEPARENT: &[u8] = b"traceparent";
@@ -92,7 +92,7 @@ impl Proxy {
         let peer = PeerFacts { ip: conn.peer_ip.as_bytes(), tls: conn.tls };
         plan.added(self.host.as_bytes(), &peer, stamp.id, |name, pieces| put_pieces(dst, name, pieces));
         if let Some(traceparent) = stamp.traceparent {
-            fields::put(dst, TRACEPARENT, traceparent.as_bytes());
+            fields::put(dst, TRACEPARENT, traceparent);
         }
         dst.put_slice(b"\r\n");
     }

