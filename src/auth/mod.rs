@@ -65,11 +65,13 @@ pub struct AuthRequest<'a> {
     pub traceparent: Option<http::HeaderValue>,
     /// Set when the decision came from a cache (the `auth_hook` span's `cache.hit`).
     pub cache_hit: std::sync::atomic::AtomicBool,
+    /// The `auth_hook` span of a traced request: the shared cache's Redis calls are its children.
+    pub parent: crate::trace::Parent<'a>,
 }
 
 impl<'a> AuthRequest<'a> {
     pub fn new(headers: &'a HeaderMap, body: &'a Value, traceparent: Option<http::HeaderValue>) -> Self {
-        Self { headers, body, traceparent, cache_hit: Default::default() }
+        Self { headers, body, traceparent, cache_hit: Default::default(), parent: None }
     }
 }
 

@@ -93,12 +93,14 @@ impl SessionHook {
                 return self.call(name, mapping, req, metrics).await;
             };
             let redis_key = shared.key("auth", &self.credential(scope, req.headers));
-            if let Some(decision) = shared.cache_get(&redis_key).await.and_then(shared_entry) {
+            // A miss and a failure look the same here: the span is never marked failed.
+            let cached = crate::trace::redis(req.parent, "GET", shared.cache_get(&redis_key), |_| true).await;
+            if let Some(decision) = cached.and_then(shared_entry) {
                 from_redis.store(true, Ordering::Relaxed);
                 return Ok(decision);
             }
             let answer = self.call(name, mapping, req, metrics).await;
-            self.share(shared, &redis_key, &answer).await;
+            crate::trace::redis(req.parent, "SET", self.share(shared, &redis_key, &answer), |_| true).await;
             answer
         };
         let (outcome, called) = self.cache.get_or_call(key, call).await;

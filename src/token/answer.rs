@@ -75,7 +75,7 @@ impl Route {
             span.set("mint.key_id", Attr::Str(kids));
             span.set("mint.algorithm", Attr::Str(algs));
         }
-        let minted = self.mint_all(values, identity, metrics).await;
+        let minted = self.mint_all(values, identity, metrics, trace.zip(mint_span.as_ref())).await;
         end(trace, mint_span, minted.is_err());
         let minted = minted?;
         if let (Some(reserved), Some(recorder)) = (reserved, ledger) {

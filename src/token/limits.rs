@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{fields, Decision, LimitInput, RateLimit};
 use crate::shared::limits::{Checked, SharedLimit};
 use crate::shared::Shared;
-use crate::trace::{Attr, Kind, RequestTrace, Span};
+use crate::trace::{RequestTrace, Span};
 
 /// A `dry_run` limit that would have refused the request: logged, counted, and reported in the
 /// answer's RateLimit fields.
@@ -91,15 +91,8 @@ pub async fn check(
         .collect();
     let mut would = None;
     let allow = Decision { allowed: true, remaining: 0, reset: Default::default(), retry_after: Default::default() };
-    let redis_span = parent.map(|(_, span)| span.child("redis", Kind::Client));
-    let checked = shared.check_limits(&keys).await;
-    if let (Some((trace, _)), Some(mut span)) = (parent, redis_span) {
-        span.set("db.system", Attr::Str("redis".to_owned()));
-        span.set("db.operation.name", Attr::Str("EVALSHA".to_owned()));
-        // No answer: Redis failed, timed out, or its circuit breaker is open.
-        span.error = checked.is_none();
-        trace.record(span);
-    }
+    // No answer: Redis failed, timed out, or its circuit breaker is open.
+    let checked = crate::trace::redis(parent, "EVALSHA", shared.check_limits(&keys), Option::is_some).await;
     match checked {
         Some(Checked::Refused(i, decision)) => {
             decided(&limits[i], decision, metrics, &mut would)?;

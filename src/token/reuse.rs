@@ -13,6 +13,7 @@ use super::Route;
 use crate::auth::Identity;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::trace::Parent;
 
 impl Route {
     /// Every token of the route, each fresh one with what the ledger records of it.
@@ -21,6 +22,7 @@ impl Route {
         values: &Values<'_>,
         identity: &Identity,
         metrics: &Metrics,
+        parent: Parent<'_>,
     ) -> Result<Vec<(Minted, Option<Noted>)>, Error> {
         let user = identity.id().unwrap_or_default();
         let mut minted = Vec::with_capacity(self.tokens.len());
@@ -29,7 +31,7 @@ impl Route {
             // The Redis tier's key, once per token.
             let shared_key = key.as_ref().zip(self.shared.as_ref()).map(|(k, (s, _))| s.key("token", &[k.as_bytes()]));
             if let Some(key) = &key {
-                if let Some(hit) = self.reuse(spec, key, shared_key.as_deref(), values.now).await {
+                if let Some(hit) = self.reuse(spec, key, shared_key.as_deref(), values.now, parent).await {
                     metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
                     minted.push((hit, None));
                     continue;
@@ -40,7 +42,7 @@ impl Route {
             let (token, noted) = spec.mint_noting(values, values.now, note).await?;
             metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
             if let Some(key) = key {
-                self.keep(spec, key, shared_key.as_deref(), &token, identity.id(), values.now).await;
+                self.keep(spec, key, shared_key.as_deref(), &token, (identity.id(), values.now), parent).await;
             }
             minted.push((token, noted));
         }
@@ -48,13 +50,21 @@ impl Route {
     }
 
     /// A cached token with over half its lifetime left: this replica's, else the shared one.
-    async fn reuse(&self, spec: &TokenSpec, key: &str, shared_key: Option<&str>, now: u64) -> Option<Minted> {
+    async fn reuse(
+        &self,
+        spec: &TokenSpec,
+        key: &str,
+        shared_key: Option<&str>,
+        now: u64,
+        parent: Parent<'_>,
+    ) -> Option<Minted> {
         let fresh = |m: &Minted| now < m.iat + spec.ttl() / 2;
         if let Some(hit) = self.cache.as_ref()?.get(key).filter(fresh) {
             return Some(hit);
         }
         let (shared, _) = self.shared.as_ref()?;
-        let entry = shared.cache_get(shared_key?).await?;
+        // A miss and a failure look the same here: the span is never marked failed.
+        let entry = crate::trace::redis(parent, "GET", shared.cache_get(shared_key?), |_| true).await?;
         let token = Minted {
             token: Arc::from(entry.get("token")?.as_str()?),
             iat: entry.get("iat")?.as_u64()?,
@@ -75,14 +85,15 @@ impl Route {
         key: String,
         shared_key: Option<&str>,
         token: &Minted,
-        user: Option<&str>,
-        now: u64,
+        (user, now): (Option<&str>, u64),
+        parent: Parent<'_>,
     ) {
         if let (Some((shared, _)), Some(redis_key)) = (&self.shared, shared_key) {
             let left = (token.iat + spec.ttl() / 2).saturating_sub(now);
             if left > 0 {
                 let entry: Value = json!({ "token": &*token.token, "iat": token.iat, "exp": token.exp });
-                shared.cache_put(redis_key, &entry, std::time::Duration::from_secs(left), user).await;
+                let put = shared.cache_put(redis_key, &entry, std::time::Duration::from_secs(left), user);
+                crate::trace::redis(parent, "SET", put, |_| true).await;
             }
         }
         if let Some(cache) = &self.cache {

@@ -111,11 +111,15 @@ impl Route {
             ctx.limited = limit_name(e);
         })?;
         let mut hook_span = ctx.child_span("auth_hook", Kind::Client);
-        let asking = AuthRequest::new(headers, body, hook_span.as_ref().map(|s| s.context.traceparent()));
-        let decided = self.hook.authenticate(&asking, metrics).await;
+        let (decided, cache_hit) = {
+            let mut asking = AuthRequest::new(headers, body, hook_span.as_ref().map(|s| s.context.traceparent()));
+            asking.parent = ctx.trace.as_deref().zip(hook_span.as_ref());
+            let decided = self.hook.authenticate(&asking, metrics).await;
+            (decided, asking.cache_hit.load(std::sync::atomic::Ordering::Relaxed))
+        };
         if let Some(span) = hook_span.as_mut() {
             span.set("auth.hook", Attr::Str(self.hook.name.clone()));
-            span.set("cache.hit", Attr::Bool(asking.cache_hit.load(std::sync::atomic::Ordering::Relaxed)));
+            span.set("cache.hit", Attr::Bool(cache_hit));
             span.error = matches!(decided, Err(AuthError::Unavailable(_)));
         }
         ctx.end_span(hook_span);

@@ -37,6 +37,28 @@ impl RequestTrace {
     }
 }
 
+/// A traced request's span that calls below it are children of.
+pub type Parent<'a> = Option<(&'a RequestTrace, &'a Span)>;
+
+/// Runs `call`, one Redis round trip, in a `redis` client span under `parent` (when traced):
+/// `db.operation.name` is `operation`; the span is failed when `answered` says Redis gave no
+/// answer.
+pub async fn redis<T>(
+    parent: Parent<'_>,
+    operation: &'static str,
+    call: impl std::future::Future<Output = T>,
+    answered: impl FnOnce(&T) -> bool,
+) -> T {
+    let Some((trace, under)) = parent else { return call.await };
+    let mut span = under.child("redis", Kind::Client);
+    let result = call.await;
+    span.set("db.system", Attr::Str("redis".to_owned()));
+    span.set("db.operation.name", Attr::Str(operation.to_owned()));
+    span.error = !answered(&result);
+    trace.record(span);
+    result
+}
+
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Exporter")

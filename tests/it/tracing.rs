@@ -246,7 +246,7 @@ pub(crate) mod with_a_receiver {
     }
 
     #[tokio::test]
-    async fn a_limit_counted_in_redis_is_a_redis_client_span_under_rate_limit() {
+    async fn every_redis_call_is_a_redis_client_span_under_the_step_that_made_it() {
         let b = backend::spawn().await;
         let port = closed_port().port();
         let receiver = Receiver::start(port, temp_dir("otlp-redis").join("spans.jsonl")).await;
@@ -256,6 +256,7 @@ pub(crate) mod with_a_receiver {
                 "shared_state: {{ type: redis, url: '{}', secret: tracing-test-secret-0123, key_prefix: '{prefix}', timeout: 2s }}\n",
                 crate::common::test_redis_url()
             );
+        let yaml = yaml.replace("auth: session, rate_limits", "auth: session, cache_tokens: true, rate_limits");
         let app = spawn_app(&b.url(), &yaml).await;
         // Redis is connected in the background: until then limits fall back to local ones. (Not
         // `contains`: the family's HELP line reads "tokengate_shared_state_up 1 while…".)
@@ -279,15 +280,30 @@ pub(crate) mod with_a_receiver {
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let spans =
-            receiver.until("a redis span", |s| s.iter().any(|s| s["trace_id"] == trace && s["name"] == "redis")).await;
-        let limit = one(&spans, trace, "rate_limit");
+        let redis_spans = |s: &[Value]| s.iter().filter(|s| s["trace_id"] == trace && s["name"] == "redis").count();
+        let spans = receiver.until("five redis spans", |s| redis_spans(s) >= 5).await;
+        let under = |step: &str| {
+            let parent = one(&spans, trace, step);
+            let mut ops: Vec<String> = spans
+                .iter()
+                .filter(|s| s["name"] == "redis" && s["parent_span_id"] == parent["span_id"])
+                .inspect(|s| {
+                    assert_eq!(s["kind"], 3, "client");
+                    assert_eq!(s["attributes"]["db.system"], "redis");
+                    assert_eq!(s["error"], false);
+                })
+                .map(|s| s["attributes"]["db.operation.name"].as_str().unwrap().to_owned())
+                .collect();
+            ops.sort();
+            (parent.clone(), ops)
+        };
+        let (limit, ops) = under("rate_limit");
         assert_eq!(limit["attributes"]["rate_limit.store"], "redis");
-        let redis = one(&spans, trace, "redis");
-        assert_eq!(redis["parent_span_id"], limit["span_id"]);
-        assert_eq!(redis["kind"], 3, "client");
-        assert_eq!(redis["attributes"]["db.system"], "redis");
-        assert_eq!(redis["error"], false);
+        assert_eq!(ops, ["EVALSHA"], "the limit counted in Redis");
+        // Cold caches: each looked up in Redis (a miss), then filled.
+        assert_eq!(under("auth_hook").1, ["GET", "SET"], "the session decision shared through Redis");
+        assert_eq!(under("mint").1, ["GET", "SET"], "the token shared through Redis (cache_tokens)");
+        assert_eq!(redis_spans(&spans), 5);
     }
 
     #[tokio::test]
