@@ -39,8 +39,11 @@ def main():
     results = {name: [] for name in VARIANTS}
     try:
         load.wait_port(load.BACKEND_PORT)
-        for _ in range(args.rounds):
-            for name, extra in VARIANTS.items():
+        names = list(VARIANTS)
+        for round_ in range(args.rounds):
+            # A different order each round, so that no variant always follows the same one.
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                extra = VARIANTS[name]
                 proc, pids = load.start_tokengate(workdir, 1, extra)
                 try:
                     load.wrk(load.TG_PORT, "/", 2, args.connections)  # warm-up
