@@ -14,6 +14,8 @@ use cryptoki::error::{Error as CkError, RvError};
 
 /// A module may be restarted at most this often, whoever asks.
 const RESTART_EVERY: Duration = Duration::from_secs(2);
+/// How long `close` waits for the calls running at exit.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Every module this process loaded, by path. Process-wide, as the modules' own state is: one
 /// `C_Initialize` per process, whatever number of configs (or in-process apps) use it.
@@ -51,12 +53,31 @@ impl Modules {
     /// Finalizes every module once no call is running; later calls find them closed. The last
     /// thing the process does (`main`): a module's own teardown at exit must not run beside a
     /// signer thread's call.
+    ///
+    /// A call that does not return (a network HSM gone silent) must not keep the process from
+    /// exiting: after `CLOSE_WAIT` the module is left as it is.
     pub fn close(&self) {
-        for module in self.loaded.lock().unwrap_or_else(PoisonError::into_inner).values() {
-            let mut closed = module.closed.write().unwrap_or_else(PoisonError::into_inner);
-            if !*closed {
-                *closed = true;
-                let _ = module.ctx.clone().finalize();
+        for (path, module) in self.loaded.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            let mut closed = loop {
+                match module.closed.try_write() {
+                    Ok(guard) => break Some(guard),
+                    Err(std::sync::TryLockError::Poisoned(e)) => break Some(e.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => break None,
+                }
+            };
+            match closed.as_deref_mut() {
+                Some(closed) if !*closed => {
+                    *closed = true;
+                    let _ = module.ctx.clone().finalize();
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(module = %path.display(), "a PKCS#11 call did not return: exiting without C_Finalize")
+                }
             }
         }
     }
@@ -118,5 +139,36 @@ pub fn describe(e: &CkError) -> String {
     match e {
         CkError::Pkcs11(rv, function) => format!("{function:?} returned {rv:?}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(all(test, feature = "services"))]
+mod tests {
+    use super::*;
+
+    /// Debian's SoftHSM2 (`.ci/run` installs it): a module that loads and initializes without
+    /// any token.
+    const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+    #[test]
+    fn close_never_waits_for_a_call_that_does_not_return_and_closes_once_it_did() {
+        let modules = Modules::default();
+        let module = modules.get(Path::new(SOFTHSM)).expect("softhsm2 loads");
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let busy = module.clone();
+        let caller = std::thread::spawn(move || {
+            let _call = busy.call().expect("open");
+            held.0.send(()).unwrap();
+            release.1.recv().unwrap();
+        });
+        held.1.recv().unwrap();
+        let started = Instant::now();
+        modules.close();
+        assert!(started.elapsed() < CLOSE_WAIT + Duration::from_secs(5), "close waited on the stuck call");
+        assert!(module.call().is_some(), "left open while a call ran");
+        release.0.send(()).unwrap();
+        caller.join().unwrap();
+        modules.close();
+        assert!(module.call().is_none(), "closed once no call ran: later calls find it closed");
     }
 }
