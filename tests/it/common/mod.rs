@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod backend;
+#[cfg(feature = "services")]
+pub mod caddy;
 pub mod client;
 
 use std::net::SocketAddr;
