@@ -9,11 +9,14 @@ share, ~16–18 µs/req for both on loopback, is not in them). Prints instructio
 each and the tokengate/nginx ratio, interleaved ROUNDS times, medians.
 
 Usage (after `bash benches/load.sh` has installed nginx/wrk and built the release binaries):
-    python3 benches/instructions.py [--rounds 3] [--seconds 5] [--also NAME=BINARY ...] [--tracing]
+    python3 benches/instructions.py [--rounds 3] [--seconds 5] [--also NAME=BINARY ...] [--tracing] [--token]
 
 `--tracing` also measures tokengate with `tracing` sampling 1 % and 100 % of requests (spans
 exported to the bench backend as a free collector), beside tracing off: the cost of tracing in
 user-space instructions, which the noise of wall-clock CPU hides at 1 %.
+
+`--token` also measures the token route (load.py's ContactsManager route: a POST with a JSON
+body, HS256, behind the backend's session endpoint, auth cache warm), per request.
 
 `--also` measures another tokengate build in the same interleaved rounds (a change against the
 commit before it: build that commit's release binary in a worktree and name it here).
@@ -41,22 +44,22 @@ def under_callgrind(cmd, out):
     )
 
 
-def count(proc, out, port, seconds):
+def count(proc, out, port, seconds, path="/", script=None):
     """Instructions per request of one instrumented wrk run against `proc`, read from a
     callgrind dump taken right after it (the process is then killed)."""
     try:
-        return _count(proc, out, port, seconds)
+        return _count(proc, out, port, seconds, path, script)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def _count(proc, out, port, seconds):
-    load.wrk(port, "/", 2, 8)  # warm-up: connections, pools, code paths
+def _count(proc, out, port, seconds, path="/", script=None):
+    load.wrk(port, path, 2, 8, (), script)  # warm-up: connections, pools, caches, code paths
     control = ["callgrind_control", str(proc.pid)]
     subprocess.run(control[:1] + ["-i", "on"] + control[1:], check=True, capture_output=True)
-    requests = load.wrk(port, "/", seconds, 8)[0]
+    requests = load.wrk(port, path, seconds, 8, (), script)[0]
     subprocess.run(control[:1] + ["-i", "off"] + control[1:], check=True, capture_output=True)
     subprocess.run(control[:1] + ["--dump"] + control[1:], check=True, capture_output=True)
     proc.kill()
@@ -76,6 +79,8 @@ def main():
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
                     help="another tokengate binary to measure beside target/release's")
     ap.add_argument("--tracing", action="store_true", help="also tokengate with tracing at ratio 0.01 and 1.0")
+    ap.add_argument("--token", action="store_true",
+                    help="also the token route (load.py's ContactsManager route, HS256, warm auth cache)")
     args = ap.parse_args()
     others = [tuple(a.split("=", 1)) for a in args.also]
     for tool in ("valgrind", "callgrind_control", "nginx", "wrk"):
@@ -97,6 +102,11 @@ def main():
             with open(conf, "w") as f:
                 f.write(base + f"tracing: {{ exporter: otlp, endpoint: '{collector}', sampler: {sampler} }}\n")
             configs.append((name, os.path.join(load.RELEASE, "tokengate"), conf))
+    if args.token:
+        conf = os.path.join(workdir, "tokengate-token.yaml")
+        with open(conf, "w") as f:
+            f.write(base + load.TOKEN_ROUTE.format(cache="false"))
+        configs.append(("token", os.path.join(load.RELEASE, "tokengate"), conf))
     backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
                                 f"127.0.0.1:{load.BACKEND_PORT}"])
     results = {"nginx": []}
@@ -114,7 +124,8 @@ def main():
                 proc = under_callgrind([binary, "run", "--config", conf, "--workers", "1", "--log-level", "warn"],
                                        out)
                 load.wait_port(load.TG_PORT, timeout=30)
-                results[name].append(count(proc, out, load.TG_PORT, args.seconds))
+                path, script = ("/generate-token", "post.lua") if name == "token" else ("/", None)
+                results[name].append(count(proc, out, load.TG_PORT, args.seconds, path, script))
                 time.sleep(0.5)
     finally:
         load.stop(backend)
@@ -127,6 +138,8 @@ def main():
             print(f"ratio {name}/nginx: {statistics.median(results[name]) / statistics.median(results['nginx']):.2f}")
     for name, _ in others:
         print(f"ratio tokengate/{name}: {statistics.median(results['tokengate']) / statistics.median(results[name]):.3f}")
+    if args.token:
+        print(f"token route / forwarded request: {statistics.median(results['token']) / statistics.median(results['tokengate']):.2f}")
     for name in ("ratio 0.01", "ratio 1.0") if args.tracing else ():
         print(f"tracing {name} / off: {statistics.median(results[name]) / statistics.median(results['tokengate']):.3f}")
 

@@ -101,10 +101,12 @@ def measure(port, pids, path, seconds, connections, headers=(), script=None, she
     return {"rps": rps, "p99": p99, "cpu_us": cpu_us, "shed": shed / requests * 100}
 
 
-def nginx_conf(workdir, workers, master=True):
-    """nginx as the baseline: upstream keepalive, HTTP/1.1 to the backend, no access log.
-    `master=False` runs the one worker in the foreground process (for callgrind)."""
-    conf = os.path.join(workdir, f"nginx-{workers}{'' if master else '-single'}.conf")
+def nginx_conf(workdir, workers, master=True, buffering=False):
+    """nginx as the baseline: upstream keepalive, HTTP/1.1 to the backend, no access log,
+    responses streamed as tokengate does (`buffering`: nginx's default, whole responses read
+    into its buffers first). `master=False` runs the one worker in the foreground process (for
+    callgrind)."""
+    conf = os.path.join(workdir, f"nginx-{workers}{'' if master else '-single'}{'-buffered' if buffering else ''}.conf")
     with open(conf, "w") as f:
         f.write(f"""
 worker_processes {workers};
@@ -124,7 +126,7 @@ http {{
       proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_buffering off;
+      proxy_buffering {'on' if buffering else 'off'};
     }}
   }}
 }}
@@ -132,8 +134,8 @@ http {{
     return conf
 
 
-def start_nginx(workdir, workers):
-    conf = nginx_conf(workdir, workers)
+def start_nginx(workdir, workers, buffering=False):
+    conf = nginx_conf(workdir, workers, buffering=buffering)
     proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
     wait_port(NGINX_PORT)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -269,11 +271,11 @@ def forward_auth_scenario(args, workdir):
         finally:
             stop(tg)
     print(f"\n== forward auth: nginx (1 worker) alone, and asking tokengate (1 worker) with the shipped auth_request snippets")
-    print(f"{'target':<12}{'req/s':>10}{'p99 ms':>9}{'nginx CPU µs/req':>18}{'tokengate CPU µs':>18}   (medians of {args.rounds} rounds)")
+    print(f"{'target':<16}{'req/s':>10}{'p99 ms':>9}{'nginx CPU µs/req':>18}{'tokengate CPU µs':>18}   (medians of {args.rounds} rounds)")
     for name in ("nginx", "nginx+auth"):
         rows = results[name]
         tg_us = f"{median(rows, 'tg_us'):>18.1f}" if name == "nginx+auth" else f"{'-':>18}"
-        print(f"{name:<12}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>18.1f}{tg_us}")
+        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>18.1f}{tg_us}")
     alone, auth, token = results["nginx"], results["nginx+auth"], results["token warm"]
     print(f"p99 added by the decision: {median(auth, 'p99') - median(alone, 'p99'):.2f} ms "
           f"({median(auth, 'p99') / median(alone, 'p99'):.2f}x); requests/s {median(auth, 'rps') / median(alone, 'rps'):.2f}x")
@@ -511,12 +513,40 @@ def median(rows, key):
 
 def report(title, results, baseline="nginx", subject="tokengate"):
     print(f"\n{title}")
-    print(f"{'target':<12}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {len(results[subject])} rounds)")
+    print(f"{'target':<16}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {len(results[subject])} rounds)")
     for name, rows in results.items():
-        print(f"{name:<12}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
     b, s = results[baseline], results[subject]
     print(f"ratio {subject}/{baseline}: req/s {median(s, 'rps') / median(b, 'rps'):.2f}, "
           f"p99 {median(s, 'p99') / median(b, 'p99'):.2f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.2f}")
+
+
+def forwarding(args, workdir, workers, path, connections):
+    """direct, nginx and tokengate forwarding GET `path` (`/`: 2 bytes, `/1m`: 1 MiB), interleaved.
+    For 1 MiB, nginx also with its default `proxy_buffering on` (it reads the whole response
+    into its buffers, then writes it out), beside the streaming one."""
+    large = path != "/"
+    nginxes = [("nginx", False)] + ([("nginx buffered", True)] if large else [])
+    results = {"direct": []} | {name: [] for name, _ in nginxes} | {"tokengate": []}
+    for _ in range(args.rounds):
+        results["direct"].append(measure(BACKEND_PORT, [], path, args.seconds, connections))
+        for name, buffering in nginxes:
+            proc, pids = start_nginx(workdir, workers, buffering)
+            try:
+                results[name].append(measure(NGINX_PORT, pids, path, args.seconds, connections))
+            finally:
+                stop(proc)
+        proc, pids = start_tokengate(workdir, workers)
+        try:
+            results["tokengate"].append(measure(TG_PORT, pids, path, args.seconds, connections))
+        finally:
+            stop(proc)
+    what = f"forwarding 1 MiB responses (wrk -c{connections})" if large else "forwarding"
+    report(f"== {what}, {workers} worker(s) each", results)
+    if large:
+        b, s = results["nginx buffered"], results["tokengate"]
+        print(f"ratio tokengate/nginx buffered: req/s {median(s, 'rps') / median(b, 'rps'):.2f}, "
+              f"p99 {median(s, 'p99') / median(b, 'p99'):.2f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.2f}")
 
 
 def main():
@@ -526,7 +556,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--ledgers", default="", help="ledger scenario: comma-separated queued, commit, pg (default: all)")
-    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, token, forward_auth, reload, ledger, hsm")
+    ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, large (1 MiB responses), token, forward_auth, reload, ledger, hsm")
     args = ap.parse_args()
     args.scenarios = args.scenarios.split(",")
 
@@ -548,20 +578,9 @@ def main():
         if "hsm" in args.scenarios:
             hsm_scenario(args, workdir)
         for workers in ([int(w) for w in args.workers.split(",")] if "forward" in args.scenarios else []):
-            results = {"direct": [], "nginx": [], "tokengate": []}
-            for _ in range(args.rounds):
-                results["direct"].append(measure(BACKEND_PORT, [], "/", args.seconds, args.connections))
-                proc, pids = start_nginx(workdir, workers)
-                try:
-                    results["nginx"].append(measure(NGINX_PORT, pids, "/", args.seconds, args.connections))
-                finally:
-                    stop(proc)
-                proc, pids = start_tokengate(workdir, workers)
-                try:
-                    results["tokengate"].append(measure(TG_PORT, pids, "/", args.seconds, args.connections))
-                finally:
-                    stop(proc)
-            report(f"== forwarding, {workers} worker(s) each", results)
+            forwarding(args, workdir, workers, "/", args.connections)
+        for workers in ([int(w) for w in args.workers.split(",")] if "large" in args.scenarios else []):
+            forwarding(args, workdir, workers, "/1m", 10)
     finally:
         stop(backend)
 

@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+static ONE_MIB: [u8; 1 << 20] = [b'x'; 1 << 20];
+
 async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/ws" && req.headers().contains_key(header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut req);
@@ -41,6 +43,8 @@ async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         "/api/me" => {
             (Bytes::from_static(br#"{"id":"user-123","name":"Alice","email":"alice@example.com"}"#), "application/json")
         }
+        // The large-body case of `benches/load.py --scenarios large`.
+        "/1m" => (Bytes::from_static(&ONE_MIB), "application/octet-stream"),
         _ => (Bytes::from_static(b"ok"), "text/plain"),
     };
     let mut resp = Response::new(Full::new(body));

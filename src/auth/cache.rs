@@ -1,6 +1,6 @@
-//! The auth cache: per credential, keyed by an HMAC of the forwarded credential headers under a
-//! per-process random key (never the raw values), so one caller's identity cannot be served
-//! to another. Concurrent misses for one key make one hook call. Allows live `ttl`, denies
+//! The auth cache: per credential, keyed by a MAC (keyed BLAKE3) of the forwarded credential
+//! headers under a per-process random key (never the raw values), so one caller's identity
+//! cannot be served to another. Concurrent misses for one key make one hook call. Allows live `ttl`, denies
 //! `negative_ttl`; failures are never cached. Allows and denies are bounded apart
 //! (`max_entries`, `max_negative_entries`): a flood of bad credentials evicts other bad
 //! credentials, never a real user's session.
@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use http::{HeaderMap, HeaderName};
 
@@ -25,7 +24,7 @@ enum Miss {
 
 /// Bounded caches of auth decisions.
 pub struct AuthCache {
-    key: hmac::Key,
+    key: [u8; 32],
     allows: moka::future::Cache<[u8; 32], Arc<Identity>>,
     denies: moka::future::Cache<[u8; 32], ()>,
 }
@@ -41,7 +40,7 @@ impl AuthCache {
         let mut secret = [0u8; 32];
         SystemRandom::new().fill(&mut secret).map_err(|_| "the system random number generator failed".to_owned())?;
         Ok(Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            key: secret,
             allows: moka::future::Cache::builder()
                 .max_capacity(max_entries)
                 .time_to_live(ttl)
@@ -54,22 +53,20 @@ impl AuthCache {
         })
     }
 
-    /// The cache key of a request: HMAC over the names and values of the forwarded headers.
+    /// The cache key of a request: a MAC over the names and values of the forwarded headers,
+    /// each value length-prefixed so that no two header sets hash the same input.
     pub fn key(&self, names: &[HeaderName], headers: &HeaderMap) -> [u8; 32] {
-        let mut ctx = hmac::Context::with_key(&self.key);
+        let mut mac = blake3::Hasher::new_keyed(&self.key);
         for name in names {
-            ctx.update(name.as_str().as_bytes());
-            ctx.update(&[0]);
+            mac.update(name.as_str().as_bytes());
+            mac.update(&[0]);
             for value in headers.get_all(name) {
-                ctx.update(&(value.len() as u64).to_be_bytes());
-                ctx.update(value.as_bytes());
+                mac.update(&(value.len() as u64).to_be_bytes());
+                mac.update(value.as_bytes());
             }
-            ctx.update(&[0xff]);
+            mac.update(&[0xff]);
         }
-        let tag = ctx.sign();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&tag.as_ref()[..32]);
-        out
+        *mac.finalize().as_bytes()
     }
 
     /// The cached decision, or the result of `call` (run once for concurrent misses).

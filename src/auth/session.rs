@@ -127,7 +127,7 @@ fn shared_entry(entry: Value) -> Option<Option<Arc<Identity>>> {
 
 impl SessionHook {
     /// What the Redis key of a request's credentials is made of: the hook's shape and every
-    /// forwarded header's name and values (the key is their HMAC, never the values).
+    /// forwarded header's name and values (the key is their MAC, never the values).
     fn credential<'a>(&'a self, scope: &'a str, headers: &'a HeaderMap) -> Vec<&'a [u8]> {
         let mut parts = vec![scope.as_bytes()];
         for name in &self.forward {

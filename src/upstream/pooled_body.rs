@@ -99,8 +99,7 @@ fn poll_own(
             Decoded::End => return Poll::Ready(None),
             Decoded::NeedMore => {}
         }
-        conn.reserve();
-        if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read))? == 0 {
+        if ready!(conn.poll_read_body(cx))? == 0 {
             decoder.eof()?;
             return Poll::Ready(None);
         }
