@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -20,9 +20,10 @@ pub type PooledBody = crate::upstream::pooled_body::PooledBody<UpstreamBody>;
 /// A response: an upstream body streamed through, or one made by tokengate.
 pub type Body = Either<PooledBody, Full<Bytes>>;
 
-/// A request's body as the handlers see it: a client's streamed body (HTTP/2, or a request with
-/// a body), or none (a body-less HTTP/1.1 request served by `server::h1`).
-pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
+/// A request's body as the handlers see it: a client's streamed body (HTTP/2, or an HTTP/1.1
+/// request hyper serves), or one already whole (an HTTP/1.1 request `server::h1` serves: none,
+/// or a small body that came with its head).
+pub type RequestBody = Either<ClientBody, Full<Bytes>>;
 
 /// A request to the upstream: the client's body streamed through, or one made by tokengate.
 pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;

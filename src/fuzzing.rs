@@ -61,7 +61,7 @@ impl Forwarder {
         let mut relayed = BytesMut::new();
         let stamp = crate::proxy::relay::Stamp { id: &id.value, generated: id.generated, traceparent: None };
         self.proxy.encode(&head, &self.conn, stamp, &mut relayed);
-        let mut req = head.to_request(http_body_util::Either::Right(http_body_util::Empty::new()))?;
+        let mut req = head.to_request(http_body_util::Either::Right(http_body_util::Full::default()))?;
         req.headers_mut().remove(name);
         req.headers_mut().insert(name.clone(), id.value.clone());
         let req = self.proxy.upstream_request(req, &self.conn, false);

@@ -2,7 +2,8 @@
 //!
 //! A string that is exactly one `{{ … }}` keeps the JSON type of its value; a mixed string is
 //! text. Inside, `a | b | "literal"`: the first source present and non-empty wins. Values are
-//! inserted as data (a JSON tree is built), never spliced into JSON text.
+//! inserted as data (a JSON tree is built, or JSON text written with every value serialized
+//! and every string escaped), never spliced into JSON text.
 
 use serde_json::{Map, Value};
 
@@ -148,6 +149,60 @@ impl Template {
         })
     }
 
+    /// Renders straight to JSON text: the bytes `render` then `serde_json::to_writer` would
+    /// give, without building the tree (an object's fields written as they render, strings
+    /// escaped as they go). A token's claims and a route's response take this path.
+    pub fn write_json(&self, ctx: &dyn Lookup, out: &mut Vec<u8>) -> Result<(), Missing> {
+        match self {
+            Template::Const(v) => write_value(out, v),
+            Template::Exact(e) => write_value(out, &e.eval(ctx)?),
+            Template::Mixed(parts) => {
+                out.push(b'"');
+                for p in parts {
+                    match p {
+                        Part::Text(t) => write_escaped(out, t),
+                        Part::Expr(e) => match e.eval(ctx)? {
+                            Value::String(s) => write_escaped(out, &s),
+                            other => write_escaped(out, &other.to_string()),
+                        },
+                    }
+                }
+                out.push(b'"');
+            }
+            Template::Object(fields) => {
+                out.push(b'{');
+                for (i, (k, t)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_str(out, k);
+                    out.push(b':');
+                    t.write_json(ctx, out)?;
+                }
+                out.push(b'}');
+            }
+            Template::Array(items) => {
+                out.push(b'[');
+                for (i, t) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    t.write_json(ctx, out)?;
+                }
+                out.push(b']');
+            }
+        }
+        Ok(())
+    }
+
+    /// An object template without the fields `drop` names (claims the minter sets itself).
+    pub fn without_fields(self, drop: impl Fn(&str) -> bool) -> Self {
+        match self {
+            Template::Object(fields) => Template::Object(fields.into_iter().filter(|(k, _)| !drop(k)).collect()),
+            other => other,
+        }
+    }
+
     /// Every source this template reads, in order (for cache keys).
     pub fn sources(&self, out: &mut Vec<Source>) {
         match self {
@@ -182,6 +237,48 @@ impl Expr {
         let first = self.alternatives.first().map(Source::field_name).unwrap_or_default();
         Err(Missing(first))
     }
+}
+
+/// A JSON value as serde_json writes it.
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => write_str(out, s),
+        // Writing a `Value` into a Vec cannot fail.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}
+
+/// A JSON string: quoted and escaped.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_escaped(out, s);
+    out.push(b'"');
+}
+
+/// The inside of a JSON string. Most strings (ids, tokens, timestamps) need no escape: one pass
+/// finds that out, and their bytes are copied as they are; the others take serde_json's
+/// escaping (`"`, `\` and control characters; nothing else).
+fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    if !needs_escape(s.as_bytes()) {
+        out.extend_from_slice(s.as_bytes());
+    } else if let Ok(quoted) = serde_json::to_string(s) {
+        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+    }
+}
+
+/// Whether a JSON string needs an escape. Checked 16 bytes at a time with no early exit
+/// inside a block, which the compiler turns into vector compares (a token is ~300 bytes).
+fn needs_escape(bytes: &[u8]) -> bool {
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        if block.iter().fold(false, |any, &b| any | escaped(b)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| escaped(b))
 }
 
 fn compile_str(s: &str, scope: Scope) -> Result<Template, String> {
@@ -343,6 +440,44 @@ mod tests {
         assert_eq!(render(json!("{{ body.device | {} }}"), ctx.clone()).unwrap(), json!({}));
         assert_eq!(render(json!("{{ body.n | 0 }}"), ctx.clone()).unwrap(), json!(0));
         assert_eq!(render(json!("{{ body.userId }}"), ctx).unwrap_err(), Missing("userId".into()));
+    }
+
+    #[test]
+    fn escapes_are_found_anywhere_in_a_block() {
+        assert!(!needs_escape("a".repeat(40).as_bytes()));
+        for at in 0..40 {
+            for bad in [b'"', b'\\', b'\n', 0x1f, 0] {
+                let mut s = vec![b'a'; 40];
+                s[at] = bad;
+                assert!(needs_escape(&s), "{bad} at {at}");
+            }
+        }
+    }
+
+    /// `write_json` writes what serializing `render`'s tree writes, escapes and errors included.
+    #[test]
+    fn written_json_is_the_rendered_tree_serialized() {
+        let ctx = json!({
+            "user": {"id": "u1", "n": 5, "f": 1.5, "name": "a \"q\" \\ \n\u{1} é ☃", "custom": {"a": [1, "x\ty"], "b": null}},
+            "body": {"deviceInfo": {"os": "iOS"}, "empty": ""}
+        });
+        let templates = [
+            json!({"sub": "{{ user.id }}", "n": "{{ user.n }}", "f": "{{ user.f }}", "c": "{{ user.custom }}"}),
+            json!({"mixed": "id={{ user.id }}, n={{ user.n }}, c={{ user.custom }}, name={{ user.name }}"}),
+            json!({"name": "{{ user.name }}", "k\"ey": "v\u{7}", "lit": [1, true, null, {"x": "{{ body.empty | 'd' }}"}]}),
+            json!(["{{ body.deviceInfo }}", "{{ body.missing | {} }}", "{{ uuid }}", 2.25, -3]),
+            json!("{{ user.name }}"),
+            json!({}),
+        ];
+        for t in templates {
+            let compiled = Template::compile(&t, Scope::Response, "t").unwrap();
+            let mut written = Vec::new();
+            compiled.write_json(&Ctx(ctx.clone()), &mut written).unwrap();
+            let expected = serde_json::to_vec(&compiled.render(&Ctx(ctx.clone())).unwrap()).unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap(), "{t}");
+        }
+        let missing = Template::compile(&json!({"a": "x", "b": "{{ body.userId }}"}), Scope::Response, "t").unwrap();
+        assert_eq!(missing.write_json(&Ctx(ctx), &mut Vec::new()), Err(Missing("userId".into())));
     }
 
     #[test]

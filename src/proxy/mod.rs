@@ -135,7 +135,7 @@ impl Proxy {
 
         let body = match body {
             Either::Left(streamed) => Either::Left(streamed.with_trailer_filter(self.trailers.clone())),
-            Either::Right(_none) => Either::Right(Default::default()),
+            Either::Right(whole) => Either::Right(whole),
         };
         Request::from_parts(parts, body)
     }

@@ -1,10 +1,12 @@
-//! HTTP/1.1 served without hyper, for what most traffic is: requests without a body. Head
-//! parsed in place, the handler awaited in the connection's own task, the response head and
-//! its first body bytes written in one call. Forwarded requests are relayed from the head's
-//! bytes (`Service::relay`); the others become an `http::Request`. Anything else — a request
-//! with a body, `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a head that does not parse
-//! or is too large — hands the connection, with every byte read so far, to hyper for the rest
-//! of its life, so those cases keep hyper's handling (100-continue, upgrades, 400 and 431).
+//! HTTP/1.1 served without hyper, for what most traffic is: requests without a body, and small
+//! bodies that came whole with their head (a token route's JSON). Head parsed in place, the
+//! handler awaited in the connection's own task, the response head and its first body bytes
+//! written in one call. Body-less forwarded requests are relayed from the head's bytes
+//! (`Service::relay`); the others become an `http::Request`. Anything else — a body that is
+//! chunked, large or not all read yet, `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a
+//! head that does not parse or is too large — hands the connection, with every byte read so
+//! far, to hyper for the rest of its life, so those cases keep hyper's handling (streaming,
+//! the body timeout, 100-continue, upgrades, 400 and 431).
 //! The response is written by `wire::writer`.
 
 use std::mem::MaybeUninit;
@@ -30,6 +32,10 @@ const READ_BUFFER: usize = 1024;
 
 /// A request's write buffer to begin with (a typical answer's head and small body fit).
 const WRITE_BUFFER: usize = 1024;
+
+/// The largest body the fast path takes, when all of it came with the head (nginx's
+/// `client_body_buffer_size` is 8 or 16 KiB).
+const SMALL_BODY: usize = 16 * 1024;
 
 /// How a connection left the fast path.
 pub enum Outcome<I> {
@@ -65,12 +71,12 @@ pub async fn serve<I: ClientIo, S: Service>(
         timer.as_mut().reset(tokio::time::Instant::now() + wait);
         let mut idle = !first && buf.is_empty();
         first = false;
-        let (head, info) = loop {
+        let (head, info, body) = loop {
             // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
             // inline), and an idle connection's task would carry that room while it waits.
             // Nothing is awaited inside this match: its scrutinee would stay alive across it.
             let refused = match step(&mut buf, max_header_bytes, &mut idle) {
-                Step::Answer(head, info) => break (head, info),
+                Step::Answer(head, info, body) => break (head, info, body),
                 Step::Refuse(method, refusal) => Some((method, refusal)),
                 Step::Handoff => return Outcome::Handoff(io, buf.freeze()),
                 Step::ReadMore { head_begun } => {
@@ -108,7 +114,7 @@ pub async fn serve<I: ClientIo, S: Service>(
         // idle connection's and exists only while a request is in flight.
         // In a statement of its own: a temporary lives to the end of its statement, and the
         // unboxed future alive across the await would be in every idle connection's task.
-        let answering = Box::pin(answer(&mut io, conn, service, head, info, &mut buf, stop));
+        let answering = Box::pin(answer(&mut io, conn, service, FastRequest { head, body }, info, &mut buf, stop));
         match answering.await {
             Answered::KeepAlive => {}
             Answered::Closed => return Outcome::Closed,
@@ -125,8 +131,8 @@ pub async fn serve<I: ClientIo, S: Service>(
 // Not boxed: returned once and taken apart at once, never held across an await.
 #[allow(clippy::large_enum_variant)]
 enum Step {
-    /// A head the fast path answers, taken off the front of the buffer.
-    Answer(RequestHead, RequestInfo),
+    /// A head the fast path answers and its body (if any), taken off the front of the buffer.
+    Answer(RequestHead, RequestInfo, Bytes),
     /// A head `admission` refuses.
     Refuse(Method, admission::Refusal),
     /// For hyper, from the first byte read.
@@ -149,12 +155,23 @@ fn step(buf: &mut BytesMut, max_header_bytes: usize, idle: &mut bool) -> Step {
                 return Step::Refuse(head.method, refusal);
             }
             match fast_path(&head, buf) {
-                Some(info) => Step::Answer(head.take(buf), info),
+                // In one expression: a head in a local is one more copy of it (~600 bytes).
+                Some((info, body_len)) => Step::Answer(head.take(buf), info, take_body(buf, body_len)),
                 None => Step::Handoff,
             }
         }
         Parsed::Partial if buf.len() < max_header_bytes => Step::ReadMore { head_begun },
         Parsed::Partial | Parsed::Invalid => Step::Handoff,
+    }
+}
+
+/// The body at the front of `buf` (after its head was taken).
+fn take_body(buf: &mut BytesMut, len: usize) -> Bytes {
+    // Not `split_to(0)` when there is none: it would make the buffer shared.
+    if len == 0 {
+        Bytes::new()
+    } else {
+        buf.split_to(len).freeze()
     }
 }
 
@@ -166,17 +183,23 @@ enum Answered {
     Handoff(Bytes),
 }
 
+/// A request the fast path took: its head, and its body (often empty).
+struct FastRequest {
+    head: RequestHead,
+    body: Bytes,
+}
+
 /// Answers one request the fast path took and writes the answer.
 async fn answer<I: ClientIo, S: Service>(
     io: &mut I,
     conn: &ConnInfo,
     service: &S,
-    head: RequestHead,
+    req: FastRequest,
     info: RequestInfo,
     buf: &mut BytesMut,
     stop: &CancellationToken,
 ) -> Answered {
-    let reply = match reply_for(service, conn, head, buf).await {
+    let reply = match reply_for(service, conn, req, buf).await {
         Ok(reply) => reply,
         Err(read) => return Answered::Handoff(read),
     };
@@ -202,24 +225,28 @@ async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: Method
 }
 
 /// The answer to one request the fast path took; Err: for hyper after all, with these bytes
-/// first. Takes the head by value, so that it is gone before the answer is written.
+/// first. Takes the request by value, so that it is gone before the answer is written.
 async fn reply_for<S: Service>(
     service: &S,
     conn: &ConnInfo,
-    head: RequestHead,
+    FastRequest { head, body }: FastRequest,
     buf: &mut BytesMut,
 ) -> Result<Reply, Bytes> {
-    if let Some(relayed) = service.relay(&head, conn) {
-        return Ok(relayed.await);
+    if body.is_empty() {
+        if let Some(relayed) = service.relay(&head, conn) {
+            return Ok(relayed.await);
+        }
     }
-    match head.to_request(http_body_util::Either::Right(http_body_util::Empty::new())) {
+    let whole = body.clone();
+    match head.to_request(http_body_util::Either::Right(http_body_util::Full::new(whole))) {
         // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and its
         // state would double every request's.
         Some(req) => Ok(Reply::Response(Box::pin(service.call(req, conn.clone())).await)),
         None => {
             // Put the head back in front of what follows it: hyper answers it (400).
-            let mut all = BytesMut::with_capacity(head.bytes.len() + buf.len());
+            let mut all = BytesMut::with_capacity(head.bytes.len() + body.len() + buf.len());
             all.put_slice(&head.bytes);
+            all.put_slice(&body);
             all.put_slice(buf);
             Err(all.freeze())
         }
@@ -270,18 +297,26 @@ async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut) -> std::io::Resu
     io.read_buf(buf).await
 }
 
-/// What the response writer needs to know of a request the fast path takes; None when the
-/// request is for hyper: a body, an interim answer or a protocol switch.
-fn fast_path(head: &RequestHead, buf: &[u8]) -> Option<RequestInfo> {
+/// What the response writer needs to know of a request the fast path takes, and the length of
+/// its body; None when the request is for hyper: a body that is chunked, larger than
+/// `SMALL_BODY` or not all in `buf` yet, an interim answer or a protocol switch.
+fn fast_path(head: &RequestHead, buf: &[u8]) -> Option<(RequestInfo, usize)> {
     if head.method == Method::CONNECT {
         return None;
     }
     let http10 = head.version == Version::HTTP_10;
     let mut info = RequestInfo { head: head.method == Method::HEAD, keep_alive: !http10, http10, trailers: false };
+    let mut body_len = None;
     for f in &head.fields {
         let value = f.value(buf);
         match f.known {
-            Known::ContentLength if value != b"0" => return None,
+            Known::ContentLength => {
+                let len = fields::parse_length(value).and_then(|n| usize::try_from(n).ok())?;
+                if body_len.is_some_and(|seen| seen != len) || len > SMALL_BODY {
+                    return None;
+                }
+                body_len = Some(len);
+            }
             Known::TransferEncoding | Known::Upgrade | Known::Expect => return None,
             Known::Connection => {
                 for token in fields::tokens(value) {
@@ -296,5 +331,6 @@ fn fast_path(head: &RequestHead, buf: &[u8]) -> Option<RequestInfo> {
             _ => {}
         }
     }
-    Some(info)
+    let body_len = body_len.unwrap_or(0);
+    (buf.len() >= head.head_len() + body_len).then_some((info, body_len))
 }

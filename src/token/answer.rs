@@ -5,7 +5,7 @@ use http::Response;
 
 use super::mint::Minted;
 use super::request::Values;
-use super::respond::respond;
+use super::respond::render;
 use super::{record, Record, Route};
 use crate::auth::Identity;
 use crate::body::Body;
@@ -45,8 +45,8 @@ impl Route {
             Err(e) => return self.error(&e, &values),
         };
         let values = Values { tokens: &issued.named, first: issued.first, ..values };
-        match self.response.body.render(&values) {
-            Ok(rendered) => respond(&self.response, self.response.status, &rendered),
+        match render(&self.response, self.response.status, &values) {
+            Ok(resp) => resp,
             Err(missing) => self.error(&Error::InvalidRequest(missing.to_string()), &values),
         }
     }

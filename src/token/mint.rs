@@ -62,6 +62,14 @@ impl Lookup for WithKey<'_> {
     }
 }
 
+/// `"name":value` of a numeric claim.
+fn put_number(out: &mut Vec<u8>, name: &str, value: u64) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
 fn key_field<'k>(key: &'k SigningKey, field: &str) -> Option<&'k str> {
     match field {
         "id" => Some(&key.id),
@@ -77,8 +85,10 @@ impl TokenSpec {
             .get(&cfg.key)
             .cloned()
             .ok_or_else(|| FieldError::new(format!("{at}.key"), format!("no key with id {:?}", cfg.key)))?;
+        // `iat`, `exp` (and with `not_before`, `nbf`) are the minter's: a template's are dropped.
         let claims = Template::compile(&Value::Object(cfg.claims.clone()), Scope::Claims, &format!("{at}.claims"))
-            .map_err(|(path, reason)| FieldError::new(path, reason))?;
+            .map_err(|(path, reason)| FieldError::new(path, reason))?
+            .without_fields(|k| k == "iat" || k == "exp" || (cfg.not_before && k == "nbf"));
         let mut header = Map::new();
         header.insert("alg".into(), Value::String(key.algorithm.name().into()));
         header.insert("typ".into(), Value::String("JWT".into()));
@@ -167,26 +177,34 @@ impl TokenSpec {
         note: Option<&[String]>,
     ) -> Result<(String, u64, u64, Option<Noted>), Error> {
         let values = WithKey { key: &self.key, values };
-        let mut claims = match self.claims.render(&values).map_err(|m| Error::InvalidRequest(m.to_string()))? {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        // The claims written as JSON text at once (no tree), then the times.
+        let mut payload = Vec::with_capacity(256);
+        self.claims.write_json(&values, &mut payload).map_err(|m| Error::InvalidRequest(m.to_string()))?;
         let iat = now.saturating_add_signed(self.iat_offset);
         let exp = iat + self.ttl;
-        claims.insert("iat".into(), Value::from(iat));
-        claims.insert("exp".into(), Value::from(exp));
-        if self.not_before {
-            claims.insert("nbf".into(), Value::from(iat));
+        payload.pop(); // the object's closing brace
+        if payload.len() > 1 {
+            payload.push(b',');
         }
-        let noted = note.map(|names| Noted {
-            jti: claims.get("jti").map(crate::ledger::claim_text),
-            claims: names
-                .iter()
-                .filter_map(|n| claims.get(n).map(|v| (n.clone(), crate::ledger::claim_text(v))))
-                .collect(),
+        put_number(&mut payload, "iat", iat);
+        payload.push(b',');
+        put_number(&mut payload, "exp", exp);
+        if self.not_before {
+            payload.push(b',');
+            put_number(&mut payload, "nbf", iat);
+        }
+        payload.push(b'}');
+        // The ledger's view of the claims, read back from what is signed.
+        let noted = note.map(|names| {
+            let claims: Map<String, Value> = serde_json::from_slice(&payload).unwrap_or_default();
+            Noted {
+                jti: claims.get("jti").map(crate::ledger::claim_text),
+                claims: names
+                    .iter()
+                    .filter_map(|n| claims.get(n).map(|v| (n.clone(), crate::ledger::claim_text(v))))
+                    .collect(),
+            }
         });
-        // A JSON map always serializes.
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
         let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
         token.push_str(&self.header_prefix);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
@@ -260,6 +278,19 @@ mod tests {
         assert_eq!(claims["k"], "k/k");
         let err = try_spec("s", serde_json::json!({"iss": "{{ key.client_email }}"})).unwrap_err();
         assert!(err.reason.contains("only service_account_file keys"), "{err:?}");
+    }
+
+    fn payload(minted: &Minted) -> Value {
+        let payload = minted.token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_times_are_the_minters_whatever_the_claims_say() {
+        let mint = |claims| spec("s", claims).mint(&Ctx, 1000).now_or_never().unwrap().unwrap();
+        let claims = payload(&mint(serde_json::json!({"iat": 1, "sub": "{{ user.id }}", "exp": "x", "nbf": 5})));
+        assert_eq!(claims, serde_json::json!({"sub": "u1", "nbf": 5, "iat": 1000, "exp": 4600}));
+        assert_eq!(payload(&mint(serde_json::json!({}))), serde_json::json!({"iat": 1000, "exp": 4600}));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::request::Values;
 use super::{Rendered, Route};
 use crate::body::{self, Body};
 use crate::error::{add_error_headers, Error};
+use crate::template::Missing;
 
 impl Route {
     /// The error in this route's `error_response` shape (or the default JSON body).
@@ -24,10 +25,7 @@ impl Route {
                     first: None,
                     ..*values
                 };
-                match shape.body.render(&ctx) {
-                    Ok(rendered) => respond(shape, status, &rendered),
-                    Err(_) => crate::error::rescue(err),
-                }
+                render(shape, status, &ctx).unwrap_or_else(|_| crate::error::rescue(err))
             }
             None => crate::error::rescue(err),
         };
@@ -36,13 +34,20 @@ impl Route {
     }
 }
 
-/// The rendered value as a response with the shape's content type and headers.
-pub(super) fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) -> Response<Body> {
-    let is_json = shape.content_type.as_bytes().starts_with(b"application/json");
-    let bytes = match rendered {
-        Value::String(s) if !is_json => s.clone().into_bytes(),
-        // A JSON value always serializes.
-        other => serde_json::to_vec(other).unwrap_or_default(),
+/// The shape rendered for `values`, as a response with its content type and headers. A JSON
+/// shape is written as JSON text at once; any other renders a value first (text goes out as
+/// it is).
+pub(super) fn render(shape: &Rendered, status: StatusCode, values: &Values<'_>) -> Result<Response<Body>, Missing> {
+    let bytes = if shape.content_type.as_bytes().starts_with(b"application/json") {
+        let mut bytes = Vec::with_capacity(512);
+        shape.body.write_json(values, &mut bytes)?;
+        bytes
+    } else {
+        match shape.body.render(values)? {
+            Value::String(s) => s.into_bytes(),
+            // A JSON value always serializes.
+            other => serde_json::to_vec(&other).unwrap_or_default(),
+        }
     };
     let mut resp = Response::new(body::full(bytes));
     *resp.status_mut() = status;
@@ -52,5 +57,5 @@ pub(super) fn respond(shape: &Rendered, status: StatusCode, rendered: &Value) ->
     for (k, v) in &shape.headers {
         h.insert(k.clone(), v.clone());
     }
-    resp
+    Ok(resp)
 }

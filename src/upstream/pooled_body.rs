@@ -99,7 +99,7 @@ fn poll_own(
             Decoded::End => return Poll::Ready(None),
             Decoded::NeedMore => {}
         }
-        if ready!(conn.poll_read_body(cx))? == 0 {
+        if ready!(conn.poll_read_body(cx, decoder.expected()))? == 0 {
             decoder.eof()?;
             return Poll::Ready(None);
         }

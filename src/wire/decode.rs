@@ -72,6 +72,14 @@ impl Decoder {
         }
     }
 
+    /// Bytes known to come before the body (or its current chunk) ends; 0 when not known.
+    pub fn expected(&self) -> u64 {
+        match *self {
+            Self::Length(n) | Self::Chunked(Chunked::Data(n)) => n,
+            _ => 0,
+        }
+    }
+
     /// Takes what `buf` holds of the body, one frame at a time.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
         loop {

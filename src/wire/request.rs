@@ -65,6 +65,11 @@ impl RequestHead {
     }
 
     /// Consumes the head's bytes from the front of `buf`, which it was parsed from.
+    /// The length of the head in the buffer it was parsed from.
+    pub fn head_len(&self) -> usize {
+        self.len
+    }
+
     pub fn take(mut self, buf: &mut BytesMut) -> Self {
         self.bytes = buf.split_to(self.len).freeze();
         self

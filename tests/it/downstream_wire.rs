@@ -1,5 +1,6 @@
-//! The client side of HTTP/1.1 on the wire: body-less requests are served by tokengate's own
-//! code, everything else by hyper from that request on. Both must look the same to a client.
+//! The client side of HTTP/1.1 on the wire: body-less requests, and small bodies that came
+//! whole with their head, are served by tokengate's own code, everything else by hyper from
+//! that request on. Both must look the same to a client.
 
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ async fn a_request_with_a_body_after_body_less_ones_on_one_connection() {
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await.unwrap();
     let first = read_for(&mut s, Duration::from_millis(500)).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    // The body and the next request arrive together; hyper takes the connection over.
+    // The body and the next request arrive together (the own code answers both).
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /status/204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -59,6 +60,54 @@ async fn a_request_with_a_body_after_body_less_ones_on_one_connection() {
     assert_eq!(responses(&rest), 2, "{rest}");
     assert!(rest.contains("\"body_len\":5"), "the POST body reached the backend: {rest}");
     assert!(rest.contains("HTTP/1.1 204"), "{rest}");
+}
+
+#[tokio::test]
+async fn bodies_that_come_after_their_head_or_are_large_reach_the_upstream_whole() {
+    let b = backend::spawn().await;
+    let app = spawn_app(&b.url(), "").await;
+    // The head first, the body later: hyper takes the connection over, and the body goes
+    // through (not cut at what had arrived with the head).
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"world").await.unwrap();
+    let out = read_for(&mut s, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"body_len\":10"), "{out}");
+    // Larger than the own code takes, sent whole: hyper streams it.
+    let big = vec![b'x'; 20 * 1024];
+    let mut req =
+        format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", big.len())
+            .into_bytes();
+    req.extend_from_slice(&big);
+    let out = client::raw(app.addr, &req).await;
+    assert!(out.contains(&format!("\"body_len\":{}", big.len())), "{out}");
+}
+
+#[tokio::test]
+async fn a_token_request_with_its_json_body_and_the_next_request_in_one_write() {
+    let b = backend::spawn().await;
+    let yaml = "keys: [{ id: k, algorithm: HS256, secret: s }]\nauth_hooks: { a: { type: none, identity: { id: body:/userId } } }\nroutes: [{ name: r, path: /t, auth: a, tokens: { t: { key: k, ttl: 1m, claims: { sub: '{{ user.id }}', d: '{{ body.device }}' } } }, response: { body: { token: '{{ tokens.t }}', user: '{{ user.id }}' } } }]\n";
+    let app = spawn_app(&b.url(), yaml).await;
+    let body = r#"{"userId":"u-\"1\"","device":{"os":"iOS"}}"#;
+    let wire = format!(
+        "POST /t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}GET /status/204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let out = client::raw(app.addr, wire.as_bytes()).await;
+    assert_eq!(responses(&out), 2, "{out}");
+    let first = out.split("\r\n\r\n").nth(1).unwrap();
+    let first = &first[..first.find("HTTP/1.1 ").unwrap()];
+    let answer: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(answer["user"], "u-\"1\"");
+    let payload = answer["token"].as_str().unwrap().split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["sub"], "u-\"1\"");
+    assert_eq!(claims["d"], serde_json::json!({"os": "iOS"}));
+    assert!(out.contains("HTTP/1.1 204"), "{out}");
 }
 
 #[tokio::test]
