@@ -144,7 +144,8 @@ def main():
                        shell=True, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     subprocess.run(["cargo", "build", "-q", "--release", "--bin", "tokengate", "--example", "bench_backend",
                     "--example", "idle_connections"], cwd=ROOT, check=True)
-    limit = raise_fd_limit(args.large + 2000)
+    # Each WebSocket case holds two sockets per client in the proxy (client and upstream).
+    limit = raise_fd_limit(max(args.large, 2 * args.n) + 2000)
     workdir = tempfile.mkdtemp(prefix="tokengate-conns-")
     backend = subprocess.Popen([os.path.join(RELEASE, "examples", "bench_backend"), f"127.0.0.1:{BACKEND}"])
     try:

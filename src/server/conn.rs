@@ -6,6 +6,7 @@
 //! never answers the GOAWAY's PING cannot hold the shutdown for the whole grace.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::prefixed::Prefixed;
+use super::slots::Slot;
 use super::{h1, ClientIo, ConnSettings, Service};
 use crate::body::{Body, ClientBody};
 use crate::conn_info::ConnInfo;
@@ -33,31 +35,39 @@ use crate::conn_info::ConnInfo;
 /// close before the connection is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// What serving one connection needs.
+/// What serving one connection needs, and its place among the open ones (given back when it
+/// closes).
 pub(super) struct Conn<S> {
     pub settings: Arc<ConnSettings>,
     pub service: S,
     pub stop: CancellationToken,
+    pub _slot: Slot,
 }
 
 impl<S: Service> Conn<S> {
     /// HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (`h2`: ALPN said so) on
     /// hyper from the start.
-    pub async fn serve<I: ClientIo>(self, io: I, info: ConnInfo, h2: bool) {
-        let io = if h2 {
-            Prefixed::new(Bytes::new(), io)
-        } else {
-            match h1::serve(io, &info, &self.service, &self.settings.limits, &self.stop).await {
-                h1::Outcome::Closed => return,
-                h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
-            }
-        };
-        // Boxed: hyper's connection state is several KiB, and every connection's task would
-        // carry it inline, idle fast-path ones too; only the connections handed over need it.
-        // Boxed in a statement of its own: a temporary lives to the end of its statement, and
-        // one alive across the await would put the unboxed state back into the task.
-        let hyper = Box::pin(self.serve_hyper(io, info));
-        hyper.await;
+    ///
+    /// An `async move` block rather than an `async fn`: an async fn's future keeps its
+    /// arguments twice (as passed, and as the locals the body moves them into), and this
+    /// future is most of every idle connection's task.
+    pub fn serve<I: ClientIo>(self, io: I, info: ConnInfo, h2: bool) -> impl Future<Output = ()> + Send {
+        async move {
+            let io = if h2 {
+                Prefixed::new(Bytes::new(), io)
+            } else {
+                match h1::serve(io, &info, &self.service, &self.settings.limits, &self.stop).await {
+                    h1::Outcome::Closed => return,
+                    h1::Outcome::Handoff(io, read) => Prefixed::new(read, io),
+                }
+            };
+            // Boxed: hyper's connection state is several KiB, and every connection's task would
+            // carry it inline, idle fast-path ones too; only the connections handed over need it.
+            // Boxed in a statement of its own: a temporary lives to the end of its statement, and
+            // one alive across the await would put the unboxed state back into the task.
+            let hyper = Box::pin(self.serve_hyper(io, info));
+            hyper.await;
+        }
     }
 
     /// The TLS handshake (within `timeout`), then `serve`.

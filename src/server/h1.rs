@@ -9,6 +9,7 @@
 //! the body timeout, 100-continue, upgrades, 400 and 431).
 //! The response is written by `wire::writer`.
 
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::{ready, Poll};
@@ -51,78 +52,82 @@ pub enum Outcome<I> {
 /// the read buffer is allocated when bytes arrive and released once a request is answered with
 /// nothing after it, and the state of answering a request (the relay, the writing) lives in a
 /// box for that request's time only. An idle connection's task is the few words below.
-pub async fn serve<I: ClientIo, S: Service>(
+///
+/// An `async move` block rather than an `async fn`, which would keep its arguments twice.
+pub fn serve<'a, I: ClientIo, S: Service>(
     mut io: I,
-    conn: &ConnInfo,
-    service: &S,
-    limits: &ConnLimits,
-    stop: &CancellationToken,
-) -> Outcome<I> {
-    let max_header_bytes = limits.max_header_bytes;
-    let mut buf = BytesMut::new();
-    let mut stopped = pin!(stop.cancelled());
-    // The first head must come within `header_read_timeout` of the accept (nginx's
-    // client_header_timeout); later, a connection may idle for `idle_timeout` (its
-    // keepalive_timeout), and then a started head has `header_read_timeout` to finish.
-    let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
-    let mut first = true;
-    loop {
-        let wait = if first || !buf.is_empty() { limits.header_read_timeout } else { limits.idle_timeout };
-        timer.as_mut().reset(tokio::time::Instant::now() + wait);
-        let mut idle = !first && buf.is_empty();
-        first = false;
-        let (head, info, body) = loop {
-            // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
-            // inline), and an idle connection's task would carry that room while it waits.
-            // Nothing is awaited inside this match: its scrutinee would stay alive across it.
-            let refused = match step(&mut buf, max_header_bytes, &mut idle) {
-                Step::Answer(head, info, body) => break (head, info, body),
-                Step::Refuse(method, refusal) => Some((method, refusal)),
-                Step::Handoff => return Outcome::Handoff(io, buf.freeze()),
-                Step::ReadMore { head_begun } => {
-                    if head_begun {
-                        // The idle wait is over and a head has begun: it has
-                        // `header_read_timeout` (most heads arrive whole: then the timer is
-                        // reset once per request).
-                        timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+    conn: &'a ConnInfo,
+    service: &'a S,
+    limits: &'a ConnLimits,
+    stop: &'a CancellationToken,
+) -> impl Future<Output = Outcome<I>> + Send + 'a {
+    async move {
+        let max_header_bytes = limits.max_header_bytes;
+        let mut buf = BytesMut::new();
+        let mut stopped = pin!(stop.cancelled());
+        // The first head must come within `header_read_timeout` of the accept (nginx's
+        // client_header_timeout); later, a connection may idle for `idle_timeout` (its
+        // keepalive_timeout), and then a started head has `header_read_timeout` to finish.
+        let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+        let mut first = true;
+        loop {
+            let wait = if first || !buf.is_empty() { limits.header_read_timeout } else { limits.idle_timeout };
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            let mut idle = !first && buf.is_empty();
+            first = false;
+            let (head, info, body) = loop {
+                // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
+                // inline), and an idle connection's task would carry that room while it waits.
+                // Nothing is awaited inside this match: its scrutinee would stay alive across it.
+                let refused = match step(&mut buf, max_header_bytes, &mut idle) {
+                    Step::Answer(head, info, body) => break (head, info, body),
+                    Step::Refuse(method, refusal) => Some((method, refusal)),
+                    Step::Handoff => return Outcome::Handoff(io, buf.freeze()),
+                    Step::ReadMore { head_begun } => {
+                        if head_begun {
+                            // The idle wait is over and a head has begun: it has
+                            // `header_read_timeout` (most heads arrive whole: then the timer is
+                            // reset once per request).
+                            timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                        }
+                        None
                     }
-                    None
+                };
+                if let Some((method, refusal)) = refused {
+                    // Boxed: rare, and the state of writing would enlarge every connection's.
+                    let refusing = Box::pin(refuse(&mut io, service, method, refusal));
+                    refusing.await;
+                    return Outcome::Closed;
+                }
+                let read = tokio::select! {
+                    biased;
+                    // Between requests, shutdown closes the connection; a head under way finishes.
+                    _ = &mut stopped, if buf.is_empty() => return Outcome::Closed,
+                    _ = &mut timer => return Outcome::Closed,
+                    read = read_more(&mut io, &mut buf) => read,
+                };
+                match read {
+                    Ok(0) if buf.is_empty() => return Outcome::Closed,
+                    // A partial head and EOF: let hyper answer it (400).
+                    Ok(0) => return Outcome::Handoff(io, buf.freeze()),
+                    Ok(_) => {}
+                    Err(_) => return Outcome::Closed,
                 }
             };
-            if let Some((method, refusal)) = refused {
-                // Boxed: rare, and the state of writing would enlarge every connection's.
-                let refusing = Box::pin(refuse(&mut io, service, method, refusal));
-                refusing.await;
-                return Outcome::Closed;
+            // Boxed: the state of answering (the relay's exchange, the writing) is several times an
+            // idle connection's and exists only while a request is in flight.
+            // In a statement of its own: a temporary lives to the end of its statement, and the
+            // unboxed future alive across the await would be in every idle connection's task.
+            let answering = Box::pin(answer(&mut io, conn, service, FastRequest { head, body }, info, &mut buf, stop));
+            match answering.await {
+                Answered::KeepAlive => {}
+                Answered::Closed => return Outcome::Closed,
+                Answered::Handoff(read) => return Outcome::Handoff(io, read),
             }
-            let read = tokio::select! {
-                biased;
-                // Between requests, shutdown closes the connection; a head under way finishes.
-                _ = &mut stopped, if buf.is_empty() => return Outcome::Closed,
-                _ = &mut timer => return Outcome::Closed,
-                read = read_more(&mut io, &mut buf) => read,
-            };
-            match read {
-                Ok(0) if buf.is_empty() => return Outcome::Closed,
-                // A partial head and EOF: let hyper answer it (400).
-                Ok(0) => return Outcome::Handoff(io, buf.freeze()),
-                Ok(_) => {}
-                Err(_) => return Outcome::Closed,
+            if buf.is_empty() {
+                // Nothing pipelined behind it: hold no buffer while idle.
+                buf = BytesMut::new();
             }
-        };
-        // Boxed: the state of answering (the relay's exchange, the writing) is several times an
-        // idle connection's and exists only while a request is in flight.
-        // In a statement of its own: a temporary lives to the end of its statement, and the
-        // unboxed future alive across the await would be in every idle connection's task.
-        let answering = Box::pin(answer(&mut io, conn, service, FastRequest { head, body }, info, &mut buf, stop));
-        match answering.await {
-            Answered::KeepAlive => {}
-            Answered::Closed => return Outcome::Closed,
-            Answered::Handoff(read) => return Outcome::Handoff(io, read),
-        }
-        if buf.is_empty() {
-            // Nothing pipelined behind it: hold no buffer while idle.
-            buf = BytesMut::new();
         }
     }
 }

@@ -173,23 +173,22 @@ pub async fn serve<S: Service>(
         // Read once per connection: a reload applies to the connections accepted after it.
         let settings = settings.current();
         let (service, stop) = (service.clone(), stop.clone());
-        let fut = async move {
-            let _slot = slot;
-            let tls = settings.tls.clone();
-            let handshake_timeout = settings.limits.header_read_timeout;
-            let conn = Conn { settings, service, stop };
-            match tls {
-                None => conn.serve(stream, ConnInfo::new(peer, false), false).await,
-                // Boxed: a TLS connection's state is several KiB that a plain one should not
-                // carry inline in its task.
-                Some(acceptor) => {
-                    // In a statement of its own: a temporary lives to the end of its statement.
-                    let tls = Box::pin(conn.serve_tls(acceptor, stream, peer, handshake_timeout));
-                    tls.await
-                }
+        let tls = settings.tls.clone();
+        let handshake_timeout = settings.limits.header_read_timeout;
+        // The connection's future is spawned as it is, with nothing around it: a wrapping
+        // async block would keep its captures (the stream, the peer) for the connection's
+        // whole life, in every idle connection's task.
+        let conn = Conn { settings, service, stop, _slot: slot };
+        match tls {
+            None => {
+                connections.spawn(conn.serve(stream, ConnInfo::new(peer, false), false));
             }
-        };
-        connections.spawn(fut);
+            // Boxed: a TLS connection's state is several KiB that a plain one should not
+            // carry inline in its task.
+            Some(acceptor) => {
+                connections.spawn(Box::pin(conn.serve_tls(acceptor, stream, peer, handshake_timeout)));
+            }
+        }
     }
     drop(listener);
     connections.close();
