@@ -51,6 +51,7 @@ impl<S: Service> Conn<S> {
     /// An `async move` block rather than an `async fn`: an async fn's future keeps its
     /// arguments twice (as passed, and as the locals the body moves them into), and this
     /// future is most of every idle connection's task.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn serve<I: ClientIo>(self, io: I, info: ConnInfo, h2: bool) -> impl Future<Output = ()> + Send {
         async move {
             let io = if h2 {

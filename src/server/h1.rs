@@ -54,6 +54,7 @@ pub enum Outcome<I> {
 /// box for that request's time only. An idle connection's task is the few words below.
 ///
 /// An `async move` block rather than an `async fn`, which would keep its arguments twice.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<'a, I: ClientIo, S: Service>(
     mut io: I,
     conn: &'a ConnInfo,
