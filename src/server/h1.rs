@@ -12,12 +12,12 @@
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
@@ -39,10 +39,10 @@ const WRITE_BUFFER: usize = 1024;
 const SMALL_BODY: usize = 16 * 1024;
 
 /// How a connection left the fast path.
-pub enum Outcome<I> {
+pub enum Outcome {
     Closed,
-    /// Serve the rest with hyper: the IO, and the bytes already read from it.
-    Handoff(I, Bytes),
+    /// Serve the rest with hyper, these bytes (already read from the IO) first.
+    Handoff(Bytes),
 }
 
 /// Serves requests on `io` until it closes, `stop` fires between requests, or a request needs
@@ -51,25 +51,26 @@ pub enum Outcome<I> {
 /// While a connection idles it holds no buffer (nginx frees its header buffer on keep-alive):
 /// the read buffer is allocated when bytes arrive and released once a request is answered with
 /// nothing after it, and the state of answering a request (the relay, the writing) lives in a
-/// box for that request's time only. An idle connection's task is the few words below.
+/// box for that request's time only. An idle connection's task is the few words below: the IO
+/// is borrowed (the caller keeps it for a handoff), the timer boxed once per connection, and
+/// the wait for bytes, the timer and shutdown polled by one hand-written select.
 ///
 /// An `async move` block rather than an `async fn`, which would keep its arguments twice.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<'a, I: ClientIo, S: Service>(
-    mut io: I,
+    io: &'a mut I,
     conn: &'a ConnInfo,
     service: &'a S,
     limits: &'a ConnLimits,
     stop: &'a CancellationToken,
-) -> impl Future<Output = Outcome<I>> + Send + 'a {
+) -> impl Future<Output = Outcome> + Send + 'a {
     async move {
-        let max_header_bytes = limits.max_header_bytes;
         let mut buf = BytesMut::new();
         let mut stopped = pin!(stop.cancelled());
         // The first head must come within `header_read_timeout` of the accept (nginx's
         // client_header_timeout); later, a connection may idle for `idle_timeout` (its
         // keepalive_timeout), and then a started head has `header_read_timeout` to finish.
-        let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+        let mut timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
         let mut first = true;
         loop {
             let wait = if first || !buf.is_empty() { limits.header_read_timeout } else { limits.idle_timeout };
@@ -79,51 +80,47 @@ pub fn serve<'a, I: ClientIo, S: Service>(
             let (head, info, body) = loop {
                 // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
                 // inline), and an idle connection's task would carry that room while it waits.
-                // Nothing is awaited inside this match: its scrutinee would stay alive across it.
-                let refused = match step(&mut buf, max_header_bytes, &mut idle) {
-                    Step::Answer(head, info, body) => break (head, info, body),
-                    Step::Refuse(method, refusal) => Some((method, refusal)),
-                    Step::Handoff => return Outcome::Handoff(io, buf.freeze()),
-                    Step::ReadMore { head_begun } => {
-                        if head_begun {
-                            // The idle wait is over and a head has begun: it has
-                            // `header_read_timeout` (most heads arrive whole: then the timer is
-                            // reset once per request).
-                            timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                // Nothing is awaited inside the match (its scrutinee would stay alive across it),
+                // and the refusal's scope ends before the wait for bytes.
+                {
+                    let refused = match step(&mut buf, limits.max_header_bytes, &mut idle) {
+                        Step::Answer(head, info, body) => break (head, info, body),
+                        Step::Refuse(method, refusal) => Some((method, refusal)),
+                        Step::Handoff => return Outcome::Handoff(buf.freeze()),
+                        Step::ReadMore { head_begun } => {
+                            if head_begun {
+                                // The idle wait is over and a head has begun: it has
+                                // `header_read_timeout` (most heads arrive whole: then the timer
+                                // is reset once per request).
+                                timer.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                            }
+                            None
                         }
-                        None
+                    };
+                    if let Some((method, refusal)) = refused {
+                        // Boxed: rare, and the state of writing would enlarge every connection's.
+                        let refusing = Box::pin(refuse(io, service, method, refusal));
+                        refusing.await;
+                        return Outcome::Closed;
                     }
-                };
-                if let Some((method, refusal)) = refused {
-                    // Boxed: rare, and the state of writing would enlarge every connection's.
-                    let refusing = Box::pin(refuse(&mut io, service, method, refusal));
-                    refusing.await;
-                    return Outcome::Closed;
                 }
-                let read = tokio::select! {
-                    biased;
-                    // Between requests, shutdown closes the connection; a head under way finishes.
-                    _ = &mut stopped, if buf.is_empty() => return Outcome::Closed,
-                    _ = &mut timer => return Outcome::Closed,
-                    read = read_more(&mut io, &mut buf) => read,
-                };
-                match read {
-                    Ok(0) if buf.is_empty() => return Outcome::Closed,
+                match next_bytes(io, &mut buf, stopped.as_mut(), timer.as_mut()).await {
+                    Next::Read(0) if buf.is_empty() => return Outcome::Closed,
                     // A partial head and EOF: let hyper answer it (400).
-                    Ok(0) => return Outcome::Handoff(io, buf.freeze()),
-                    Ok(_) => {}
-                    Err(_) => return Outcome::Closed,
+                    Next::Read(0) => return Outcome::Handoff(buf.freeze()),
+                    Next::Read(_) => {}
+                    Next::Stop => return Outcome::Closed,
                 }
             };
             // Boxed: the state of answering (the relay's exchange, the writing) is several times an
             // idle connection's and exists only while a request is in flight.
             // In a statement of its own: a temporary lives to the end of its statement, and the
             // unboxed future alive across the await would be in every idle connection's task.
-            let answering = Box::pin(answer(&mut io, conn, service, FastRequest { head, body }, info, &mut buf, stop));
+            let answering = Box::pin(answer(io, conn, service, FastRequest { head, body }, info, &mut buf, stop));
             match answering.await {
                 Answered::KeepAlive => {}
                 Answered::Closed => return Outcome::Closed,
-                Answered::Handoff(read) => return Outcome::Handoff(io, read),
+                Answered::Handoff(read) => return Outcome::Handoff(read),
             }
             if buf.is_empty() {
                 // Nothing pipelined behind it: hold no buffer while idle.
@@ -131,6 +128,38 @@ pub fn serve<'a, I: ClientIo, S: Service>(
             }
         }
     }
+}
+
+/// What waiting for a connection's next bytes ended with.
+enum Next {
+    /// Bytes read (0: the client closed).
+    Read(usize),
+    /// The timer ran out, shutdown came between requests, or the read failed: close.
+    Stop,
+}
+
+/// Waits for bytes on `io` (see `read_more`), the timer, or shutdown while no head has begun;
+/// the order of `biased` select: shutdown, then the timer, then the read. Written by hand: it
+/// is what an idle connection waits in, and `select!` would keep its own copies of the borrows.
+fn next_bytes<'a, 'stop: 'a, I: ClientIo>(
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    mut stopped: Pin<&'a mut WaitForCancellationFuture<'stop>>,
+    mut timer: Pin<&'a mut tokio::time::Sleep>,
+) -> impl Future<Output = Next> + use<'a, 'stop, I> {
+    std::future::poll_fn(move |cx| {
+        // Between requests, shutdown closes the connection; a head under way finishes.
+        if buf.is_empty() && stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Next::Stop);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Next::Stop);
+        }
+        match ready!(poll_read_more(cx, io, buf)) {
+            Ok(n) => Poll::Ready(Next::Read(n)),
+            Err(_) => Poll::Ready(Next::Stop),
+        }
+    })
 }
 
 /// What to do with the bytes a connection has read so far.
@@ -282,25 +311,22 @@ async fn write_reply<I: ClientIo>(
 
 /// Reads into `buf`, growing it when a head is larger than it. An idle connection's `buf` has no
 /// allocation: it waits with a buffer on the stack of the poll, and gets one when bytes come.
-async fn read_more<I: ClientIo>(io: &mut I, buf: &mut BytesMut) -> std::io::Result<usize> {
+fn poll_read_more<I: ClientIo>(cx: &mut Context<'_>, io: &mut I, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
     if buf.capacity() == 0 {
-        return std::future::poll_fn(|cx| {
-            let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUFFER];
-            let mut read = ReadBuf::uninit(&mut stack);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
-            let n = read.filled().len();
-            if n > 0 {
-                buf.reserve(READ_BUFFER);
-                buf.put_slice(read.filled());
-            }
-            Poll::Ready(Ok(n))
-        })
-        .await;
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_BUFFER];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        if n > 0 {
+            buf.reserve(READ_BUFFER);
+            buf.put_slice(read.filled());
+        }
+        return Poll::Ready(Ok(n));
     }
     if buf.capacity() - buf.len() < READ_BUFFER / 4 {
         buf.reserve(READ_BUFFER);
     }
-    io.read_buf(buf).await
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// What the response writer needs to know of a request the fast path takes, and the length of
