@@ -56,7 +56,7 @@ pub fn apply_request(
                 doomed.push(name.clone());
             }
         }
-        let peer = PeerFacts { ip: conn.peer_ip.as_bytes(), tls: conn.tls };
+        let peer = PeerFacts { ip: conn.peer_ip(), tls: conn.tls };
         (doomed, owned(|add| plan.added(fallback_host.as_bytes(), &peer, &id, add)))
     };
     replace(headers, &doomed, added);

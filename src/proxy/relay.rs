@@ -89,7 +89,7 @@ impl Proxy {
                 fields::put(dst, name, value);
             }
         }
-        let peer = PeerFacts { ip: conn.peer_ip.as_bytes(), tls: conn.tls };
+        let peer = PeerFacts { ip: conn.peer_ip(), tls: conn.tls };
         plan.added(self.host.as_bytes(), &peer, stamp.id, |name, pieces| put_pieces(dst, name, pieces));
         if let Some(traceparent) = stamp.traceparent {
             fields::put(dst, TRACEPARENT, traceparent);

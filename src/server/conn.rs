@@ -50,10 +50,9 @@ impl<S: Service> Conn<S> {
     ///
     /// An `async move` block rather than an `async fn`: an async fn's future keeps its
     /// arguments twice (as passed, and as the locals the body moves them into), and this
-    /// future is most of every idle connection's task (`ConnInfo` boxed for the same reason:
-    /// it is read once per request).
+    /// future is most of every idle connection's task (see the test below).
     #[allow(clippy::manual_async_fn)] // on purpose: see above
-    pub fn serve<I: ClientIo>(self, mut io: I, info: Box<ConnInfo>, h2: bool) -> impl Future<Output = ()> + Send {
+    pub fn serve<I: ClientIo>(self, mut io: I, info: ConnInfo, h2: bool) -> impl Future<Output = ()> + Send {
         async move {
             let read = if h2 {
                 Bytes::new()
@@ -67,7 +66,7 @@ impl<S: Service> Conn<S> {
             // carry it inline, idle fast-path ones too; only the connections handed over need it.
             // Boxed in a statement of its own: a temporary lives to the end of its statement, and
             // one alive across the await would put the unboxed state back into the task.
-            let hyper = Box::pin(self.serve_hyper(Prefixed::new(read, io), *info));
+            let hyper = Box::pin(self.serve_hyper(Prefixed::new(read, io), info));
             hyper.await;
         }
     }
@@ -77,7 +76,7 @@ impl<S: Service> Conn<S> {
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls_stream)) => {
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.serve(tls_stream, Box::new(ConnInfo::new(peer, true)), h2).await
+                self.serve(tls_stream, ConnInfo::new(peer, true), h2).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -229,14 +228,14 @@ mod tests {
     /// An idle HTTP/1.1 connection is its task and little else, and tokio's task cell is
     /// aligned to 128 bytes: with the cell's header, scheduler and trailer (~112 bytes) a
     /// future up to ~400 bytes makes a 512-byte cell, which the allocator serves from its
-    /// 512-byte class; more costs a 768-byte cell, served as 1 KiB. It is 288 bytes in a
-    /// release build, 296 in a test build; it was 576 in release with the IO held twice and
-    /// `ConnInfo` inline, and 880 in a test build with a parsed `Step` alive across the wait.
+    /// 512-byte class; more costs a 768-byte cell, served as 1 KiB. It is 360 bytes in a
+    /// release build (80 of them `ConnInfo`, inline), 368 in a test build; it was 576 in
+    /// release with the IO held twice, and 880 in a test build with a parsed `Step` alive
+    /// across the wait for bytes.
     #[test]
     fn an_idle_connections_future_fits_a_512_byte_task() {
-        let size = returned_size(
-            Conn::<Handler>::serve::<TcpStream> as fn(Conn<Handler>, TcpStream, Box<ConnInfo>, bool) -> _,
-        );
+        let size =
+            returned_size(Conn::<Handler>::serve::<TcpStream> as fn(Conn<Handler>, TcpStream, ConnInfo, bool) -> _);
         assert!(size <= 400, "a connection's future is {size} bytes");
     }
 }

@@ -181,7 +181,7 @@ pub async fn serve<S: Service>(
         let conn = Conn { settings, service, stop, _slot: slot };
         match tls {
             None => {
-                connections.spawn(conn.serve(stream, Box::new(ConnInfo::new(peer, false)), false));
+                connections.spawn(conn.serve(stream, ConnInfo::new(peer, false), false));
             }
             // Boxed: a TLS connection's state is several KiB that a plain one should not
             // carry inline in its task.
