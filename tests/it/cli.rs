@@ -382,3 +382,22 @@ fn check_names_the_key_of_a_cors_origin_with_a_path_and_of_a_star_with_credentia
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// mimalloc would put the heap on transparent huge pages (RSS in 2 MiB steps, memory of closed
+/// connections kept): the process turns them off for itself, unless `MIMALLOC_ALLOW_THP` is set.
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_mimalloc_allow_thp_is_set() {
+    fn thp_enabled(pid: u32) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
+    }
+    // Kernels before 5.0 do not say; there is nothing to check there.
+    if thp_enabled(std::process::id()).is_none() {
+        return;
+    }
+    let b = backend::spawn().await;
+    let off = Binary::start("cli-thp-off", &b.url(), "", &[]).await;
+    assert_eq!(thp_enabled(off.pid()).as_deref(), Some("0"));
+    let asked = Binary::start_with("cli-thp-asked", &b.url(), "", &[], &[("MIMALLOC_ALLOW_THP", "1")]).await;
+    assert_eq!(thp_enabled(asked.pid()).as_deref(), Some("1"));
+}
