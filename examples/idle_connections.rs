@@ -1,6 +1,11 @@
 //! Memory per idle connection, for `benches/connections.py`: opens N idle connections to a
 //! running proxy (tokengate or nginx), each after one exchange, and prints one JSON line with
 //! the RSS of the given processes before, with them open, and 10 s after they close.
+//! "Before" is taken after a warm-up: `WARM_UP` connections of the same kind opened, used and
+//! closed, so that what the first ones set up once (code pages read from the binary as it
+//! first runs, the upstream connection, the allocator's first page of each size class) is not
+//! counted as the cost of a connection. For tokengate those were ~0.2 KiB per connection of a
+//! 5,000 run, most of it code pages (RssFile).
 //!
 //! Modes: `h1` (HTTP/1.1 keep-alive, raw sockets), `h2` (HTTP/2 h2c prior knowledge, hyper's
 //! client), `ws` (an upgraded connection the proxy tunnels to the backend, one echo through it).
@@ -27,6 +32,9 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Connections per source address (the ephemeral range holds ~28,000, and the connections of
 /// an earlier run wait in TIME_WAIT on some of them).
 const PER_SOURCE: usize = 10_000;
+
+/// Connections opened, used and closed before the first measurement.
+const WARM_UP: usize = 500;
 
 fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
@@ -105,6 +113,15 @@ async fn open(addr: SocketAddr, mode: &str, i: usize) -> Held {
     }
 }
 
+/// Opens `n` connections one after the other.
+async fn open_all(addr: SocketAddr, mode: &str, n: usize) -> Vec<Held> {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(open(addr, mode, i).await);
+    }
+    held
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -112,11 +129,12 @@ async fn main() {
     let pids: Vec<u32> = args.next().expect("PIDS").split(',').map(|p| p.parse().expect("a pid")).collect();
     let mode = args.next().expect("h1|h2|ws");
     let n: usize = args.next().map(|n| n.parse().expect("N")).unwrap_or(5000);
+    let warm: Vec<Held> = open_all(addr, &mode, n.min(WARM_UP)).await;
+    drop(warm);
+    // Past tokengate's trimmer (every 2 s) after the warm-up's connections closed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = settle(&pids).await;
-    let mut held = Vec::with_capacity(n);
-    for i in 0..n {
-        held.push(open(addr, &mode, i).await);
-    }
+    let held = open_all(addr, &mode, n).await;
     let open_rss = settle(&pids).await;
     drop(held);
     tokio::time::sleep(Duration::from_secs(10)).await;
