@@ -18,24 +18,26 @@ pub struct ConnInfo {
 #[derive(Clone, Copy, Debug)]
 struct IpText {
     len: u8,
-    bytes: [u8; 46],
+    bytes: [u8; IP_TEXT],
 }
+
+/// Room for an IP address as text, with some to spare.
+const IP_TEXT: usize = 46;
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let mut bytes = [0; 46];
+        let mut bytes = [0; IP_TEXT];
         let mut room = &mut bytes[..];
-        let written = write!(room, "{}", peer.ip()).ok().and_then(|()| u8::try_from(46 - room.len()).ok());
-        let peer_ip = match written {
-            Some(len) => IpText { len, bytes },
-            // Cannot happen (an address is at most 39 bytes of text); said rather than invented.
-            None => {
-                let mut bytes = [0; 46];
+        // Cannot fail (an address is at most 39 bytes of text); said rather than invented.
+        let len = match write!(room, "{}", peer.ip()) {
+            Ok(()) => IP_TEXT - room.len(),
+            Err(_) => {
                 bytes[..7].copy_from_slice(b"unknown");
-                IpText { len: 7, bytes }
+                7
             }
         };
-        Self { peer, tls, peer_ip }
+        let len = u8::try_from(len).unwrap_or(0);
+        Self { peer, tls, peer_ip: IpText { len, bytes } }
     }
 
     /// The peer's IP as text (`X-Forwarded-For`, `Forwarded`).
