@@ -18,7 +18,8 @@ user-space instructions, which the noise of wall-clock CPU hides at 1 %.
 `--token` also measures the token route (load.py's ContactsManager route: a POST with a JSON
 body, HS256, behind the backend's session endpoint, auth cache warm), per request.
 
-`--also` measures another tokengate build in the same interleaved rounds (a change against the
+`--also` measures another tokengate build in the same interleaved rounds (with `--token`, its
+token route too: a change against the
 commit before it: build that commit's release binary in a worktree and name it here).
 """
 
@@ -107,6 +108,7 @@ def main():
         with open(conf, "w") as f:
             f.write(base + load.TOKEN_ROUTE.format(cache="false"))
         configs.append(("token", os.path.join(load.RELEASE, "tokengate"), conf))
+        configs += [(f"token {name}", binary, conf) for name, binary in others]
     backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
                                 f"127.0.0.1:{load.BACKEND_PORT}"])
     results = {"nginx": []}
@@ -124,7 +126,7 @@ def main():
                 proc = under_callgrind([binary, "run", "--config", conf, "--workers", "1", "--log-level", "warn"],
                                        out)
                 load.wait_port(load.TG_PORT, timeout=30)
-                path, script = ("/generate-token", "post.lua") if name == "token" else ("/", None)
+                path, script = ("/generate-token", "post.lua") if name.split()[0] == "token" else ("/", None)
                 results[name].append(count(proc, out, load.TG_PORT, args.seconds, path, script))
                 time.sleep(0.5)
     finally:
@@ -140,6 +142,9 @@ def main():
         print(f"ratio tokengate/{name}: {statistics.median(results['tokengate']) / statistics.median(results[name]):.3f}")
     if args.token:
         print(f"token route / forwarded request: {statistics.median(results['token']) / statistics.median(results['tokengate']):.2f}")
+        for name, _ in others:
+            print(f"token route, tokengate/{name}: "
+                  f"{statistics.median(results['token']) / statistics.median(results[f'token {name}']):.3f}")
     for name in ("ratio 0.01", "ratio 1.0") if args.tracing else ():
         print(f"tracing {name} / off: {statistics.median(results[name]) / statistics.median(results['tokengate']):.3f}")
 

@@ -7,6 +7,8 @@ interleaved rounds, and the tokengate/nginx ratios. On 2 cores requests/s mostly
 sharing between wrk, the backend and the proxy; CPU per request is the figure to compare.
 
 Run through benches/load.sh, which installs wrk and nginx and builds the release binaries.
+`--also NAME=BINARY` measures another tokengate build in the same interleaved rounds (forward,
+large, and the token scenario's forward and warm rows): a change against the commit before it.
 """
 
 import argparse
@@ -142,12 +144,12 @@ def start_nginx(workdir, workers, buffering=False):
     return proc, [proc.pid] + [int(c) for c in children]
 
 
-def start_tokengate(workdir, workers, extra_yaml="", log_level="warn"):
+def start_tokengate(workdir, workers, extra_yaml="", log_level="warn", binary=None):
     conf = os.path.join(workdir, "tokengate.yaml")
     with open(conf, "w") as f:
         f.write(f"listen: 127.0.0.1:{TG_PORT}\nadmin_listen: 127.0.0.1:{TG_ADMIN}\n"
                 f"upstream:\n  url: http://127.0.0.1:{BACKEND_PORT}\n{extra_yaml}\n")
-    proc = subprocess.Popen([os.path.join(RELEASE, "tokengate"), "run", "--config", conf,
+    proc = subprocess.Popen([binary or os.path.join(RELEASE, "tokengate"), "run", "--config", conf,
                              "--workers", str(workers), "--log-level", log_level], stderr=subprocess.DEVNULL)
     wait_port(TG_ADMIN, "/readyz")
     return proc, [proc.pid]
@@ -176,16 +178,23 @@ def start_flask(workdir):
 def token_scenarios(args, workdir):
     """Token routes vs forwarding (same tokengate build), and the Flask baseline."""
     workers = 2
+    others = [tuple(a.split("=", 1)) for a in args.also]
     results = {"forward": [], "token warm": [], "token limited": [], "token cached": [], "token cold": [], "flask": []}
+    cases = [("forward", "false", "/", None, None), ("token warm", "false", "/generate-token", "post.lua", None),
+             ("token limited", "false", "/generate-token", "post.lua", None),
+             ("token cached", "true", "/generate-token", "post.lua", None),
+             ("token cold", "false", "/generate-token", "cold_cookie.lua", None)]
+    for other, binary in others:
+        for name in ("forward", "token warm"):
+            results[f"{name} ({other})"] = []
+            case = next(c for c in cases if c[0] == name)
+            cases.append((f"{name} ({other})",) + case[1:4] + (binary,))
     # Limits that never refuse during the run, so only their cost shows.
     with_limits = TOKEN_ROUTE.replace("routes:", "rate_limits:\n  per_ip: {{ key: client_ip, rate: 100000000, per: 1s }}\n  per_user: {{ key: user, rate: 100000000, per: 1s }}\nroutes:").replace("    auth: session\n", "    auth: session\n    rate_limits: [per_ip, per_user]\n")
     for _ in range(args.rounds):
-        for name, cache, path, script in [("forward", "false", "/", None), ("token warm", "false", "/generate-token", "post.lua"),
-                                          ("token limited", "false", "/generate-token", "post.lua"),
-                                          ("token cached", "true", "/generate-token", "post.lua"),
-                                          ("token cold", "false", "/generate-token", "cold_cookie.lua")]:
+        for name, cache, path, script, binary in cases:
             route = with_limits if name == "token limited" else TOKEN_ROUTE
-            proc, pids = start_tokengate(workdir, workers, route.format(cache=cache))
+            proc, pids = start_tokengate(workdir, workers, route.format(cache=cache), binary=binary)
             try:
                 if name != "token cold":
                     wrk(TG_PORT, path, 1, args.connections, (), script)  # warm the auth cache
@@ -198,11 +207,16 @@ def token_scenarios(args, workdir):
         finally:
             stop(proc)
     print(f"\n== token route (ContactsManager claims, HS256), {workers} workers; flask: gunicorn -w 2")
-    print(f"{'scenario':<14}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {args.rounds} rounds)")
+    print(f"{'scenario':<24}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {args.rounds} rounds)")
     for name, rows in results.items():
-        print(f"{name:<14}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+        print(f"{name:<24}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
     fwd, warm, flask = results["forward"], results["token warm"], results["flask"]
     print(f"token warm (cache_tokens off) / forward, CPU per request: {median(warm, 'cpu_us') / median(fwd, 'cpu_us'):.2f}")
+    for other, _ in others:
+        fwd_o, warm_o = results[f"forward ({other})"], results[f"token warm ({other})"]
+        print(f"{other}: token warm / forward, CPU per request: {median(warm_o, 'cpu_us') / median(fwd_o, 'cpu_us'):.2f}; "
+              f"this build / {other}: token warm {median(warm, 'cpu_us') / median(warm_o, 'cpu_us'):.3f}, "
+              f"forward {median(fwd, 'cpu_us') / median(fwd_o, 'cpu_us'):.3f}")
     print(f"token warm / flask, requests/s: {median(warm, 'rps') / median(flask, 'rps'):.1f}x")
     limited = results["token limited"]
     print(f"token with limits / without: requests/s {median(limited, 'rps') / median(warm, 'rps'):.3f}, "
@@ -527,7 +541,8 @@ def forwarding(args, workdir, workers, path, connections):
     into its buffers, then writes it out), beside the streaming one."""
     large = path != "/"
     nginxes = [("nginx", False)] + ([("nginx buffered", True)] if large else [])
-    results = {"direct": []} | {name: [] for name, _ in nginxes} | {"tokengate": []}
+    others = [tuple(a.split("=", 1)) for a in args.also]
+    results = {"direct": []} | {name: [] for name, _ in nginxes} | {"tokengate": []} | {name: [] for name, _ in others}
     for _ in range(args.rounds):
         results["direct"].append(measure(BACKEND_PORT, [], path, args.seconds, connections))
         for name, buffering in nginxes:
@@ -536,17 +551,22 @@ def forwarding(args, workdir, workers, path, connections):
                 results[name].append(measure(NGINX_PORT, pids, path, args.seconds, connections))
             finally:
                 stop(proc)
-        proc, pids = start_tokengate(workdir, workers)
-        try:
-            results["tokengate"].append(measure(TG_PORT, pids, path, args.seconds, connections))
-        finally:
-            stop(proc)
+        for name, binary in [("tokengate", None)] + others:
+            proc, pids = start_tokengate(workdir, workers, binary=binary)
+            try:
+                results[name].append(measure(TG_PORT, pids, path, args.seconds, connections))
+            finally:
+                stop(proc)
     what = f"forwarding 1 MiB responses (wrk -c{connections})" if large else "forwarding"
     report(f"== {what}, {workers} worker(s) each", results)
     if large:
         b, s = results["nginx buffered"], results["tokengate"]
         print(f"ratio tokengate/nginx buffered: req/s {median(s, 'rps') / median(b, 'rps'):.2f}, "
               f"p99 {median(s, 'p99') / median(b, 'p99'):.2f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.2f}")
+    for name, _ in others:
+        b, s = results[name], results["tokengate"]
+        print(f"ratio tokengate/{name}: req/s {median(s, 'rps') / median(b, 'rps'):.3f}, "
+              f"p99 {median(s, 'p99') / median(b, 'p99'):.3f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.3f}")
 
 
 def main():
@@ -556,6 +576,8 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--ledgers", default="", help="ledger scenario: comma-separated queued, commit, pg (default: all)")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
+                    help="forward, large, token: another tokengate binary measured in the same interleaved rounds")
     ap.add_argument("--scenarios", default="forward,token", help="comma-separated: forward, large (1 MiB responses), token, forward_auth, reload, ledger, hsm")
     args = ap.parse_args()
     args.scenarios = args.scenarios.split(",")

@@ -7,7 +7,7 @@
 use std::future::Future;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::StatusCode;
 
 use super::pool::PoolError;
@@ -20,15 +20,14 @@ use crate::upstream::conn::ExchangeError;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::RequestHead;
 use crate::wire::response::{HeadError, ResponseHead};
+use crate::wire::writer::RelayedHead;
 
-/// The fields tokengate adds to a relayed response: the request id.
-pub type Added = [(HeaderName, HeaderValue); 1];
-
-/// An upstream's answer to a relayed request: its head less the fields for this hop only, the
-/// fields tokengate adds, and the body, still to be read from the upstream connection.
+/// An upstream's answer to a relayed request: its head less the fields for this hop only, with
+/// the fields tokengate adds, and the body, still to be read from the upstream connection. The
+/// head is boxed (~600 bytes): it is written from where it is, never moved with the futures
+/// the answer passes through.
 pub struct Relayed {
-    pub head: ResponseHead,
-    pub added: Added,
+    pub head: Box<RelayedHead>,
     pub body: PooledBody,
 }
 
@@ -45,16 +44,19 @@ pub struct Stamp<'a> {
 const TRACEPARENT: &[u8] = b"traceparent";
 
 impl Proxy {
-    /// Relays `req` upstream and returns the answer, or the error to answer with instead.
+    /// Relays `req` upstream and returns the answer, or the error to answer with instead. An
+    /// `async move` block: an `async fn` would keep its arguments twice.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn relay<'a>(
         &'a self,
         req: &'a RequestHead,
         conn: &'a ConnInfo,
         stamp: Stamp<'a>,
-    ) -> impl Future<Output = Result<Box<Relayed>, Error>> + Send + 'a {
-        let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, stamp, dst));
-        let id = stamp.id;
+    ) -> impl Future<Output = Result<Relayed, Error>> + Send + 'a {
+        // The exchange's future is made inside the block: made outside, it would be held twice,
+        // as a capture and inside the timeout being awaited.
         async move {
+            let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, stamp, dst));
             let (mut head, body) = match tokio::time::timeout(self.response_timeout, exchange).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => return Err(Error::from(e)),
@@ -65,7 +67,8 @@ impl Proxy {
                 return Err(Error::from(PoolError::Exchange(unasked)));
             }
             drop_hop_fields(&mut head, &self.rules);
-            Ok(Box::new(Relayed { head, added: [(self.rules.request_id.clone(), id.clone())], body }))
+            let added = [(self.rules.request_id.clone(), stamp.id.clone())];
+            Ok(Relayed { head: Box::new(RelayedHead { head, added }), body })
         }
     }
 

@@ -26,7 +26,7 @@ use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
-use crate::wire::writer::{write_response, RelayedHead, RequestInfo};
+use crate::wire::writer::{write_response, RequestInfo};
 
 /// A connection's read buffer once bytes arrive (a typical request head fits).
 const READ_BUFFER: usize = 1024;
@@ -224,30 +224,58 @@ struct FastRequest {
     body: Bytes,
 }
 
-/// Answers one request the fast path took and writes the answer.
-async fn answer<I: ClientIo, S: Service>(
-    io: &mut I,
-    conn: &ConnInfo,
-    service: &S,
+/// Answers one request the fast path took and writes the answer. One `async move` block, the
+/// relay's future pinned where it is: an `async fn`, or a future of its own for the reply, would
+/// keep the request twice, and an awaited `Option` of the relay's future would sit beside the
+/// future itself, all in what is boxed and copied for every request.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn answer<'a, I: ClientIo, S: Service>(
+    io: &'a mut I,
+    conn: &'a ConnInfo,
+    service: &'a S,
     req: FastRequest,
     info: RequestInfo,
-    buf: &mut BytesMut,
-    stop: &CancellationToken,
-) -> Answered {
-    let reply = match reply_for(service, conn, req, buf).await {
-        Ok(reply) => reply,
-        Err(read) => return Answered::Handoff(read),
-    };
-    // Draining: this is the connection's last answer, and it says so.
-    let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
-    let mut out = BytesMut::with_capacity(WRITE_BUFFER);
-    match write_reply(io, &mut out, reply, &info).await {
-        Ok(true) if !stop.is_cancelled() => Answered::KeepAlive,
-        _ => {
-            let _ = io.shutdown().await;
-            Answered::Closed
+    buf: &'a mut BytesMut,
+    stop: &'a CancellationToken,
+) -> impl Future<Output = Answered> + Send + 'a {
+    async move {
+        let reply = 'reply: {
+            if req.body.is_empty() {
+                let relayed = std::pin::pin!(service.relay(&req.head, conn));
+                if let Some(relayed) = relayed.as_pin_mut() {
+                    break 'reply relayed.await;
+                }
+            }
+            let whole = http_body_util::Either::Right(http_body_util::Full::new(req.body.clone()));
+            match req.head.to_request(whole) {
+                // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and
+                // its state would double every request's.
+                Some(call) => Reply::Response(Box::pin(service.call(call, conn.clone())).await),
+                // Put the head back in front of what follows it: hyper answers it (400).
+                None => return Answered::Handoff(unread(&req, buf)),
+            }
+        };
+        drop(req);
+        // Draining: this is the connection's last answer, and it says so.
+        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
+        let mut out = BytesMut::with_capacity(WRITE_BUFFER);
+        match write_reply(io, &mut out, reply, &info).await {
+            Ok(true) if !stop.is_cancelled() => Answered::KeepAlive,
+            _ => {
+                let _ = io.shutdown().await;
+                Answered::Closed
+            }
         }
     }
+}
+
+/// A request the fast path cannot answer as bytes again, the head first, then what follows it.
+fn unread(FastRequest { head, body }: &FastRequest, buf: &BytesMut) -> Bytes {
+    let mut all = BytesMut::with_capacity(head.bytes.len() + body.len() + buf.len());
+    all.put_slice(&head.bytes);
+    all.put_slice(body);
+    all.put_slice(buf);
+    all.freeze()
 }
 
 /// Answers a head `admission` refused and closes the connection.
@@ -259,52 +287,25 @@ async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: Method
     let _ = io.shutdown().await;
 }
 
-/// The answer to one request the fast path took; Err: for hyper after all, with these bytes
-/// first. Takes the request by value, so that it is gone before the answer is written.
-async fn reply_for<S: Service>(
-    service: &S,
-    conn: &ConnInfo,
-    FastRequest { head, body }: FastRequest,
-    buf: &mut BytesMut,
-) -> Result<Reply, Bytes> {
-    if body.is_empty() {
-        if let Some(relayed) = service.relay(&head, conn) {
-            return Ok(relayed.await);
-        }
-    }
-    let whole = body.clone();
-    match head.to_request(http_body_util::Either::Right(http_body_util::Full::new(whole))) {
-        // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and its
-        // state would double every request's.
-        Some(req) => Ok(Reply::Response(Box::pin(service.call(req, conn.clone())).await)),
-        None => {
-            // Put the head back in front of what follows it: hyper answers it (400).
-            let mut all = BytesMut::with_capacity(head.bytes.len() + body.len() + buf.len());
-            all.put_slice(&head.bytes);
-            all.put_slice(&body);
-            all.put_slice(buf);
-            Err(all.freeze())
-        }
-    }
-}
-
-/// Writes `reply`; Ok(true) when the connection can carry another request.
-async fn write_reply<I: ClientIo>(
-    io: &mut I,
-    out: &mut BytesMut,
+/// Writes `reply`; Ok(true) when the connection can carry another request. An `async move`
+/// block: an `async fn` would keep `reply` twice.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn write_reply<'a, I: ClientIo>(
+    io: &'a mut I,
+    out: &'a mut BytesMut,
     reply: Reply,
-    info: &RequestInfo,
-) -> std::io::Result<bool> {
-    match reply {
-        Reply::Response(resp) => {
-            let (parts, body) = resp.into_parts();
-            write_response(io, out, &parts, body, info).await
-        }
-        Reply::Relayed(relayed) => {
-            let Relayed { head, added, body } = *relayed;
-            let head = RelayedHead { head, added };
-            let body: Body = http_body_util::Either::Left(body);
-            write_response(io, out, &head, body, info).await
+    info: &'a RequestInfo,
+) -> impl Future<Output = std::io::Result<bool>> + Send + 'a {
+    async move {
+        match reply {
+            Reply::Response(resp) => {
+                let (parts, body) = resp.into_parts();
+                write_response(io, out, &parts, body, info).await
+            }
+            Reply::Relayed(Relayed { head, body }) => {
+                let body: Body = http_body_util::Either::Left(body);
+                write_response(io, out, &*head, body, info).await
+            }
         }
     }
 }

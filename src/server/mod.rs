@@ -81,7 +81,7 @@ where
 pub enum Reply {
     Response(Response<Body>),
     /// An upstream's response relayed from its head's bytes.
-    Relayed(Box<Relayed>),
+    Relayed(Relayed),
 }
 
 /// How a listener treats new connections. Part of the compiled config: a reload swaps it, and

@@ -30,8 +30,10 @@ impl Route {
             let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
             // The Redis tier's key, once per token.
             let shared_key = key.as_ref().zip(self.shared.as_ref()).map(|(k, (s, _))| s.key("token", &[k.as_bytes()]));
+            // `reuse` and `keep` boxed: their Redis exchanges would make every token request's
+            // future (moved as it is built, level by level) as large, cache or not.
             if let Some(key) = &key {
-                if let Some(hit) = self.reuse(spec, key, shared_key.as_deref(), values.now, parent).await {
+                if let Some(hit) = Box::pin(self.reuse(spec, key, shared_key.as_deref(), values.now, parent)).await {
                     metrics.token_cache_total.with_label_values(&[&self.name, "hit"]).inc();
                     minted.push((hit, None));
                     continue;
@@ -42,7 +44,8 @@ impl Route {
             let (token, noted) = spec.mint_noting(values, values.now, note).await?;
             metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
             if let Some(key) = key {
-                self.keep(spec, key, shared_key.as_deref(), &token, (identity.id(), values.now), parent).await;
+                Box::pin(self.keep(spec, key, shared_key.as_deref(), &token, (identity.id(), values.now), parent))
+                    .await;
             }
             minted.push((token, noted));
         }

@@ -157,7 +157,9 @@ impl Route {
         }
         let mut span = ctx.child_span("rate_limit", Kind::Internal);
         let parent = ctx.trace.as_deref().zip(span.as_ref());
-        let result = limits::check(limits, input, self.shared.as_ref(), metrics, parent).await;
+        // Boxed: with Redis in it, the check's future would make every token request's as large
+        // (built and moved level by level), limits or not.
+        let result = Box::pin(limits::check(limits, input, self.shared.as_ref(), metrics, parent)).await;
         if let Some(span) = span.as_mut() {
             let names = limits.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(",");
             let decision = match &result {
@@ -180,5 +182,39 @@ fn limit_name(err: &Error) -> Option<String> {
     match err {
         Error::RateLimited { limit, .. } => Some(limit.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use http::Request;
+
+    use super::*;
+
+    type Serve<F> = fn(
+        &'static Route,
+        Request<RequestBody>,
+        Vec<(String, String)>,
+        &'static ConnInfo,
+        &'static ForwardRules,
+        &'static Metrics,
+        &'static mut RequestCtx<'static>,
+    ) -> F;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<F: Future>(_: Serve<F>) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A token request's future is built and moved level by level (serve → serve_request →
+    /// admit → the hook → the auth cache) before its first poll: what only a miss, a limit or a
+    /// token cache needs (the hook call with moka's single flight, Redis exchanges) is boxed
+    /// where it is awaited. 3,312 bytes in release, 3,328 in a test build; 8,000 with those inline.
+    #[test]
+    fn a_token_requests_future_stays_small() {
+        let size = returned_size(Route::serve as Serve<_>);
+        assert!(size <= 4096, "Route::serve's future is {size} bytes");
     }
 }
