@@ -44,9 +44,9 @@ impl Forwarder {
     /// the client's is unusable). None for any other input.
     pub fn both(&self, raw: &[u8]) -> Option<(Fields, Fields)> {
         let mut buf = BytesMut::from(raw);
-        let Parsed::Head(head) = RequestHead::parse(&buf) else { return None };
+        let Parsed::Head(mut head) = RequestHead::parse(&buf) else { return None };
         admission::check_head(&head, &buf).ok()?;
-        let head = head.take(&mut buf);
+        head.take(&mut buf);
         // What the relay takes (server::h1's fast path): no body, no protocol switch.
         let relayed_kind = |f: &crate::wire::fields::Field| match f.known {
             Known::ContentLength => f.value(&head.bytes) == b"0",

@@ -9,9 +9,9 @@ use tokengate::wire::request::{Parsed, RequestHead};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
-    if let Parsed::Head(head) = RequestHead::parse(&buf) {
+    if let Parsed::Head(mut head) = RequestHead::parse(&buf) {
         let admitted = admission::check_head(&head, &buf);
-        let head = head.take(&mut buf);
+        head.take(&mut buf);
         let _ = head.path();
         let _ = head.is_origin_form();
         if let (Ok(()), Some(req)) = (admitted, head.to_request(())) {

@@ -141,7 +141,7 @@ impl Pool {
         &self,
         method: &Method,
         encode: impl Fn(&mut BytesMut),
-    ) -> Result<(ResponseHead, PooledBody), PoolError> {
+    ) -> Result<(Box<ResponseHead>, PooledBody), PoolError> {
         loop {
             let idle = self.idle.take_conn();
             let reused = idle.is_some();

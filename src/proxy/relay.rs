@@ -24,10 +24,10 @@ use crate::wire::writer::RelayedHead;
 
 /// An upstream's answer to a relayed request: its head less the fields for this hop only, with
 /// the fields tokengate adds, and the body, still to be read from the upstream connection. The
-/// head is boxed (~600 bytes): it is written from where it is, never moved with the futures
-/// the answer passes through.
+/// head stays in the box it was parsed into (~560 bytes): it is written from there, never
+/// moved with the futures the answer passes through.
 pub struct Relayed {
-    pub head: Box<RelayedHead>,
+    pub head: RelayedHead,
     pub body: PooledBody,
 }
 
@@ -68,7 +68,7 @@ impl Proxy {
             }
             drop_hop_fields(&mut head, &self.rules);
             let added = [(self.rules.request_id.clone(), stamp.id.clone())];
-            Ok(Relayed { head: Box::new(RelayedHead { head, added }), body })
+            Ok(Relayed { head: RelayedHead { head, added }, body })
         }
     }
 

@@ -90,7 +90,7 @@ impl WireHead for http::response::Parts {
 /// An upstream's response head, its fields as received less those the relay dropped, and the
 /// fields tokengate adds.
 pub struct RelayedHead {
-    pub head: ResponseHead,
+    pub head: Box<ResponseHead>,
     /// What tokengate adds to the relayed head (the request id).
     pub added: [(HeaderName, HeaderValue); 1],
 }
