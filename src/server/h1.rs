@@ -78,10 +78,10 @@ pub fn serve<'a, I: ClientIo, S: Service>(
             let mut idle = !first && buf.is_empty();
             first = false;
             let (head, info, body) = loop {
-                // No head is alive across an await below: a parsed head is ~1.3 KiB (its fields
-                // inline), and an idle connection's task would carry that room while it waits.
-                // Nothing is awaited inside the match (its scrutinee would stay alive across it),
-                // and the refusal's scope ends before the wait for bytes.
+                // No step is alive across an await below: an idle connection's task would
+                // carry its room while it waits. Nothing is awaited inside the match (its
+                // scrutinee would stay alive across it), and the refusal's scope ends before the
+                // wait for bytes.
                 {
                     let refused = match step(&mut buf, limits.max_header_bytes, &mut idle) {
                         Step::Answer(head, info, body) => break (head, info, body),
