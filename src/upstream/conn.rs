@@ -72,8 +72,7 @@ impl Conn {
     }
 
     /// Writes the request `encode` puts in the buffer it is given, and reads the final
-    /// response head (`method`: the request's). The head is boxed where it is parsed: ~560
-    /// bytes (its fields inline), it would be copied at each level it is returned through.
+    /// response head (`method`: the request's).
     pub async fn exchange(
         &mut self,
         method: &Method,
@@ -88,7 +87,7 @@ impl Conn {
             while !self.read.is_empty() {
                 let before = self.read.len();
                 match response::parse(&mut self.read, method) {
-                    Ok(Some(head)) => return Ok(Box::new(head)),
+                    Ok(Some(head)) => return Ok(head),
                     Ok(None) if self.read.len() < before => continue, // an interim 1xx went by
                     Ok(None) => break,
                     Err(e) => return Err(failed(ExchangeError::Head(e), true)),
