@@ -6,6 +6,7 @@
     reason = "a benchmark, example or test: a failure should stop it loudly"
 )]
 
+use std::borrow::Cow;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +19,18 @@ use tokengate::auth::{AuthCache, Identity};
 use tokengate::config::{Algorithm, KeyConfig, Secret, TokenConfig};
 use tokengate::hsm::Modules;
 use tokengate::keys::{generate_pem, KeyRing};
-use tokengate::template::{Lookup, Scope, Source, Template};
+use tokengate::template::{JsonText, Lookup, Scope, Source, Template};
 use tokengate::token::mint::TokenSpec;
 
 /// A caller as a chat-token route sees it.
 struct Ctx(Value);
 
 impl Lookup for Ctx {
-    fn lookup(&self, source: &Source) -> Option<Value> {
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
         match source {
-            Source::User(f) => self.0["user"].get(f).cloned(),
-            Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).cloned(),
-            Source::Literal(v) => Some(v.clone()),
+            Source::User(f) => self.0["user"].get(f).map(Cow::Borrowed),
+            Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).map(Cow::Borrowed),
+            Source::Literal(v) => Some(Cow::Borrowed(v)),
             _ => None,
         }
     }
@@ -81,6 +82,15 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     c.bench_function("template_render", |b| b.iter(|| response.render(black_box(&ctx)).unwrap()));
+    // What a token route does with a JSON response (and with claims): the text at once.
+    let json = JsonText::new(&response);
+    c.bench_function("template_write_json", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            json.write(black_box(&ctx), &mut out).unwrap();
+            out
+        })
+    });
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cache = AuthCache::new(Duration::from_secs(30), Duration::from_secs(2), 100_000, 25_000).unwrap();

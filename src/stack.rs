@@ -35,7 +35,15 @@ pub struct Public(pub Arc<State>);
 
 impl Service for Public {
     fn call(&self, req: Request<RequestBody>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send + use<> {
-        handle(self.0.clone(), req, conn)
+        handle(self.0.clone(), req, conn, Head::Unchecked)
+    }
+
+    fn call_checked(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        handle(self.0.clone(), req, conn, Head::Checked)
     }
 
     /// Counted and logged like any answer.
@@ -107,8 +115,15 @@ fn request_id(head: &RequestHead, name: &http::HeaderName) -> RequestId {
     rules::choose_request_id(sent.and_then(|f| HeaderValue::from_maybe_shared(head.bytes.slice(f.value_range())).ok()))
 }
 
+/// Whether `admission` has passed a request's head already (the fast path checks the bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Checked,
+    Unchecked,
+}
+
 /// Serves one request on the public listener.
-pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
+async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo, head: Head) -> Response<Body> {
     let start = Instant::now();
     // Requests in flight finish on the config they started with.
     let gateway = state.gateway.load_full();
@@ -120,7 +135,8 @@ pub async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: Conn
         span.set("url.path", Attr::Str(req.uri().path().to_owned()));
         ctx.trace = Some(Box::new(RequestTrace { span, exporter: state.exporter.clone() }));
     }
-    let mut resp = if let Err(refusal) = admission::check_request(&req) {
+    let refused = if head == Head::Checked { Ok(()) } else { admission::check_request(&req) };
+    let mut resp = if let Err(refusal) = refused {
         ctx.route = PROXY_ROUTE;
         rescue(&Error::Refused(refusal))
     } else {
@@ -251,7 +267,7 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, without calling it.
-    fn returned_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+    fn returned_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -260,7 +276,7 @@ mod tests {
     /// response), 4,888 with the forward inline.
     #[test]
     fn the_request_future_stays_small() {
-        let size = returned_size(handle as fn(Arc<State>, Request<RequestBody>, ConnInfo) -> _);
+        let size = returned_size(handle as fn(Arc<State>, Request<RequestBody>, ConnInfo, Head) -> _);
         assert!(size <= 2048, "stack::handle's future is {size} bytes");
     }
 

@@ -5,7 +5,12 @@
 //! inserted as data (a JSON tree is built, or JSON text written with every value serialized
 //! and every string escaped), never spliced into JSON text.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
+
+mod json;
+pub use json::JsonText;
 
 /// Where a value comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -94,9 +99,10 @@ pub enum Template {
 #[error("missing required field: {0}")]
 pub struct Missing(pub String);
 
-/// Looks up a source's value for one request.
+/// Looks up a source's value for one request: borrowed where the request already holds it
+/// (its body, the caller's identity, the tokens), made only where it does not.
 pub trait Lookup {
-    fn lookup(&self, source: &Source) -> Option<Value>;
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>>;
 }
 
 impl Template {
@@ -124,14 +130,14 @@ impl Template {
     pub fn render(&self, ctx: &dyn Lookup) -> Result<Value, Missing> {
         Ok(match self {
             Template::Const(v) => v.clone(),
-            Template::Exact(e) => e.eval(ctx)?,
+            Template::Exact(e) => e.eval(ctx)?.into_owned(),
             Template::Mixed(parts) => {
                 let mut out = String::new();
                 for p in parts {
                     match p {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match e.eval(ctx)? {
-                            Value::String(s) => out.push_str(&s),
+                        Part::Expr(e) => match &*e.eval(ctx)? {
+                            Value::String(s) => out.push_str(s),
                             other => out.push_str(&other.to_string()),
                         },
                     }
@@ -147,52 +153,6 @@ impl Template {
             }
             Template::Array(items) => Value::Array(items.iter().map(|t| t.render(ctx)).collect::<Result<_, _>>()?),
         })
-    }
-
-    /// Renders straight to JSON text: the bytes `render` then `serde_json::to_writer` would
-    /// give, without building the tree (an object's fields written as they render, strings
-    /// escaped as they go). A token's claims and a route's response take this path.
-    pub fn write_json(&self, ctx: &dyn Lookup, out: &mut Vec<u8>) -> Result<(), Missing> {
-        match self {
-            Template::Const(v) => write_value(out, v),
-            Template::Exact(e) => write_value(out, &e.eval(ctx)?),
-            Template::Mixed(parts) => {
-                out.push(b'"');
-                for p in parts {
-                    match p {
-                        Part::Text(t) => write_escaped(out, t),
-                        Part::Expr(e) => match e.eval(ctx)? {
-                            Value::String(s) => write_escaped(out, &s),
-                            other => write_escaped(out, &other.to_string()),
-                        },
-                    }
-                }
-                out.push(b'"');
-            }
-            Template::Object(fields) => {
-                out.push(b'{');
-                for (i, (k, t)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_str(out, k);
-                    out.push(b':');
-                    t.write_json(ctx, out)?;
-                }
-                out.push(b'}');
-            }
-            Template::Array(items) => {
-                out.push(b'[');
-                for (i, t) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    t.write_json(ctx, out)?;
-                }
-                out.push(b']');
-            }
-        }
-        Ok(())
     }
 
     /// An object template without the fields `drop` names (claims the minter sets itself).
@@ -222,16 +182,16 @@ impl Template {
 }
 
 impl Expr {
-    fn eval(&self, ctx: &dyn Lookup) -> Result<Value, Missing> {
+    /// The first alternative that is there and neither null nor an empty string.
+    fn eval<'a>(&'a self, ctx: &'a dyn Lookup) -> Result<Cow<'a, Value>, Missing> {
         for alt in &self.alternatives {
             let value = match alt {
-                Source::Literal(l) => return Ok(l.clone()),
+                Source::Literal(l) => return Ok(Cow::Borrowed(l)),
                 other => ctx.lookup(other),
             };
             match value {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) if s.is_empty() => {}
-                Some(v) => return Ok(v),
+                Some(v) if !matches!(&*v, Value::Null) && v.as_str() != Some("") => return Ok(v),
+                _ => {}
             }
         }
         let first = self.alternatives.first().map(Source::field_name).unwrap_or_default();
@@ -409,11 +369,11 @@ mod tests {
 
     struct Ctx(Value);
     impl Lookup for Ctx {
-        fn lookup(&self, source: &Source) -> Option<Value> {
+        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
             match source {
-                Source::User(f) => self.0["user"].get(f).cloned(),
-                Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).cloned(),
-                Source::Uuid => Some(json!("u-u-i-d")),
+                Source::User(f) => self.0["user"].get(f).map(Cow::Borrowed),
+                Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).map(Cow::Borrowed),
+                Source::Uuid => Some(Cow::Owned(json!("u-u-i-d"))),
                 _ => None,
             }
         }
@@ -454,7 +414,7 @@ mod tests {
         }
     }
 
-    /// `write_json` writes what serializing `render`'s tree writes, escapes and errors included.
+    /// `JsonText` writes what serializing `render`'s tree writes, escapes and errors included.
     #[test]
     fn written_json_is_the_rendered_tree_serialized() {
         let ctx = json!({
@@ -472,12 +432,12 @@ mod tests {
         for t in templates {
             let compiled = Template::compile(&t, Scope::Response, "t").unwrap();
             let mut written = Vec::new();
-            compiled.write_json(&Ctx(ctx.clone()), &mut written).unwrap();
+            JsonText::new(&compiled).write(&Ctx(ctx.clone()), &mut written).unwrap();
             let expected = serde_json::to_vec(&compiled.render(&Ctx(ctx.clone())).unwrap()).unwrap();
             assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap(), "{t}");
         }
         let missing = Template::compile(&json!({"a": "x", "b": "{{ body.userId }}"}), Scope::Response, "t").unwrap();
-        assert_eq!(missing.write_json(&Ctx(ctx), &mut Vec::new()), Err(Missing("userId".into())));
+        assert_eq!(JsonText::new(&missing).write(&Ctx(ctx), &mut Vec::new()), Err(Missing("userId".into())));
     }
 
     #[test]

@@ -252,7 +252,7 @@ fn answer<'a, I: ClientIo, S: Service>(
             match req.head.to_request(whole) {
                 // Boxed: not forwarded traffic (token routes, the JWK set, limited traffic), and
                 // its state would double every request's.
-                Some(call) => Reply::Response(Box::pin(service.call(call, conn.clone())).await),
+                Some(call) => Reply::Response(Box::pin(service.call_checked(call, conn.clone())).await),
                 // Put the head back in front of what follows it: hyper answers it (400).
                 None => return Answered::Handoff(unread(&req, buf)),
             }

@@ -37,6 +37,16 @@ pub trait Service: Clone + Send + Sync + 'static {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + use<Self>;
 
+    /// `call` for a request whose head `admission::check_head` passed as the fast path read
+    /// it: the same answer, without checking the request again.
+    fn call_checked(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<Self> {
+        self.call(req, conn)
+    }
+
     /// The answer to a request `admission` refused as the fast path read it (the connection
     /// closes after it).
     fn refuse(&self, method: &http::Method, refusal: Refusal) -> Response<Body> {

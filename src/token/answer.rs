@@ -2,6 +2,7 @@
 //! minted (or reused), their record, and the route's response rendered.
 
 use http::Response;
+use serde_json::Value;
 
 use super::mint::Minted;
 use super::request::Values;
@@ -23,8 +24,9 @@ fn end(trace: Option<&RequestTrace>, span: Option<Span>, failed: bool) {
 }
 
 /// The tokens one answer carries: by name, and the first one's (iat, exp).
-pub(crate) struct Issued {
-    pub named: Vec<(String, String)>,
+pub(crate) struct Issued<'r> {
+    /// Each token as a JSON string, under its name in the route.
+    pub named: Vec<(&'r str, Value)>,
     pub first: Option<(u64, u64)>,
 }
 
@@ -61,7 +63,7 @@ impl Route {
         metrics: &Metrics,
         record: Record,
         trace: Option<&RequestTrace>,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Issued<'_>, Error> {
         if self.tokens.is_empty() {
             return Ok(Issued { named: Vec::new(), first: None });
         }
@@ -89,7 +91,12 @@ impl Route {
             }
         }
         let minted: Vec<Minted> = minted.into_iter().map(|(m, _)| m).collect();
-        let named = self.tokens.iter().zip(&minted).map(|(spec, m)| (spec.name.clone(), m.token.to_string())).collect();
+        let named = self
+            .tokens
+            .iter()
+            .zip(&minted)
+            .map(|(spec, m)| (spec.name.as_str(), Value::String(m.token.to_string())))
+            .collect();
         Ok(Issued { named, first: minted.first().map(|m| (m.iat, m.exp)) })
     }
 }

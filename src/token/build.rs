@@ -76,20 +76,20 @@ impl Route {
                 ))
             })
             .collect::<Result<_, FieldError>>()?;
-        let response = Rendered {
-            status: StatusCode::from_u16(cfg.response.status)
+        let response = Rendered::new(
+            StatusCode::from_u16(cfg.response.status)
                 .map_err(|_| FieldError::new(at("response.status"), "invalid status"))?,
-            content_type: content_type(&cfg.response.content_type, at("response.content_type"))?,
+            content_type(&cfg.response.content_type, at("response.content_type"))?,
             headers,
-            body: compile(&cfg.response.body, Scope::Response, at("response.body"))?,
-        };
+            compile(&cfg.response.body, Scope::Response, at("response.body"))?,
+        );
         let error_response = match &cfg.error_response {
-            Some(e) => Some(Rendered {
-                status: StatusCode::OK,
-                content_type: content_type(&e.content_type, at("error_response.content_type"))?,
-                headers: Vec::new(),
-                body: compile(&e.body, Scope::Error, at("error_response.body"))?,
-            }),
+            Some(e) => Some(Rendered::new(
+                StatusCode::OK,
+                content_type(&e.content_type, at("error_response.content_type"))?,
+                Vec::new(),
+                compile(&e.body, Scope::Error, at("error_response.body"))?,
+            )),
             None => None,
         };
         let cache = cfg.cache_tokens.then(|| {

@@ -1,6 +1,7 @@
 //! Minting one token: the header is encoded once at load; per request the claims are rendered,
 //! `iat`/`exp` (and `nbf`) set, and the signing input signed with a key parsed at load.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::config::{FieldError, TokenConfig};
 use crate::error::Error;
 use crate::keys::{KeyRing, SigningKey};
-use crate::template::{Lookup, Scope, Source, Template};
+use crate::template::{JsonText, Lookup, Scope, Source, Template};
 
 /// A minted token and its lifetime (unix seconds).
 #[derive(Clone, Debug)]
@@ -38,7 +39,7 @@ pub struct TokenSpec {
     not_before: bool,
     /// `base64url(header JSON) + "."`, computed once.
     header_prefix: String,
-    claims: Template,
+    claims: JsonText,
     /// Every input the claims read, for the cache key.
     pub sources: Vec<Source>,
     /// The claims read a nonce (`uuid`, `now`): never reuse.
@@ -54,9 +55,9 @@ struct WithKey<'a> {
 }
 
 impl Lookup for WithKey<'_> {
-    fn lookup(&self, source: &Source) -> Option<Value> {
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
         match source {
-            Source::Key(field) => key_field(self.key, field).map(|v| Value::String(v.to_owned())),
+            Source::Key(field) => key_field(self.key, field).map(|v| Cow::Owned(Value::String(v.to_owned()))),
             other => self.values.lookup(other),
         }
     }
@@ -132,7 +133,7 @@ impl TokenSpec {
             iat_offset: cfg.iat_offset.map(|o| o.seconds).unwrap_or(0),
             not_before: cfg.not_before,
             header_prefix,
-            claims,
+            claims: JsonText::new(&claims),
             sources,
             fresh,
             shape,
@@ -179,7 +180,7 @@ impl TokenSpec {
         let values = WithKey { key: &self.key, values };
         // The claims written as JSON text at once (no tree), then the times.
         let mut payload = Vec::with_capacity(256);
-        self.claims.write_json(&values, &mut payload).map_err(|m| Error::InvalidRequest(m.to_string()))?;
+        self.claims.write(&values, &mut payload).map_err(|m| Error::InvalidRequest(m.to_string()))?;
         let iat = now.saturating_add_signed(self.iat_offset);
         let exp = iat + self.ttl;
         payload.pop(); // the object's closing brace
@@ -217,7 +218,8 @@ impl TokenSpec {
         if self.fresh {
             return None;
         }
-        let inputs: Vec<Value> = self.sources.iter().map(|s| values.lookup(s).unwrap_or(Value::Null)).collect();
+        let inputs: Vec<Value> =
+            self.sources.iter().map(|s| values.lookup(s).map_or(Value::Null, Cow::into_owned)).collect();
         Some(format!(
             "{route}\u{0}{}\u{0}{}\u{0}{}\u{0}{user_id}\u{0}{}",
             self.name,
@@ -236,9 +238,9 @@ mod tests {
 
     struct Ctx;
     impl Lookup for Ctx {
-        fn lookup(&self, source: &Source) -> Option<Value> {
+        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
             match source {
-                Source::User(f) if f == "id" => Some(Value::String("u1".into())),
+                Source::User(f) if f == "id" => Some(Cow::Owned(Value::String("u1".into()))),
                 _ => None,
             }
         }

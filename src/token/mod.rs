@@ -31,7 +31,7 @@ use crate::cors::Cors;
 use crate::ledger::Recorder;
 use crate::ratelimit::RateLimit;
 use crate::shared::Shared;
-use crate::template::Template;
+use crate::template::{JsonText, Template};
 pub(crate) use answer::Issued;
 pub use build::Compiled;
 use mint::{Minted, TokenSpec};
@@ -59,6 +59,20 @@ pub(crate) struct Rendered {
     content_type: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Template,
+    /// `body` flattened, when the content type is JSON.
+    json: Option<JsonText>,
+}
+
+impl Rendered {
+    fn new(
+        status: StatusCode,
+        content_type: HeaderValue,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Template,
+    ) -> Self {
+        let json = content_type.as_bytes().starts_with(b"application/json").then(|| JsonText::new(&body));
+        Self { status, content_type, headers, body, json }
+    }
 }
 
 /// One configured token route.

@@ -1,6 +1,7 @@
 //! One token request's template inputs: path captures, query, headers, JSON body, identity,
 //! client address, and (for the response) the minted tokens.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -120,8 +121,9 @@ pub struct Values<'a> {
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
     pub now: u64,
-    /// Minted tokens by name, and the first token's (iat, exp), for the response.
-    pub tokens: &'a [(String, String)],
+    /// Minted tokens by name (each a JSON string), and the first token's (iat, exp), for the
+    /// response.
+    pub tokens: &'a [(&'a str, Value)],
     pub first: Option<(u64, u64)>,
     /// `error.message`, `error.code`, `error.status` for error responses.
     pub error: Option<(&'a str, &'a str, u16)>,
@@ -146,31 +148,30 @@ impl<'a> Values<'a> {
 }
 
 impl Lookup for Values<'_> {
-    fn lookup(&self, source: &Source) -> Option<Value> {
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+        let made = |v: Value| Some(Cow::Owned(v));
         match source {
-            Source::User(field) => self.identity?.get(field).cloned(),
-            Source::Body(path) => path.iter().try_fold(self.body, |v, k| v.get(k)).cloned(),
-            Source::Query(name) => query_param(self.query, name).map(Value::String),
-            Source::Path(name) => self.captures.iter().find(|(n, _)| n == name).map(|(_, v)| Value::String(v.clone())),
-            Source::Header(name) => {
-                self.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(|v| Value::String(v.to_owned()))
-            }
-            Source::Uuid => Some(Value::String(uuid::Uuid::new_v4().to_string())),
-            Source::Now => Some(Value::from(self.now)),
-            Source::ClientIp => Some(Value::String(self.client_ip.to_string())),
-            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Value::String(t.clone())),
-            Source::ExpiresIn => self.first.map(|(_, exp)| Value::from(exp.saturating_sub(self.now))),
-            Source::ExpiresAt => self.first.map(|(_, exp)| Value::from(exp)),
-            Source::ExpiresAtIso => self.first.map(|(_, exp)| Value::String(rfc3339(exp))),
+            Source::User(field) => self.identity?.get(field).map(Cow::Borrowed),
+            Source::Body(path) => path.iter().try_fold(self.body, |v, k| v.get(k)).map(Cow::Borrowed),
+            Source::Query(name) => made(Value::String(query_param(self.query, name)?)),
+            Source::Path(name) => made(Value::String(self.captures.iter().find(|(n, _)| n == name)?.1.clone())),
+            Source::Header(name) => made(Value::String(self.headers.get(name.as_str())?.to_str().ok()?.to_owned())),
+            Source::Uuid => made(Value::String(uuid::Uuid::new_v4().to_string())),
+            Source::Now => made(Value::from(self.now)),
+            Source::ClientIp => made(Value::String(self.client_ip.to_string())),
+            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Cow::Borrowed(t)),
+            Source::ExpiresIn => made(Value::from(self.first?.1.saturating_sub(self.now))),
+            Source::ExpiresAt => made(Value::from(self.first?.1)),
+            Source::ExpiresAtIso => made(Value::String(rfc3339(self.first?.1))),
             Source::Error(field) => {
                 let (message, code, status) = self.error?;
-                Some(match field.as_str() {
+                made(match field.as_str() {
                     "message" => Value::String(message.to_owned()),
                     "code" => Value::String(code.to_owned()),
                     _ => Value::from(status),
                 })
             }
-            Source::Literal(l) => Some(l.clone()),
+            Source::Literal(l) => Some(Cow::Borrowed(l)),
             // The signing key's fields: `TokenSpec::mint` answers them.
             Source::Key(_) => None,
         }

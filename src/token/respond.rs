@@ -38,9 +38,9 @@ impl Route {
 /// shape is written as JSON text at once; any other renders a value first (text goes out as
 /// it is).
 pub(super) fn render(shape: &Rendered, status: StatusCode, values: &Values<'_>) -> Result<Response<Body>, Missing> {
-    let bytes = if shape.content_type.as_bytes().starts_with(b"application/json") {
+    let bytes = if let Some(json) = &shape.json {
         let mut bytes = Vec::with_capacity(512);
-        shape.body.write_json(values, &mut bytes)?;
+        json.write(values, &mut bytes)?;
         bytes
     } else {
         match shape.body.render(values)? {
