@@ -56,16 +56,22 @@ routes:
 """ % BACKEND_PORT
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """User and system CPU seconds of the processes `pids`, each with all its threads."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            user += int(fields[11])  # utime, stime (fields 14, 15)
+            system += int(fields[12])
         except FileNotFoundError:
             pass
-    return total / TICK
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def wait_port(port, path="/", timeout=10):
@@ -97,10 +103,12 @@ def wrk(port, path, seconds, connections, headers=(), script=None, shed_ok=False
 
 
 def measure(port, pids, path, seconds, connections, headers=(), script=None, shed_ok=False):
-    before = cpu_seconds(pids)
+    before = cpu_split(pids)
     requests, rps, p99, shed = wrk(port, path, seconds, connections, headers, script, shed_ok)
-    cpu_us = (cpu_seconds(pids) - before) / requests * 1e6 if pids else float("nan")
-    return {"rps": rps, "p99": p99, "cpu_us": cpu_us, "shed": shed / requests * 100}
+    after = cpu_split(pids)
+    per_request = [(a - b) / requests * 1e6 if pids else float("nan") for a, b in zip(after, before)]
+    return {"rps": rps, "p99": p99, "cpu_us": sum(per_request), "user_us": per_request[0], "sys_us": per_request[1],
+            "shed": shed / requests * 100}
 
 
 def nginx_conf(workdir, workers, master=True, buffering=False):
@@ -207,9 +215,11 @@ def token_scenarios(args, workdir):
         finally:
             stop(proc)
     print(f"\n== token route (ContactsManager claims, HS256), {workers} workers; flask: gunicorn -w 2")
-    print(f"{'scenario':<24}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {args.rounds} rounds)")
+    print(f"{'scenario':<24}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}{'user':>7}{'system':>8}"
+          f"   (medians of {args.rounds} rounds)")
     for name, rows in results.items():
-        print(f"{name:<24}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+        print(f"{name:<24}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}"
+              f"{median(rows, 'user_us'):>7.1f}{median(rows, 'sys_us'):>8.1f}")
     fwd, warm, flask = results["forward"], results["token warm"], results["flask"]
     print(f"token warm (cache_tokens off) / forward, CPU per request: {median(warm, 'cpu_us') / median(fwd, 'cpu_us'):.2f}")
     for other, _ in others:
@@ -527,9 +537,11 @@ def median(rows, key):
 
 def report(title, results, baseline="nginx", subject="tokengate"):
     print(f"\n{title}")
-    print(f"{'target':<16}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}   (medians of {len(results[subject])} rounds)")
+    print(f"{'target':<16}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}{'user':>7}{'system':>8}"
+          f"   (medians of {len(results[subject])} rounds)")
     for name, rows in results.items():
-        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}")
+        print(f"{name:<16}{median(rows, 'rps'):>10.0f}{median(rows, 'p99'):>9.2f}{median(rows, 'cpu_us'):>12.1f}"
+              f"{median(rows, 'user_us'):>7.1f}{median(rows, 'sys_us'):>8.1f}")
     b, s = results[baseline], results[subject]
     print(f"ratio {subject}/{baseline}: req/s {median(s, 'rps') / median(b, 'rps'):.2f}, "
           f"p99 {median(s, 'p99') / median(b, 'p99'):.2f}, CPU/req {median(s, 'cpu_us') / median(b, 'cpu_us'):.2f}")

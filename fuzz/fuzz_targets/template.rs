@@ -1,22 +1,26 @@
-//! Templates: compiled or refused, and what compiles renders (or names what is missing).
+//! Templates: compiled or refused, and what compiles renders (or names what is missing); written
+//! as JSON text at once (`JsonText`), it is the rendered tree serialized, byte for byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
-use tokengate::template::{Lookup, Scope, Source, Template};
+use tokengate::template::{JsonText, Lookup, Scope, Source, Template};
 
 struct Ctx;
 
 impl Lookup for Ctx {
-    fn lookup(&self, source: &Source) -> Option<Value> {
-        match source {
-            Source::User(f) if f == "id" => Some(json!("user-1")),
-            Source::User(f) if f == "n" => Some(json!(5)),
-            Source::Body(_) => Some(json!({"a": [1, "x"]})),
-            Source::Uuid => Some(json!("u-u-i-d")),
-            Source::Now => Some(json!(1)),
-            _ => None,
-        }
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+        let value = match source {
+            Source::User(f) if f == "id" => json!("user-1"),
+            Source::User(f) if f == "n" => json!(5),
+            Source::Body(_) => json!({"a": [1, "x\"\u{1}"]}),
+            Source::Uuid => json!("u-u-i-d"),
+            Source::Now => json!(1),
+            _ => return None,
+        };
+        Some(Cow::Owned(value))
     }
 }
 
@@ -28,7 +32,14 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => Value::String(String::from_utf8_lossy(rest).into_owned()),
     };
     if let Ok(template) = Template::compile(&value, scope, "fuzz") {
-        let _ = template.render(&Ctx);
+        let rendered = template.render(&Ctx);
+        let mut written = Vec::new();
+        let wrote = JsonText::new(&template).write(&Ctx, &mut written);
+        match (rendered, wrote) {
+            (Ok(tree), Ok(())) => assert_eq!(serde_json::to_vec(&tree).ok(), Some(written)),
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            (tree, text) => panic!("render {tree:?} but JsonText {text:?}"),
+        }
         let mut sources = Vec::new();
         template.sources(&mut sources);
     }

@@ -166,7 +166,7 @@ impl TokenSpec {
         let (mut token, iat, exp, noted) = self.signing_input(values, now, note)?;
         let signature = self.key.sign(token.as_bytes()).await?;
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        base64_simd::URL_SAFE_NO_PAD.encode_append(signature, &mut token);
         Ok((Minted { token: token.into(), iat, exp }, noted))
     }
 
@@ -208,7 +208,7 @@ impl TokenSpec {
         });
         let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 400);
         token.push_str(&self.header_prefix);
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        base64_simd::URL_SAFE_NO_PAD.encode_append(&payload, &mut token);
         Ok((token, iat, exp, noted))
     }
 

@@ -24,10 +24,10 @@ impl Route {
         metrics: &Metrics,
         parent: Parent<'_>,
     ) -> Result<Vec<(Minted, Option<Noted>)>, Error> {
-        let user = identity.id().unwrap_or_default();
         let mut minted = Vec::with_capacity(self.tokens.len());
         for (i, spec) in self.tokens.iter().enumerate() {
-            let key = self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, user, values));
+            let key =
+                self.cache.as_ref().and_then(|_| spec.cache_key(&self.name, identity.id().unwrap_or_default(), values));
             // The Redis tier's key, once per token.
             let shared_key = key.as_ref().zip(self.shared.as_ref()).map(|(k, (s, _))| s.key("token", &[k.as_bytes()]));
             // `reuse` and `keep` boxed: their Redis exchanges would make every token request's

@@ -13,7 +13,9 @@ use crate::shelf::Shelf;
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<Route>,
-    exact: HashMap<String, usize>,
+    /// foldhash, not SipHash: the table is fixed at load, and a look-up of a chosen path can
+    /// only ever compare it with the routes there are.
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     patterns: Vec<usize>,
 }
 
