@@ -199,48 +199,6 @@ impl Expr {
     }
 }
 
-/// A JSON value as serde_json writes it.
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::String(s) => write_str(out, s),
-        // Writing a `Value` into a Vec cannot fail.
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
-        }
-    }
-}
-
-/// A JSON string: quoted and escaped.
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    write_escaped(out, s);
-    out.push(b'"');
-}
-
-/// The inside of a JSON string. Most strings (ids, tokens, timestamps) need no escape: one pass
-/// finds that out, and their bytes are copied as they are; the others take serde_json's
-/// escaping (`"`, `\` and control characters; nothing else).
-fn write_escaped(out: &mut Vec<u8>, s: &str) {
-    if !needs_escape(s.as_bytes()) {
-        out.extend_from_slice(s.as_bytes());
-    } else if let Ok(quoted) = serde_json::to_string(s) {
-        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
-    }
-}
-
-/// Whether a JSON string needs an escape. Checked 16 bytes at a time with no early exit
-/// inside a block, which the compiler turns into vector compares (a token is ~300 bytes).
-fn needs_escape(bytes: &[u8]) -> bool {
-    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    let mut blocks = bytes.chunks_exact(16);
-    for block in &mut blocks {
-        if block.iter().fold(false, |any, &b| any | escaped(b)) {
-            return true;
-        }
-    }
-    blocks.remainder().iter().any(|&b| escaped(b))
-}
-
 fn compile_str(s: &str, scope: Scope) -> Result<Template, String> {
     if !s.contains("{{") {
         if s.contains("}}") {
@@ -400,18 +358,6 @@ mod tests {
         assert_eq!(render(json!("{{ body.device | {} }}"), ctx.clone()).unwrap(), json!({}));
         assert_eq!(render(json!("{{ body.n | 0 }}"), ctx.clone()).unwrap(), json!(0));
         assert_eq!(render(json!("{{ body.userId }}"), ctx).unwrap_err(), Missing("userId".into()));
-    }
-
-    #[test]
-    fn escapes_are_found_anywhere_in_a_block() {
-        assert!(!needs_escape("a".repeat(40).as_bytes()));
-        for at in 0..40 {
-            for bad in [b'"', b'\\', b'\n', 0x1f, 0] {
-                let mut s = vec![b'a'; 40];
-                s[at] = bad;
-                assert!(needs_escape(&s), "{bad} at {at}");
-            }
-        }
     }
 
     /// `JsonText` writes what serializing `render`'s tree writes, escapes and errors included.
