@@ -136,10 +136,7 @@ impl Template {
                 for p in parts {
                     match p {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => match &*e.eval(ctx)? {
-                            Value::String(s) => out.push_str(s),
-                            other => out.push_str(&other.to_string()),
-                        },
+                        Part::Expr(e) => out.push_str(&text_of(&*e.eval(ctx)?)),
                     }
                 }
                 Value::String(out)
@@ -178,6 +175,15 @@ impl Template {
             Template::Object(fields) => fields.iter().for_each(|(_, t)| t.sources(out)),
             Template::Array(items) => items.iter().for_each(|t| t.sources(out)),
         }
+    }
+}
+
+/// A value as text (inside a mixed string, or a header): a string as it is, anything else as its
+/// JSON text.
+pub fn text_of(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::String(s) => Cow::Borrowed(s),
+        other => Cow::Owned(other.to_string()),
     }
 }
 

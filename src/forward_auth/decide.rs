@@ -120,11 +120,10 @@ impl ForwardAuth {
 /// A rendered template as a header value: text as it is, other JSON as JSON text; nothing for
 /// null, an empty string, or a value a header cannot carry (a line break).
 fn header_value(value: &Value) -> Option<HeaderValue> {
-    let text = match value {
-        Value::Null => return None,
-        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
-        other => std::borrow::Cow::Owned(other.to_string()),
-    };
+    if value.is_null() {
+        return None;
+    }
+    let text = crate::template::text_of(value);
     (!text.is_empty()).then(|| HeaderValue::from_str(&text).ok()).flatten()
 }
 

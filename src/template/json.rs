@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{Expr, Lookup, Missing, Part, Template};
+use super::{text_of, Expr, Lookup, Missing, Part, Template};
 
 /// A template as JSON text: runs of it, and holes.
 #[derive(Clone, Debug)]
@@ -36,10 +36,7 @@ impl JsonText {
             match piece {
                 Piece::Text(text) => out.extend_from_slice(text),
                 Piece::Value(e) => write_value(out, &*e.eval(ctx)?),
-                Piece::InString(e) => match &*e.eval(ctx)? {
-                    Value::String(s) => write_escaped(out, s),
-                    other => write_escaped(out, &other.to_string()),
-                },
+                Piece::InString(e) => write_escaped(out, &text_of(&*e.eval(ctx)?)),
             }
         }
         Ok(())
