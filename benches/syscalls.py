@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """System calls and CPU per request, split into user and system time: nginx forwarding,
-tokengate forwarding, and tokengate's token route, one worker each, interleaved.
+tokengate forwarding, and tokengate's token route, one worker each, interleaved; and the floor
+beneath them, `null_proxy.c`: a relay that only moves bytes, one read and one write per message
+like the two proxies, with no parsing, timer or allocation (built with `cc` when there is one).
 
 On loopback most of a proxy's CPU is the kernel's: a `send` also runs the receiver's TCP work.
 This shows how much, and whether a proxy makes more socket calls than it must. CPU comes from
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (shared helpers: ports, wrk, nginx config, backend)
 
 CALLS = ["recvfrom", "sendto", "writev", "readv", "read", "write", "getsockopt", "epoll_wait"]
+NULL_PORT = 3906
 EVENTS = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in CALLS]
 
 
@@ -66,6 +69,10 @@ def main():
     backend = subprocess.Popen([os.path.join(load.RELEASE, "examples", "bench_backend"),
                                 f"127.0.0.1:{load.BACKEND_PORT}"])
     targets = ["nginx forward", "tokengate forward", "tokengate token"]
+    null_relay = os.path.join(workdir, "null_proxy")
+    if shutil.which("cc") and subprocess.run(["cc", "-O2", "-o", null_relay, os.path.join(load.BENCHES, "null_proxy.c")]
+                                             ).returncode == 0:
+        targets.append("null relay")
     results = {t: [] for t in targets}
     try:
         load.wait_port(load.BACKEND_PORT)
@@ -74,6 +81,10 @@ def main():
                 if target == "nginx forward":
                     proc, pids = load.start_nginx(workdir, 1)
                     port, pids = load.NGINX_PORT, pids[1:]  # the worker, not the idle master
+                elif target == "null relay":
+                    proc = subprocess.Popen([null_relay, str(NULL_PORT), str(load.BACKEND_PORT)])
+                    port, pids = NULL_PORT, [proc.pid]
+                    load.wait_port(port)
                 else:
                     proc, pids = load.start_tokengate(workdir, 1, load.TOKEN_ROUTE.format(cache="false"),
                                                       binary=args.binary)
@@ -94,6 +105,8 @@ def main():
     cpu = {t: statistics.median(r["user"] + r["system"] for r in rows) for t, rows in results.items()}
     print(f"CPU per request: tokengate forward / nginx {cpu['tokengate forward'] / cpu['nginx forward']:.2f}, "
           f"token route / tokengate forward {cpu['tokengate token'] / cpu['tokengate forward']:.2f}")
+    if "null relay" in cpu:
+        print(f"the floor: null relay / nginx {cpu['null relay'] / cpu['nginx forward']:.2f}")
 
 
 if __name__ == "__main__":
