@@ -19,6 +19,7 @@ use http_body::Body as HttpBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::body::{PooledBody, UpstreamBody};
@@ -127,7 +128,8 @@ impl Pool {
 
     /// A request whose whole body is `body`, on tokengate's own client connection.
     async fn send_buffered(&self, req: Request<()>, body: Bytes) -> Result<Response<PooledBody>, PoolError> {
-        let (head, body) = self.exchange(req.method(), |dst| encode_request(&req, &body, dst)).await?;
+        // No deadline of its own: `Proxy::forward` times the whole send.
+        let (head, body) = self.exchange(req.method(), None, |dst| encode_request(&req, &body, dst)).await?;
         // One slot for the request id the response gets.
         let resp = head.to_response(1).map_err(ExchangeError::Head)?;
         Ok(resp.map(|()| body))
@@ -136,10 +138,12 @@ impl Pool {
     /// Sends the request `encode` writes on tokengate's own client connection, an idle one or
     /// a new one, and reads the response head; the body reads from the connection. A reused
     /// connection that closes before any answer is retried on another when the method is
-    /// idempotent (RFC 9110 §9.2.2), so `encode` may run twice.
+    /// idempotent (RFC 9110 §9.2.2), so `encode` may run twice. With a `deadline`, no head by
+    /// then (connecting included) is `ExchangeError::TimedOut`.
     pub async fn exchange(
         &self,
         method: &Method,
+        deadline: Option<Instant>,
         encode: impl Fn(&mut BytesMut),
     ) -> Result<(Box<ResponseHead>, PooledBody), PoolError> {
         loop {
@@ -148,16 +152,26 @@ impl Pool {
             let mut conn = match idle {
                 Some(conn) => conn,
                 // Boxed: rare, and its future (name resolution, timer) would enlarge every request's.
-                None => Conn::new(Box::pin(self.connect()).await?),
+                None => Conn::new(Box::pin(self.connect_by(deadline)).await?),
             };
-            match conn.exchange(method, &encode).await {
+            match conn.exchange(method, deadline, &encode).await {
                 Ok(head) => {
                     let body = PooledBody::own(conn, &head, self.idle.clone());
                     return Ok((head, body));
                 }
-                Err(f) if reused && !f.answered && method.is_idempotent() => continue,
+                Err(f) if f.may_retry(reused, method) => continue,
                 Err(f) => return Err(f.error.into()),
             }
+        }
+    }
+
+    /// `connect`, by `deadline` if there is one.
+    async fn connect_by(&self, deadline: Option<Instant>) -> Result<UpstreamIo, PoolError> {
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.connect())
+                .await
+                .unwrap_or(Err(PoolError::Exchange(ExchangeError::TimedOut))),
+            None => self.connect().await,
         }
     }
 

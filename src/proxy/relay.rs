@@ -53,14 +53,17 @@ impl Proxy {
         conn: &'a ConnInfo,
         stamp: Stamp<'a>,
     ) -> impl Future<Output = Result<Relayed, Error>> + Send + 'a {
-        // The exchange's future is made inside the block: made outside, it would be held twice,
-        // as a capture and inside the timeout being awaited.
         async move {
-            let exchange = self.pool.exchange(&req.method, move |dst| self.encode(req, conn, stamp, dst));
-            let (mut head, body) = match tokio::time::timeout(self.response_timeout, exchange).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(Error::from(e)),
-                Err(_) => return Err(Error::UpstreamTimeout(self.response_timeout)),
+            // The upstream connection's own timer keeps the deadline (`upstream::conn`).
+            let deadline = tokio::time::Instant::now() + self.response_timeout;
+            let exchange =
+                self.pool.exchange(&req.method, Some(deadline), move |dst| self.encode(req, conn, stamp, dst));
+            let (mut head, body) = match exchange.await {
+                Ok(answer) => answer,
+                Err(PoolError::Exchange(ExchangeError::TimedOut)) => {
+                    return Err(Error::UpstreamTimeout(self.response_timeout))
+                }
+                Err(e) => return Err(Error::from(e)),
             };
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 let unasked = ExchangeError::Head(HeadError::UnaskedUpgrade);

@@ -38,6 +38,33 @@ async fn slow_upstream_is_504_and_the_proxy_keeps_serving() {
     assert!(metrics.contains("tokengate_upstream_errors_total{kind=\"timeout\"} 1"), "{metrics}");
 }
 
+/// An upstream connection times every exchange with one timer, moved from one deadline to the
+/// next: a later deadline on a timer still waiting, and a new one on a timer that already ran
+/// out while the connection was idle. An answer inside the new deadline is served (a timer left
+/// at the old one would have cut it off), one past it is 504 in time.
+#[tokio::test]
+async fn a_pooled_upstream_connection_times_each_of_its_exchanges() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream:\n  url: {}\n  response_timeout: 1s\n",
+        b.url()
+    );
+    let app = spawn_app_yaml(&yaml).await;
+    for idle in [Duration::ZERO, Duration::from_millis(1500)] {
+        assert_eq!(client::get(app.addr, "/echo", &[]).await.unwrap().status, 200);
+        tokio::time::sleep(idle).await;
+        let r = client::get(app.addr, "/sleep/200", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "after {idle:?} idle: {}", r.text());
+        let start = Instant::now();
+        let r = client::get(app.addr, "/sleep/20000", &[]).await.unwrap();
+        assert_eq!(r.status, 504, "after {idle:?} idle");
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    }
+    assert_eq!(client::get(app.addr, "/echo", &[]).await.unwrap().status, 200);
+    let metrics = client::get(app.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(metrics.contains("tokengate_upstream_errors_total{kind=\"timeout\"} 2"), "{metrics}");
+}
+
 #[tokio::test]
 async fn malformed_request_is_400_and_the_next_connection_is_served() {
     let b = backend::spawn().await;
