@@ -14,6 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tokengate::config::{load_file, Algorithm};
 use tokengate::gateway::Gateway;
 use tokengate::keys::generate_pem;
+use tokengate::metrics::Metrics;
 use tokengate::stores::Stores;
 
 /// What the shipped files read from the environment, with values of the right shape.
@@ -84,7 +85,8 @@ fn generated(dir: &Path, routes: usize, keys: usize) -> PathBuf {
 /// Compiles `file` against `stores` and drops the build.
 fn rebuild(stores: &Stores, file: &Path) -> Gateway {
     let build = stores.begin();
-    Gateway::build(load_file(file).unwrap(), &build).unwrap_or_else(|e| panic!("{}: {e:?}", file.display()))
+    Gateway::build(load_file(file).unwrap(), &build, &Metrics::new())
+        .unwrap_or_else(|e| panic!("{}: {e:?}", file.display()))
 }
 
 fn bench(c: &mut Criterion) {
@@ -112,7 +114,7 @@ fn bench(c: &mut Criterion) {
         // A process's stores, warm from the first load, as a reload finds them.
         let stores = Stores::default();
         let build = stores.begin();
-        let _running = Gateway::build(load_file(file).unwrap(), &build).unwrap();
+        let _running = Gateway::build(load_file(file).unwrap(), &build, &Metrics::new()).unwrap();
         build.commit();
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
         group.bench_function(name, |b| b.iter(|| rebuild(&stores, file)));

@@ -92,16 +92,17 @@ impl App {
         let path = loaded.path.clone();
         let origin = path.as_ref().map_or_else(|| "config".to_owned(), |p| p.display().to_string());
         let stores = Stores::default();
+        let metrics = Metrics::new();
         let gateway = {
             let build = stores.begin();
-            let gateway = Gateway::build(loaded, &build).map_err(|errors| ConfigErrors::new(origin, errors))?;
+            let gateway =
+                Gateway::build(loaded, &build, &metrics).map_err(|errors| ConfigErrors::new(origin, errors))?;
             build.commit();
             gateway
         };
         let workers = overrides.workers(&gateway.config);
         let (public, public_addr, extra_public) = bind_public(gateway.config.listen, workers)?;
         let (admin, admin_addr) = bind(gateway.config.admin_listen).await?;
-        let metrics = Metrics::new();
         metrics.config_in_service(gateway.hash());
         gateway.start_background(&metrics);
         let state = Arc::new(State::new(gateway, stores, metrics));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::trace::context::hex;
 use crate::trace::{Attr, Kind, RequestTrace, Span};
 
@@ -20,6 +20,8 @@ pub struct RequestCtx<'g> {
     pub request_id: HeaderValue,
     /// The `route` label: a token route's name, `jwks` or `proxy`.
     pub route: &'g str,
+    /// The route's series, when it has its own (`routing::Destination::metrics`).
+    pub route_metrics: Option<&'g RouteMetrics>,
     pub method: Method,
     pub start: Instant,
     /// The caller's address behind trusted proxies, once something needed it.
@@ -34,7 +36,13 @@ pub struct RequestCtx<'g> {
 
 impl<'g> RequestCtx<'g> {
     pub fn new(request_id: HeaderValue, route: &'g str, method: Method, start: Instant) -> Self {
-        Self { request_id, route, method, start, client_ip: None, auth: None, limited: None, trace: None }
+        let (client_ip, auth, limited, trace, route_metrics) = (None, None, None, None, None);
+        Self { request_id, route, route_metrics, method, start, client_ip, auth, limited, trace }
+    }
+
+    /// Counts the request under `route` from now on (`PROXY_ROUTE` for one refused on arrival).
+    pub fn relabel(&mut self, route: &'g str, metrics: Option<&'g RouteMetrics>) {
+        (self.route, self.route_metrics) = (route, metrics);
     }
 
     /// The request id as text for log lines ("-" if it is not text, which a kept one always is).
@@ -81,7 +89,9 @@ impl<'g> RequestCtx<'g> {
             }
         }
         let elapsed = self.start.elapsed();
-        if self.route == PROXY_ROUTE {
+        if let Some(own) = self.route_metrics {
+            own.observe(status, elapsed);
+        } else if self.route == PROXY_ROUTE {
             metrics.proxy.observe(status, elapsed);
         } else {
             metrics.requests_total.with_label_values(&[self.route, status.as_str()]).inc();

@@ -57,7 +57,7 @@ pub struct Gateway {
 impl Gateway {
     /// Compiles a validated config, taking its long-lived stores from `stores`. Every error has
     /// its key path, so `check` reports what `run` and a reload would refuse.
-    pub fn build(loaded: Loaded, stores: &Stores) -> Result<Self, Vec<FieldError>> {
+    pub fn build(loaded: Loaded, stores: &Stores, metrics: &Metrics) -> Result<Self, Vec<FieldError>> {
         let Loaded { config, files, digest, .. } = loaded;
         let mut errors = Vec::new();
         let keys = KeyRing::load(&config.keys, crate::hsm::Modules::process()).unwrap_or_else(|e| {
@@ -77,7 +77,7 @@ impl Gateway {
         let hook_stores = stores.hooks(shared.as_ref());
         let mut hooks = HashMap::new();
         for (name, cfg) in &config.auth_hooks {
-            match Hook::build(name, cfg, config.upstream.connect_timeout.0, &hook_stores) {
+            match Hook::build(name, cfg, config.upstream.connect_timeout.0, &hook_stores, metrics) {
                 Ok(hook) => {
                     hooks.insert(name.clone(), Arc::new(hook));
                 }
@@ -115,6 +115,7 @@ impl Gateway {
             limits: &limits,
             ledger: ledger.as_ref(),
             shared: shared.as_ref().map(|s| (s, on_error)),
+            metrics,
         };
         let routes = Routes::build(&config, &compiled, &stores.tokens)?;
         let forward_auths = ForwardAuths::build(&config, &compiled, &stores.tokens)?;
@@ -196,5 +197,7 @@ pub fn load(path: &Path) -> Result<Gateway, ConfigErrors> {
     let loaded = crate::config::load_file(path)?;
     let stores = Stores::default();
     let build = stores.begin();
-    Gateway::build(loaded, &build).map_err(|errors| ConfigErrors::new(path.display().to_string(), errors))
+    // Counted nowhere: nothing is served.
+    Gateway::build(loaded, &build, &Metrics::new())
+        .map_err(|errors| ConfigErrors::new(path.display().to_string(), errors))
 }

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::StatusCode;
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -108,22 +109,51 @@ pub struct SharedMetrics {
     pub fallback: IntCounterVec,
 }
 
+/// One series of a labelled family, resolved at its first use: it shows in a scrape once
+/// something was counted, as with `with_label_values`, which hashes the label values on each
+/// call (SipHash, under the family's lock); after the first, a use is one atomic load.
+pub struct Series<M> {
+    resolved: OnceLock<M>,
+    resolve: Box<dyn Fn() -> M + Send + Sync>,
+}
+
+impl<M> Series<M> {
+    fn of<P: MetricVecBuilder<M = M> + 'static>(family: &MetricVec<P>, labels: &[&str]) -> Self
+    where
+        M: Send + Sync + 'static,
+    {
+        let (family, labels) = (family.clone(), labels.iter().map(|&l| l.to_owned()).collect::<Vec<_>>());
+        Self { resolved: OnceLock::new(), resolve: Box::new(move || family.with_label_values(&labels)) }
+    }
+
+    #[inline]
+    pub fn get(&self) -> &M {
+        self.resolved.get_or_init(&self.resolve)
+    }
+}
+
 /// One route's request counter and latency histogram, resolved once instead of hashing
 /// label values on every request.
 pub struct RouteMetrics {
-    route: &'static str,
+    route: String,
     requests: IntCounterVec,
     by_status: Box<[OnceLock<IntCounter>]>,
-    duration: Histogram,
+    duration: Series<Histogram>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMetrics({})", self.route)
+    }
 }
 
 impl RouteMetrics {
-    fn new(route: &'static str, requests: &IntCounterVec, durations: &HistogramVec) -> Self {
+    fn new(route: &str, requests: &IntCounterVec, durations: &HistogramVec) -> Self {
         Self {
-            route,
+            route: route.to_owned(),
             requests: requests.clone(),
             by_status: (0..600).map(|_| OnceLock::new()).collect(),
-            duration: durations.with_label_values(&[route]),
+            duration: Series::of(durations, &[route]),
         }
     }
 
@@ -132,13 +162,20 @@ impl RouteMetrics {
     pub fn observe(&self, status: StatusCode, elapsed: Duration) {
         match self.by_status.get(usize::from(status.as_u16())) {
             Some(counter) => {
-                counter.get_or_init(|| self.requests.with_label_values(&[self.route, status.as_str()])).inc()
+                counter.get_or_init(|| self.requests.with_label_values(&[self.route.as_str(), status.as_str()])).inc()
             }
             // Never an answer tokengate sends (upstream codes outside 100-599 are a 502).
-            None => self.requests.with_label_values(&[self.route, status.as_str()]).inc(),
+            None => self.requests.with_label_values(&[self.route.as_str(), status.as_str()]).inc(),
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration.get().observe(elapsed.as_secs_f64());
     }
+}
+
+/// An auth hook's decisions (`tokengate_auth_hook_total`), resolved at their first use.
+pub struct HookOutcomes {
+    pub allow: Series<IntCounter>,
+    pub deny: Series<IntCounter>,
+    pub error: Series<IntCounter>,
 }
 
 /// Registers `metric` on `r`. The names and labels are constants of this file, registered
@@ -156,6 +193,26 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     register(r, HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels))
+}
+
+impl Metrics {
+    /// `route`'s request counter and latency histogram (a token route's or a forward-auth
+    /// entry's), for the compiled config to keep.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics::new(route, &self.requests_total, &self.request_duration_seconds)
+    }
+
+    /// The auth hook `hook`'s decisions, for the compiled hook to keep.
+    pub fn hook_outcomes(&self, hook: &str) -> HookOutcomes {
+        let outcome = |o: &str| Series::of(&self.auth_hook_total, &[hook, o]);
+        HookOutcomes { allow: outcome("allow"), deny: outcome("deny"), error: outcome("error") }
+    }
+
+    /// The count of tokens `token` of `route` signed with `algorithm`, for the compiled token
+    /// to keep.
+    pub fn minted(&self, route: &str, token: &str, algorithm: &str) -> Series<IntCounter> {
+        Series::of(&self.tokens_minted_total, &[route, token, algorithm])
+    }
 }
 
 impl Metrics {
@@ -337,6 +394,8 @@ impl Metrics {
         for kind in ["timeout", "connection", "script", "bad_mac"] {
             m.shared.errors.with_label_values(&[kind]);
         }
+        // Forwarded traffic's latency series shows from the start, as it always has.
+        m.proxy.duration.get();
         m
     }
 

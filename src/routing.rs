@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use crate::forward_auth::ForwardAuth;
 use crate::gateway::Gateway;
+use crate::metrics::RouteMetrics;
 use crate::token::Route;
 
 use crate::context::PROXY_ROUTE;
@@ -39,6 +40,16 @@ impl<'g> Destination<'g> {
             Self::ForwardAuth(entry) => entry.name.as_str(),
             Self::Jwks => JWKS_ROUTE,
             Self::Proxy { .. } => PROXY_ROUTE,
+        }
+    }
+
+    /// The route's own series of `tokengate_requests_total` and its latency, resolved when the
+    /// config was compiled; None where `Metrics` keeps them (`proxy`) or looks them up (`jwks`).
+    pub fn metrics(&self) -> Option<&'g RouteMetrics> {
+        match self {
+            Self::Token(route, _) => Some(&route.metrics),
+            Self::ForwardAuth(entry) => Some(entry.metrics()),
+            Self::Jwks | Self::Proxy { .. } => None,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tokengate::gateway::Gateway;
+use tokengate::metrics::Metrics;
 use tokengate::stores::Stores;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(loaded) = tokengate::config::load_str(text, "fuzz.yaml", std::path::Path::new("/nonexistent")) {
         let stores = Stores::default();
         let build = stores.begin();
-        let _ = Gateway::build(loaded, &build);
+        let _ = Gateway::build(loaded, &build, &Metrics::new());
     }
 });

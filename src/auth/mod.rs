@@ -24,7 +24,7 @@ use http::Method;
 use serde_json::Value;
 
 use crate::config::{AuthHookConfig, AuthHookType, FieldError, HttpUrl};
-use crate::metrics::Metrics;
+use crate::metrics::{HookOutcomes, Metrics};
 use crate::proxy::pool::{Pool, PoolKey};
 use crate::shared::Shared;
 use crate::shelf::Shelf;
@@ -89,6 +89,7 @@ pub struct Hook {
     pub name: String,
     kind: Kind,
     identity: Vec<(String, IdentitySource)>,
+    outcomes: HookOutcomes,
 }
 
 impl Hook {
@@ -152,6 +153,7 @@ impl Hook {
         cfg: &AuthHookConfig,
         connect_timeout: Duration,
         stores: &HookStores<'_>,
+        metrics: &Metrics,
     ) -> Result<Self, FieldError> {
         let at = |key: &str, reason: String| FieldError::new(format!("auth_hooks.{name}.{key}"), reason);
         let identity = cfg
@@ -184,7 +186,7 @@ impl Hook {
             }
             AuthHookType::None => Kind::None,
         };
-        Ok(Self { name: name.to_owned(), kind, identity })
+        Ok(Self { name: name.to_owned(), kind, identity, outcomes: metrics.hook_outcomes(name) })
     }
 
     /// Decides who is calling. Never returns an identity without an `id`.
@@ -194,23 +196,23 @@ impl Hook {
                 let (outcome, asked) = hook.authenticate(&self.name, &self.identity, req, metrics).await;
                 req.cache_hit.store(!asked, std::sync::atomic::Ordering::Relaxed);
                 // `auth_hook_total` counts the hook's own decisions; a cache hit is none.
-                return if asked { self.count(outcome, metrics) } else { outcome };
+                return if asked { self.count(outcome) } else { outcome };
             }
             Kind::ApiKey(hook) => hook.authenticate(&self.identity, req),
             Kind::Jwt(hook) => hook.authenticate(&self.name, &self.identity, req).await,
             Kind::None => identity::extract(&self.identity, None, req.body, req.headers).map(Arc::new),
         };
-        self.count(result, metrics)
+        self.count(result)
     }
 
     /// Counts the decision in `tokengate_auth_hook_total` and passes it on.
-    fn count(&self, result: Result<Arc<Identity>, AuthError>, metrics: &Metrics) -> Result<Arc<Identity>, AuthError> {
+    fn count(&self, result: Result<Arc<Identity>, AuthError>) -> Result<Arc<Identity>, AuthError> {
         let outcome = match &result {
-            Ok(_) => "allow",
-            Err(AuthError::Denied) => "deny",
-            Err(_) => "error",
+            Ok(_) => &self.outcomes.allow,
+            Err(AuthError::Denied) => &self.outcomes.deny,
+            Err(_) => &self.outcomes.error,
         };
-        metrics.auth_hook_total.with_label_values(&[&self.name, outcome]).inc();
+        outcome.get().inc();
         result
     }
 }

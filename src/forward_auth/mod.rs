@@ -17,6 +17,7 @@ use http::Method;
 use serde_json::Value;
 
 use crate::config::{Compat, Config, FieldError, ForwardAuthConfig, MethodName, ResponseConfig, RouteConfig};
+use crate::metrics::RouteMetrics;
 use crate::shelf::Shelf;
 use crate::template::{Scope, Source, Template};
 use crate::token::request::PathPattern;
@@ -96,6 +97,11 @@ impl ForwardAuth {
 }
 
 impl ForwardAuth {
+    /// Its decisions' request counter and latency (`route` = the entry's name).
+    pub fn metrics(&self) -> &RouteMetrics {
+        &self.route.metrics
+    }
+
     /// The original path an auth request's own `path` carries: past the prefix of a `/*` entry
     /// (`/` when nothing follows it), else the path itself.
     fn own_path<'p>(&self, path: &'p str) -> &'p str {

@@ -72,7 +72,7 @@ pub fn reload(state: &State, path: &Path, overrides: &Overrides) -> Result<Appli
     }
     let files = loaded.files.clone();
     let build = state.stores.begin();
-    let gateway = Gateway::build(loaded, &build).map_err(|errors| ConfigErrors {
+    let gateway = Gateway::build(loaded, &build, &state.metrics).map_err(|errors| ConfigErrors {
         origin: origin.clone(),
         errors,
         files: files.clone(),

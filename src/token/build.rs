@@ -16,6 +16,7 @@ use crate::config::{Config, FieldError, OnError, RouteConfig};
 use crate::cors::Cors;
 use crate::keys::KeyRing;
 use crate::ledger::{Ledger, Recorder};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::shared::Shared;
 use crate::shelf::Shelf;
@@ -30,6 +31,8 @@ pub struct Compiled<'a> {
     pub ledger: Option<&'a Ledger>,
     /// Redis for the routes' limits (`shared_state`), and its `on_error`.
     pub shared: Option<(&'a Shared, OnError)>,
+    /// Where the routes' series are resolved (`RouteMetrics`, `Series`).
+    pub metrics: &'a Metrics,
 }
 
 fn compile(value: &Value, scope: Scope, at: String) -> Result<Template, FieldError> {
@@ -50,7 +53,7 @@ impl Route {
         compiled: &Compiled<'_>,
         caches: &Shelf<TokenShape, TokenCache>,
     ) -> Result<Self, FieldError> {
-        let Compiled { keys, hooks, limits, ledger, shared } = compiled;
+        let Compiled { keys, hooks, limits, ledger, shared, metrics } = compiled;
         let at = |key: &str| format!("{place}.{key}");
         let pattern = PathPattern::parse(&cfg.path).map_err(|r| FieldError::new(at("path"), r))?;
         let methods: Vec<Method> = cfg.methods.iter().map(|m| m.0.clone()).collect();
@@ -64,6 +67,7 @@ impl Route {
             .iter()
             .map(|(name, t)| TokenSpec::build(name, t, keys, &at(&format!("tokens.{name}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let minted = tokens.iter().map(|t| metrics.minted(&cfg.name, &t.name, t.key.algorithm.name())).collect();
         let headers = cfg
             .response
             .headers
@@ -140,6 +144,8 @@ impl Route {
             response,
             error_response,
             body_limit: config.limits.token_route_body.0,
+            metrics: metrics.route(&cfg.name),
+            minted,
         })
     }
 }

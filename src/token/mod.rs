@@ -24,11 +24,13 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use prometheus::IntCounter;
 
 use crate::auth::Hook;
 use crate::config::OnError;
 use crate::cors::Cors;
 use crate::ledger::Recorder;
+use crate::metrics::{RouteMetrics, Series};
 use crate::ratelimit::RateLimit;
 use crate::shared::Shared;
 use crate::template::{JsonText, Template};
@@ -96,6 +98,10 @@ pub struct Route {
     shared: Option<(Shared, OnError)>,
     /// Browser pages on other origins may call the route (preflights answered here).
     cors: Option<Cors>,
+    /// Its requests and their latency.
+    pub metrics: RouteMetrics,
+    /// `tokengate_tokens_minted_total` of each of `tokens`, in their order.
+    minted: Vec<Series<IntCounter>>,
 }
 
 /// Whether an answer's tokens go to the ledger (`tokengate mint` previews record nothing).

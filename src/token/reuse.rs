@@ -42,7 +42,9 @@ impl Route {
             }
             let note = self.ledger.as_ref().map(|l| if i == 0 { l.record.as_slice() } else { &[] });
             let (token, noted) = spec.mint_noting(values, values.now, note).await?;
-            metrics.tokens_minted_total.with_label_values(&[&self.name, &spec.name, spec.key.algorithm.name()]).inc();
+            if let Some(count) = self.minted.get(i) {
+                count.get().inc();
+            }
             if let Some(key) = key {
                 Box::pin(self.keep(spec, key, shared_key.as_deref(), &token, (identity.id(), values.now), parent))
                     .await;

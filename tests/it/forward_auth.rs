@@ -258,7 +258,7 @@ async fn check_names_the_keys_of_a_bad_entry() {
         Ok(loaded) => {
             let stores = tokengate::stores::Stores::default();
             let build = stores.begin();
-            match tokengate::gateway::Gateway::build(loaded, &build) {
+            match tokengate::gateway::Gateway::build(loaded, &build, &tokengate::metrics::Metrics::new()) {
                 Err(errors) => {
                     errors.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect::<Vec<_>>().join("\n")
                 }
@@ -280,6 +280,8 @@ async fn check_names_the_keys_of_a_bad_entry() {
     let loaded = tokengate::config::load_str(&yaml, "t.yaml", std::path::Path::new(".")).unwrap();
     let stores = tokengate::stores::Stores::default();
     let build = stores.begin();
-    let errors = tokengate::gateway::Gateway::build(loaded, &build).err().expect("user.* behind type none");
+    let errors = tokengate::gateway::Gateway::build(loaded, &build, &tokengate::metrics::Metrics::new())
+        .err()
+        .expect("user.* behind type none");
     assert_eq!(errors[0].path, "forward_auth[1].response_headers.X-User", "{errors:?}");
 }

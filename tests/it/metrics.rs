@@ -64,9 +64,19 @@ async fn every_spec_metric_is_exported_with_bounded_labels() {
         "tokengate_token_cache_total{result=\"hit\",route=\"chat\"} 1",
         "tokengate_auth_hook_total{hook=\"session\",outcome=\"deny\"} 1",
         "tokengate_rate_limited_total{limit=\"one\"} 1",
+        // The series each route and hook resolves once, at its first use.
+        "tokengate_requests_total{route=\"chat\",status=\"200\"} 2",
+        "tokengate_requests_total{route=\"chat\",status=\"401\"} 1",
+        "tokengate_request_duration_seconds_count{route=\"chat\"} 4",
+        "tokengate_requests_total{route=\"gate\",status=\"200\"} 1",
+        "tokengate_request_duration_seconds_count{route=\"gate\"} 1",
+        "tokengate_tokens_minted_total{alg=\"HS256\",route=\"chat\",token=\"t\"} 1",
+        "tokengate_auth_hook_total{hook=\"session\",outcome=\"allow\"} 1",
     ] {
         assert!(scrape.contains(sample), "{sample} missing:\n{scrape}");
     }
+    // Only what happened shows: no hook error, so no series for one.
+    assert!(!scrape.contains("outcome=\"error\""), "{scrape}");
     // Label values are route names and outcomes, never paths, cookies or user ids.
     for leak in ["/t", "/echo", "ann", "session="] {
         assert!(
