@@ -199,7 +199,9 @@ impl Hook {
                 return if asked { self.count(outcome) } else { outcome };
             }
             Kind::ApiKey(hook) => hook.authenticate(&self.identity, req),
-            Kind::Jwt(hook) => hook.authenticate(&self.name, &self.identity, req).await,
+            // Boxed: with the JWKS fetch in it, its future made every token request's 360 bytes
+            // larger, JWT hook or not (`token::serve`'s size test).
+            Kind::Jwt(hook) => Box::pin(hook.authenticate(&self.name, &self.identity, req)).await,
             Kind::None => identity::extract(&self.identity, None, req.body, req.headers).map(Arc::new),
         };
         self.count(result)

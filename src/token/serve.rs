@@ -211,10 +211,11 @@ mod tests {
     /// A token request's future is built and moved level by level (serve → serve_request →
     /// admit → the hook → the auth cache) before its first poll: what only a miss, a limit or a
     /// token cache needs (the hook call with moka's single flight, Redis exchanges) is boxed
-    /// where it is awaited. 3,312 bytes in release, 3,328 in a test build; 8,000 with those inline.
+    /// where it is awaited. 3,104 bytes in a test build (3,464 with a JWT hook's check inline);
+    /// 8,000 with those inline.
     #[test]
     fn a_token_requests_future_stays_small() {
         let size = returned_size(Route::serve as Serve<_>);
-        assert!(size <= 4096, "Route::serve's future is {size} bytes");
+        assert!(size <= 3200, "Route::serve's future is {size} bytes");
     }
 }
