@@ -261,8 +261,10 @@ fn answer<'a, I: ClientIo, S: Service>(
         // Draining: this is the connection's last answer, and it says so.
         let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
         let mut out = BytesMut::with_capacity(WRITE_BUFFER);
+        // Shutdown that comes while the answer is written closes the connection before its next
+        // head (`next_bytes` looks at it first).
         match write_reply(io, &mut out, reply, &info).await {
-            Ok(true) if !stop.is_cancelled() => Answered::KeepAlive,
+            Ok(true) => Answered::KeepAlive,
             _ => {
                 let _ = io.shutdown().await;
                 Answered::Closed
