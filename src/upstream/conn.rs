@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -108,14 +108,16 @@ impl Conn {
             }
             None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        std::future::poll_fn(|cx| {
+        let result = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
                 return Poll::Ready(result);
             }
             std::task::ready!(timer.as_mut().poll(cx));
             Poll::Ready(Err(Failed { error: ExchangeError::TimedOut, answered: false }))
         })
-        .await
+        .await;
+        release(timer.as_mut());
+        result
     }
 
     /// Reads more of a response body, of which `expected` more bytes are known to come (0:
@@ -162,6 +164,15 @@ async fn exchange(
     }
 }
 
+/// Lets go of the waker of the task that last polled `timer`: a timer left in tokio's wheel
+/// while its connection waits in the pool would otherwise keep that task's memory (a client
+/// connection's, perhaps long closed) until the old deadline passes. Polled unconstrained: a task
+/// out of coop budget would not have its waker replaced.
+fn release(timer: Pin<&mut Sleep>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let _ = Pin::new(&mut tokio::task::unconstrained(timer)).poll(&mut cx);
+}
+
 /// Makes room in `read` for the next read.
 fn reserve(read: &mut BytesMut) {
     if read.capacity() - read.len() < READ_CHUNK / 4 {
@@ -172,6 +183,48 @@ fn reserve(read: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After an exchange, the connection's timer holds no waker of the task that ran it.
+    #[tokio::test]
+    async fn a_finished_exchange_leaves_no_waker_in_its_timer() {
+        use std::sync::Arc;
+        use std::task::Wake;
+
+        struct Counted;
+        impl Wake for Counted {
+            fn wake(self: Arc<Self>) {}
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            s
+        });
+        let mut conn = Conn::new(UpstreamIo::Plain(tokio::net::TcpStream::connect(addr).await.unwrap()));
+        let counted = Arc::new(Counted);
+        let deadline = Some(Instant::now() + std::time::Duration::from_secs(30));
+        let head = {
+            let waker = Waker::from(counted.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut exchange = Box::pin(conn.exchange(&Method::GET, deadline, |dst| {
+                dst.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            }));
+            let polled_until = Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Poll::Ready(head) = exchange.as_mut().poll(&mut cx) {
+                    break head;
+                }
+                assert!(Instant::now() < polled_until, "no answer");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        assert_eq!(head.unwrap().status, http::StatusCode::OK);
+        assert_eq!(Arc::strong_count(&counted), 1, "the timer still holds the task's waker");
+        drop(upstream.await.unwrap());
+    }
 
     #[test]
     fn only_an_idempotent_request_that_got_no_answer_in_time_goes_again() {
