@@ -38,8 +38,8 @@ pub struct Conn {
     write: BytesMut,
     /// The deadline of an exchange, one timer for all the connection's exchanges: moved to the
     /// next deadline, a timer still in tokio's wheel only has its time changed, where a timer per
-    /// request is put in and taken out of the wheel each time (~1,000 instructions of a
-    /// forwarded request's ~14,000). Made by the first exchange with a deadline.
+    /// request is put in and taken out of the wheel each time (callgrind: ~390 fewer of a
+    /// forwarded request's ~14,000 instructions). Made by the first exchange with a deadline.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
