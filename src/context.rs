@@ -36,11 +36,21 @@ pub struct RequestCtx<'g> {
 
 impl<'g> RequestCtx<'g> {
     pub fn new(request_id: HeaderValue, route: &'g str, method: Method, start: Instant) -> Self {
-        let (client_ip, auth, limited, trace, route_metrics) = (None, None, None, None, None);
-        Self { request_id, route, route_metrics, method, start, client_ip, auth, limited, trace }
+        Self {
+            request_id,
+            route,
+            route_metrics: None,
+            method,
+            start,
+            client_ip: None,
+            auth: None,
+            limited: None,
+            trace: None,
+        }
     }
 
-    /// Counts the request under `route` from now on (`PROXY_ROUTE` for one refused on arrival).
+    /// Counts the request under `route`, in its own series if it has them (`PROXY_ROUTE` and
+    /// none for one refused on arrival).
     pub fn relabel(&mut self, route: &'g str, metrics: Option<&'g RouteMetrics>) {
         (self.route, self.route_metrics) = (route, metrics);
     }

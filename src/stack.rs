@@ -130,7 +130,7 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let destination = routing::route(&gateway, req.uri().path());
     let mut ctx = RequestCtx::new(request_id, destination.label(), req.method().clone(), start);
-    ctx.route_metrics = destination.metrics();
+    ctx.relabel(destination.label(), destination.metrics());
     if let Some(tracer) = &gateway.tracer {
         let mut span = tracer.server_span(req.headers());
         span.set("url.path", Attr::Str(req.uri().path().to_owned()));
