@@ -31,6 +31,24 @@ pub enum Known {
 }
 
 impl Known {
+    /// The `http` crate's name of a field recognised here, where it has one: what
+    /// `HeaderName::from_bytes` would give for any spelling of it, without parsing it again.
+    pub fn standard_name(self) -> Option<HeaderName> {
+        use http::header;
+        Some(match self {
+            Self::Host => header::HOST,
+            Self::Connection => header::CONNECTION,
+            Self::Te => header::TE,
+            Self::TransferEncoding => header::TRANSFER_ENCODING,
+            Self::Upgrade => header::UPGRADE,
+            Self::ContentLength => header::CONTENT_LENGTH,
+            Self::Expect => header::EXPECT,
+            Self::Trailer => header::TRAILER,
+            Self::Date => header::DATE,
+            _ => return None,
+        })
+    }
+
     /// Recognises `name` (any letter case).
     pub fn of(name: &[u8]) -> Self {
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
@@ -161,7 +179,10 @@ pub fn connection_named<'a>(head: &'a [u8], fields: &[Field]) -> SmallVec<[&'a [
 pub fn header_map(head: &Bytes, fields: &[Field], spare: usize) -> Option<HeaderMap> {
     let mut headers = HeaderMap::with_capacity(fields.len() + spare);
     for f in fields {
-        let name = HeaderName::from_bytes(f.name(head)).ok()?;
+        let name = match f.known.standard_name() {
+            Some(name) => name,
+            None => HeaderName::from_bytes(f.name(head)).ok()?,
+        };
         let value = HeaderValue::from_maybe_shared(head.slice(f.value_range())).ok()?;
         headers.append(name, value);
     }
@@ -171,6 +192,34 @@ pub fn header_map(head: &Bytes, fields: &[Field], spare: usize) -> Option<Header
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A standard name stands for every spelling `Known::of` recognises as it.
+    #[test]
+    fn standard_names_are_what_parsing_any_spelling_gives() {
+        let spellings: &[&[u8]] = &[
+            b"Host",
+            b"HOST",
+            b"connection",
+            b"TE",
+            b"Transfer-Encoding",
+            b"upgrade",
+            b"Content-Length",
+            b"EXPECT",
+            b"Trailer",
+            b"date",
+            b"Keep-Alive",
+            b"X-Forwarded-For",
+            b"x-request-id",
+        ];
+        let mut standard = 0;
+        for &name in spellings {
+            if let Some(known) = Known::of(name).standard_name() {
+                assert_eq!(Some(known), HeaderName::from_bytes(name).ok(), "{}", String::from_utf8_lossy(name));
+                standard += 1;
+            }
+        }
+        assert_eq!(standard, 10, "Keep-Alive, X-Forwarded-For and x-request-id have none");
+    }
 
     #[test]
     fn recognises_names_in_any_case() {
