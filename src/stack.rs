@@ -97,7 +97,7 @@ async fn relay(
     let RequestId { value, generated } = request_id(head, &gateway.proxy.rules.request_id);
     let ctx = RequestCtx::new(value, PROXY_ROUTE, head.method.clone(), Instant::now());
     let stamp = Stamp { id: &ctx.request_id, generated, traceparent: traceparent.as_ref().map(|t| t.as_slice()) };
-    let (status, reply) = match gateway.proxy.relay(head, conn, stamp).await {
+    let (status, reply) = match gateway.proxy.relay(head, conn, stamp, ctx.start).await {
         Ok(relayed) => (relayed.head.head.status, Reply::Relayed(relayed)),
         Err(err) => {
             let mut resp = upstream_failure(state, &err, &ctx);

@@ -44,18 +44,20 @@ pub struct Stamp<'a> {
 const TRACEPARENT: &[u8] = b"traceparent";
 
 impl Proxy {
-    /// Relays `req` upstream and returns the answer, or the error to answer with instead. An
-    /// `async move` block: an `async fn` would keep its arguments twice.
+    /// Relays `req` upstream and returns the answer, or the error to answer with instead;
+    /// `response_timeout` counts from `start`, when the request came. An `async move` block: an
+    /// `async fn` would keep its arguments twice.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn relay<'a>(
         &'a self,
         req: &'a RequestHead,
         conn: &'a ConnInfo,
         stamp: Stamp<'a>,
+        start: std::time::Instant,
     ) -> impl Future<Output = Result<Relayed, Error>> + Send + 'a {
         async move {
             // The upstream connection's own timer keeps the deadline (`upstream::conn`).
-            let deadline = tokio::time::Instant::now() + self.response_timeout;
+            let deadline = tokio::time::Instant::from_std(start) + self.response_timeout;
             let exchange =
                 self.pool.exchange(&req.method, Some(deadline), move |dst| self.encode(req, conn, stamp, dst));
             let (mut head, body) = match exchange.await {
