@@ -20,14 +20,18 @@ async fn unreachable_upstream_is_502_with_json_body() {
     assert!(metrics.contains("tokengate_requests_total{route=\"proxy\",status=\"502\"} 2"), "{metrics}");
 }
 
+/// An app in front of `upstream` that waits `timeout` for response heads.
+async fn with_response_timeout(upstream: &str, timeout: &str) -> crate::common::TestApp {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream:\n  url: {upstream}\n  response_timeout: {timeout}\n"
+    );
+    spawn_app_yaml(&yaml).await
+}
+
 #[tokio::test]
 async fn slow_upstream_is_504_and_the_proxy_keeps_serving() {
     let b = backend::spawn().await;
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream:\n  url: {}\n  response_timeout: 300ms\n",
-        b.url()
-    );
-    let app = spawn_app_yaml(&yaml).await;
+    let app = with_response_timeout(&b.url(), "300ms").await;
     let start = Instant::now();
     let r = client::get(app.addr, "/sleep/3000", &[]).await.unwrap();
     assert_eq!(r.status, 504);
@@ -45,11 +49,7 @@ async fn slow_upstream_is_504_and_the_proxy_keeps_serving() {
 #[tokio::test]
 async fn a_pooled_upstream_connection_times_each_of_its_exchanges() {
     let b = backend::spawn().await;
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream:\n  url: {}\n  response_timeout: 1s\n",
-        b.url()
-    );
-    let app = spawn_app_yaml(&yaml).await;
+    let app = with_response_timeout(&b.url(), "1s").await;
     for idle in [Duration::ZERO, Duration::from_millis(1500)] {
         assert_eq!(client::get(app.addr, "/echo", &[]).await.unwrap().status, 200);
         tokio::time::sleep(idle).await;
