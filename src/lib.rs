@@ -20,6 +20,7 @@ pub mod forward_auth;
 pub mod fuzzing;
 pub mod gateway;
 pub mod hsm;
+pub mod json_body;
 pub mod keys;
 pub mod ledger;
 pub mod logging;

@@ -102,7 +102,56 @@ pub struct Missing(pub String);
 /// Looks up a source's value for one request: borrowed where the request already holds it
 /// (its body, the caller's identity, the tokens), made only where it does not.
 pub trait Lookup {
-    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>>;
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>>;
+}
+
+/// A source's value: a JSON tree, or the JSON text of one value found in the request body as
+/// it is (parsed only where a tree is needed: `render`, a cache key; written as text into
+/// claims and responses).
+#[derive(Debug)]
+pub enum Found<'a> {
+    Tree(Cow<'a, Value>),
+    Text(&'a str),
+}
+
+impl<'a> Found<'a> {
+    /// A value made for this request.
+    pub fn made(value: Value) -> Self {
+        Found::Tree(Cow::Owned(value))
+    }
+
+    /// A value the request holds.
+    pub fn held(value: &'a Value) -> Self {
+        Found::Tree(Cow::Borrowed(value))
+    }
+
+    /// Null or an empty string: not there, for `a | b`.
+    fn is_blank(&self) -> bool {
+        match self {
+            Found::Tree(v) => v.is_null() || v.as_str() == Some(""),
+            Found::Text(text) => matches!(*text, "null" | "\"\""),
+        }
+    }
+
+    /// As a tree. (A body's text was checked to parse as one; were it not to, it reads as null.)
+    pub fn into_value(self) -> Value {
+        match self {
+            Found::Tree(v) => v.into_owned(),
+            Found::Text(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// As text (inside a mixed string, or a header): a string as it is, anything else as its
+    /// JSON text.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Found::Tree(v) => text_of(v),
+            Found::Text(text) => match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+                _ => Cow::Owned(text_of(&serde_json::from_str(text).unwrap_or(Value::Null)).into_owned()),
+            },
+        }
+    }
 }
 
 impl Template {
@@ -130,13 +179,13 @@ impl Template {
     pub fn render(&self, ctx: &dyn Lookup) -> Result<Value, Missing> {
         Ok(match self {
             Template::Const(v) => v.clone(),
-            Template::Exact(e) => e.eval(ctx)?.into_owned(),
+            Template::Exact(e) => e.eval(ctx)?.into_value(),
             Template::Mixed(parts) => {
                 let mut out = String::new();
                 for p in parts {
                     match p {
                         Part::Text(t) => out.push_str(t),
-                        Part::Expr(e) => out.push_str(&text_of(&*e.eval(ctx)?)),
+                        Part::Expr(e) => out.push_str(&e.eval(ctx)?.text()),
                     }
                 }
                 Value::String(out)
@@ -189,14 +238,14 @@ pub fn text_of(value: &Value) -> Cow<'_, str> {
 
 impl Expr {
     /// The first alternative that is there and neither null nor an empty string.
-    fn eval<'a>(&'a self, ctx: &'a dyn Lookup) -> Result<Cow<'a, Value>, Missing> {
+    fn eval<'a>(&'a self, ctx: &'a dyn Lookup) -> Result<Found<'a>, Missing> {
         for alt in &self.alternatives {
             let value = match alt {
-                Source::Literal(l) => return Ok(Cow::Borrowed(l)),
+                Source::Literal(l) => return Ok(Found::held(l)),
                 other => ctx.lookup(other),
             };
             match value {
-                Some(v) if !matches!(&*v, Value::Null) && v.as_str() != Some("") => return Ok(v),
+                Some(v) if !v.is_blank() => return Ok(v),
                 _ => {}
             }
         }
@@ -333,11 +382,11 @@ mod tests {
 
     struct Ctx(Value);
     impl Lookup for Ctx {
-        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
             match source {
-                Source::User(f) => self.0["user"].get(f).map(Cow::Borrowed),
-                Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).map(Cow::Borrowed),
-                Source::Uuid => Some(Cow::Owned(json!("u-u-i-d"))),
+                Source::User(f) => self.0["user"].get(f).map(Found::held),
+                Source::Body(p) => p.iter().try_fold(&self.0["body"], |v, k| v.get(k)).map(Found::held),
+                Source::Uuid => Some(Found::made(json!("u-u-i-d"))),
                 _ => None,
             }
         }
@@ -390,6 +439,45 @@ mod tests {
         }
         let missing = Template::compile(&json!({"a": "x", "b": "{{ body.userId }}"}), Scope::Response, "t").unwrap();
         assert_eq!(JsonText::new(&missing).write(&Ctx(ctx), &mut Vec::new()), Err(Missing("userId".into())));
+    }
+
+    /// The request body as text (`JsonBody`): what a template writes from it, compacted or
+    /// parsed and serialized, is what serializing the tree rendered from the parsed body writes,
+    /// for every shape of body value, and a mixed string reads the same text.
+    #[test]
+    fn written_json_from_body_text_is_the_tree_serialized() {
+        struct Text(crate::json_body::JsonBody);
+        impl Lookup for Text {
+            fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
+                match source {
+                    Source::Body(p) => self.0.get(p).map(Found::Text),
+                    _ => None,
+                }
+            }
+        }
+        let body = r#" { "s": "plain", "e": "a \"q\" \u00e9\n", "n": 12, "f": 1.50, "x": 1E2, "neg": -0,
+            "o": { "k" : "v", "l": [1, 2, {"d": null}] }, "dup": {"a": 1, "a": 2}, "empty": "", "null": null,
+            "t": true, "big": 123456789012345678901234 } "#;
+        let text = Text(crate::json_body::JsonBody::parse(bytes::Bytes::from_static(body.as_bytes())).unwrap());
+        let tree = Ctx(json!({ "body": serde_json::from_str::<Value>(body).unwrap() }));
+        let fields = ["s", "e", "n", "f", "x", "neg", "o", "dup", "empty", "null", "t", "big"];
+        for field in fields {
+            for t in [
+                json!({"v": format!("{{{{ body.{field} }}}}")}),
+                json!({"v": format!("{{{{ body.{field} | 'fallback' }}}}")}),
+                json!({"v": format!("<{{{{ body.{field} | 'fallback' }}}}>")}),
+                json!([format!("{{{{ body.o.{field} | body.{field} | 0 }}}}")]),
+            ] {
+                let compiled = Template::compile(&t, Scope::Response, "t").unwrap();
+                let (mut from_text, mut from_tree) = (Vec::new(), Vec::new());
+                let written = JsonText::new(&compiled).write(&text, &mut from_text);
+                assert_eq!(written, JsonText::new(&compiled).write(&tree, &mut from_tree), "{t}");
+                assert_eq!(String::from_utf8(from_text).unwrap(), String::from_utf8(from_tree).unwrap(), "{t}");
+                if written.is_ok() {
+                    assert_eq!(compiled.render(&text).unwrap(), compiled.render(&tree).unwrap(), "{t}");
+                }
+            }
+        }
     }
 
     #[test]

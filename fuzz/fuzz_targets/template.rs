@@ -3,24 +3,25 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::borrow::Cow;
 
 use serde_json::{json, Value};
-use tokengate::template::{JsonText, Lookup, Scope, Source, Template};
+use tokengate::template::{Found, JsonText, Lookup, Scope, Source, Template};
 
 struct Ctx;
 
 impl Lookup for Ctx {
-    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
         let value = match source {
             Source::User(f) if f == "id" => json!("user-1"),
             Source::User(f) if f == "n" => json!(5),
-            Source::Body(_) => json!({"a": [1, "x\"\u{1}"]}),
+            // As a request body holds it: JSON text, with blanks and an escape.
+            Source::Body(p) if p.len() == 1 => return Some(Found::Text(r#"{"a": [1, "x\"\u0001"], "b" : {"c": 2}}"#)),
+            Source::Body(_) => return Some(Found::Text(r#"[ 1, {"d": "e"} ]"#)),
             Source::Uuid => json!("u-u-i-d"),
             Source::Now => json!(1),
             _ => return None,
         };
-        Some(Cow::Owned(value))
+        Some(Found::made(value))
     }
 }
 

@@ -3,6 +3,8 @@
 use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
+use crate::json_body::JsonBody;
+
 use super::AuthError;
 
 /// The caller's identity fields (`id`, `name`, `image`, `email`, `custom`…).
@@ -12,11 +14,13 @@ pub struct Identity(pub Map<String, Value>);
 impl Identity {
     /// The `id` field as text (numbers are rendered).
     pub fn id(&self) -> Option<&str> {
-        self.0.get("id").and_then(Value::as_str)
+        self.get("id").and_then(Value::as_str)
     }
 
+    /// A field, found by comparing names: an identity has the few fields its hook's `identity:`
+    /// maps, where hashing the name (SipHash) costs more than the comparisons.
     pub fn get(&self, field: &str) -> Option<&Value> {
-        self.0.get(field)
+        self.0.iter().find_map(|(name, value)| (name == field).then_some(value))
     }
 }
 
@@ -61,9 +65,27 @@ fn present(v: Option<Value>) -> Option<Value> {
     v.filter(|v| !v.is_null() && v.as_str() != Some(""))
 }
 
-fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &Value, headers: &HeaderMap) -> Option<Value> {
+/// A JSON body identity fields are read from: a session endpoint's answer (parsed), or the
+/// request's own (checked JSON text, read where a pointer asks).
+pub(super) trait Pointed {
+    fn at(&self, pointer: &str) -> Option<Value>;
+}
+
+impl Pointed for Value {
+    fn at(&self, pointer: &str) -> Option<Value> {
+        self.pointer(pointer).cloned()
+    }
+}
+
+impl Pointed for JsonBody {
+    fn at(&self, pointer: &str) -> Option<Value> {
+        self.pointer_value(pointer)
+    }
+}
+
+fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &dyn Pointed, headers: &HeaderMap) -> Option<Value> {
     present(match src {
-        IdentitySource::Body(p) => body.pointer(p).cloned(),
+        IdentitySource::Body(p) => body.at(p),
         IdentitySource::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(|s| Value::String(s.to_owned())),
         IdentitySource::Claim(c) => claims.and_then(|c2| c2.get(c)).cloned(),
     })
@@ -83,7 +105,7 @@ fn normalize_id(v: Value) -> Option<Value> {
 pub(super) fn extract(
     fields: &[(String, IdentitySource)],
     claims: Option<&Value>,
-    body: &Value,
+    body: &dyn Pointed,
     headers: &HeaderMap,
 ) -> Result<Identity, AuthError> {
     let mut out = Map::new();

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName};
 use http::Method;
-use serde_json::Value;
 
 use crate::config::{AuthHookConfig, AuthHookType, FieldError, HttpUrl};
+use crate::json_body::JsonBody;
 use crate::metrics::{HookOutcomes, Metrics};
 use crate::proxy::pool::{Pool, PoolKey};
 use crate::shared::Shared;
@@ -60,7 +60,7 @@ pub enum AuthError {
 /// What a hook needs to see of the request.
 pub struct AuthRequest<'a> {
     pub headers: &'a HeaderMap,
-    pub body: &'a Value,
+    pub body: &'a JsonBody,
     /// Sent to the session endpoint (the `auth_hook` span is its parent), when traced.
     pub traceparent: Option<http::HeaderValue>,
     /// Set when the decision came from a cache (the `auth_hook` span's `cache.hit`).
@@ -70,7 +70,7 @@ pub struct AuthRequest<'a> {
 }
 
 impl<'a> AuthRequest<'a> {
-    pub fn new(headers: &'a HeaderMap, body: &'a Value, traceparent: Option<http::HeaderValue>) -> Self {
+    pub fn new(headers: &'a HeaderMap, body: &'a JsonBody, traceparent: Option<http::HeaderValue>) -> Self {
         Self { headers, body, traceparent, cache_hit: Default::default(), parent: None }
     }
 }

@@ -91,7 +91,7 @@ impl ForwardAuth {
     ) -> (&'static str, Response<Body>) {
         let refuse = |e: Error| (outcome(&e), self.route.error(&e, values));
         let Admitted { identity, would } =
-            match self.route.admit(headers, &Value::Null, values.client_ip, metrics, ctx).await {
+            match self.route.admit(headers, &crate::json_body::NO_BODY, values.client_ip, metrics, ctx).await {
                 Ok(admitted) => admitted,
                 Err(e) => return refuse(e),
             };

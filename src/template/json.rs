@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{text_of, Expr, Lookup, Missing, Part, Template};
+use super::{Expr, Found, Lookup, Missing, Part, Template};
 
 /// A template as JSON text: runs of it, and holes.
 #[derive(Clone, Debug)]
@@ -35,8 +35,8 @@ impl JsonText {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => out.extend_from_slice(text),
-                Piece::Value(e) => write_value(out, &*e.eval(ctx)?),
-                Piece::InString(e) => write_escaped(out, &text_of(&*e.eval(ctx)?)),
+                Piece::Value(e) => write_found(out, e.eval(ctx)?),
+                Piece::InString(e) => write_escaped(out, &e.eval(ctx)?.text()),
             }
         }
         Ok(())
@@ -104,6 +104,19 @@ impl Flattener {
     fn finish(mut self) -> JsonText {
         self.end_run();
         JsonText { pieces: self.pieces }
+    }
+}
+
+/// A value as serde_json writes its tree: text from the body compacted as it is where that is
+/// sure to be the same (`json_body::compact`), parsed and serialized where not.
+fn write_found(out: &mut Vec<u8>, found: Found<'_>) {
+    match found {
+        Found::Tree(value) => write_value(out, &value),
+        Found::Text(text) => {
+            if !crate::json_body::compact(text, out) {
+                write_value(out, &Found::Text(text).into_value());
+            }
+        }
     }
 }
 

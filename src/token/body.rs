@@ -1,13 +1,14 @@
-//! A token route's request body: the method first (405), then its size (413), then JSON (400).
+//! A token route's request body: the method first (405), then its size (413), then JSON (400),
+//! checked here and read where a template or an identity asks (`JsonBody`).
 
 use http::header;
 use http::Method;
 use http_body_util::{BodyExt, Limited};
-use serde_json::Value;
 
 use super::Route;
 use crate::body::{ClientBodyError, ClientFault, RequestBody};
 use crate::error::Error;
+use crate::json_body::JsonBody;
 
 impl Route {
     /// Method (405), then body size (413), then JSON.
@@ -16,7 +17,7 @@ impl Route {
         method: &Method,
         headers: &http::HeaderMap,
         body: RequestBody,
-    ) -> Result<Value, Error> {
+    ) -> Result<JsonBody, Error> {
         if !self.methods.contains(method) {
             return Err(Error::MethodNotAllowed { allow: self.allow.clone() });
         }
@@ -38,9 +39,6 @@ impl Route {
                 })
             }
         };
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|_| Error::InvalidRequest("request body is not valid JSON".into()))
+        JsonBody::parse(bytes).map_err(|e| Error::InvalidRequest(e.to_string()))
     }
 }

@@ -1,7 +1,6 @@
 //! Minting one token: the header is encoded once at load; per request the claims are rendered,
 //! `iat`/`exp` (and `nbf`) set, and the signing input signed with a key parsed at load.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::config::{FieldError, TokenConfig};
 use crate::error::Error;
 use crate::keys::{KeyRing, SigningKey};
-use crate::template::{JsonText, Lookup, Scope, Source, Template};
+use crate::template::{Found, JsonText, Lookup, Scope, Source, Template};
 
 /// A minted token and its lifetime (unix seconds).
 #[derive(Clone, Debug)]
@@ -55,9 +54,9 @@ struct WithKey<'a> {
 }
 
 impl Lookup for WithKey<'_> {
-    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
         match source {
-            Source::Key(field) => key_field(self.key, field).map(|v| Cow::Owned(Value::String(v.to_owned()))),
+            Source::Key(field) => key_field(self.key, field).map(|v| Found::made(Value::String(v.to_owned()))),
             other => self.values.lookup(other),
         }
     }
@@ -219,7 +218,7 @@ impl TokenSpec {
             return None;
         }
         let inputs: Vec<Value> =
-            self.sources.iter().map(|s| values.lookup(s).map_or(Value::Null, Cow::into_owned)).collect();
+            self.sources.iter().map(|s| values.lookup(s).map_or(Value::Null, Found::into_value)).collect();
         Some(format!(
             "{route}\u{0}{}\u{0}{}\u{0}{}\u{0}{user_id}\u{0}{}",
             self.name,
@@ -238,9 +237,9 @@ mod tests {
 
     struct Ctx;
     impl Lookup for Ctx {
-        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
+        fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
             match source {
-                Source::User(f) if f == "id" => Some(Cow::Owned(Value::String("u1".into()))),
+                Source::User(f) if f == "id" => Some(Found::made(Value::String("u1".into()))),
                 _ => None,
             }
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::request::Values;
 use super::{Record, Routes};
 use crate::auth::Identity;
+use crate::json_body::JsonBody;
 use crate::metrics::Metrics;
 
 /// `tokengate mint`: what `route` answers for a caller with id `user_id` and the given
@@ -44,7 +45,7 @@ pub async fn preview(
             _ => return Err(format!("--set {source:?}: expected user.*, body.*, query.*, path.* or header.*")),
         }
     }
-    let (body, query) = (Value::Object(body), query.join("&"));
+    let (body, query) = (JsonBody::from_value(&Value::Object(body)), query.join("&"));
     let values =
         Values { body: &body, ..Values::new(&query, &captures, &headers, std::net::IpAddr::from([127, 0, 0, 1])) };
     // A preview mints nothing anyone receives: nothing to record.

@@ -1,14 +1,14 @@
 //! One token request's template inputs: path captures, query, headers, JSON body, identity,
 //! client address, and (for the response) the minted tokens.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::template::{Lookup, Source};
+use crate::json_body::{JsonBody, NO_BODY};
+use crate::template::{Found, Lookup, Source};
 
 /// A route path: literal segments and `{name}` captures.
 #[derive(Clone, Debug)]
@@ -115,7 +115,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 /// Everything a template may read for one request.
 pub struct Values<'a> {
     pub identity: Option<&'a Identity>,
-    pub body: &'a Value,
+    pub body: &'a JsonBody,
     pub query: &'a str,
     pub captures: &'a [(String, String)],
     pub headers: &'a HeaderMap,
@@ -134,7 +134,7 @@ impl<'a> Values<'a> {
     pub fn new(query: &'a str, captures: &'a [(String, String)], headers: &'a HeaderMap, client_ip: IpAddr) -> Self {
         Self {
             identity: None,
-            body: &Value::Null,
+            body: &NO_BODY,
             query,
             captures,
             headers,
@@ -148,18 +148,18 @@ impl<'a> Values<'a> {
 }
 
 impl Lookup for Values<'_> {
-    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, Value>> {
-        let made = |v: Value| Some(Cow::Owned(v));
+    fn lookup<'a>(&'a self, source: &'a Source) -> Option<Found<'a>> {
+        let made = |v: Value| Some(Found::made(v));
         match source {
-            Source::User(field) => self.identity?.get(field).map(Cow::Borrowed),
-            Source::Body(path) => path.iter().try_fold(self.body, |v, k| v.get(k)).map(Cow::Borrowed),
+            Source::User(field) => self.identity?.get(field).map(Found::held),
+            Source::Body(path) => self.body.get(path).map(Found::Text),
             Source::Query(name) => made(Value::String(query_param(self.query, name)?)),
             Source::Path(name) => made(Value::String(self.captures.iter().find(|(n, _)| n == name)?.1.clone())),
             Source::Header(name) => made(Value::String(self.headers.get(name.as_str())?.to_str().ok()?.to_owned())),
             Source::Uuid => made(Value::String(uuid::Uuid::new_v4().to_string())),
             Source::Now => made(Value::from(self.now)),
             Source::ClientIp => made(Value::String(self.client_ip.to_string())),
-            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Cow::Borrowed(t)),
+            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Found::held(t)),
             Source::ExpiresIn => made(Value::from(self.first?.1.saturating_sub(self.now))),
             Source::ExpiresAt => made(Value::from(self.first?.1)),
             Source::ExpiresAtIso => made(Value::String(rfc3339(self.first?.1))),
@@ -171,7 +171,7 @@ impl Lookup for Values<'_> {
                     _ => Value::from(status),
                 })
             }
-            Source::Literal(l) => Some(Cow::Borrowed(l)),
+            Source::Literal(l) => Some(Found::held(l)),
             // The signing key's fields: `TokenSpec::mint` answers them.
             Source::Key(_) => None,
         }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::net::IpAddr;
 
 use http::{HeaderMap, Request, Response};
-use serde_json::Value;
 
 use super::request::Values;
 use super::{limits, Record, Route};
@@ -16,6 +15,7 @@ use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
 use crate::cors::Cors;
 use crate::error::Error;
+use crate::json_body::JsonBody;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
 use crate::ratelimit::{LimitInput, RateLimit};
@@ -101,7 +101,7 @@ impl Route {
     pub(crate) async fn admit(
         &self,
         headers: &HeaderMap,
-        body: &Value,
+        body: &JsonBody,
         client_ip: IpAddr,
         metrics: &Metrics,
         ctx: &mut RequestCtx<'_>,
