@@ -176,6 +176,10 @@ pub struct HookOutcomes {
     pub allow: Series<IntCounter>,
     pub deny: Series<IntCounter>,
     pub error: Series<IntCounter>,
+    /// `tokengate_auth_cache_total` of an HTTP hook: found in a cache (local or shared), or
+    /// asked.
+    pub cache_hit: Series<IntCounter>,
+    pub cache_miss: Series<IntCounter>,
 }
 
 /// Registers `metric` on `r`. The names and labels are constants of this file, registered
@@ -205,7 +209,14 @@ impl Metrics {
     /// The auth hook `hook`'s decisions, for the compiled hook to keep.
     pub fn hook_outcomes(&self, hook: &str) -> HookOutcomes {
         let outcome = |o: &str| Series::of(&self.auth_hook_total, &[hook, o]);
-        HookOutcomes { allow: outcome("allow"), deny: outcome("deny"), error: outcome("error") }
+        let cache = |result: &str| Series::of(&self.auth_cache_total, &[hook, result]);
+        HookOutcomes {
+            allow: outcome("allow"),
+            deny: outcome("deny"),
+            error: outcome("error"),
+            cache_hit: cache("hit"),
+            cache_miss: cache("miss"),
+        }
     }
 
     /// The count of tokens `token` of `route` signed with `algorithm`, for the compiled token

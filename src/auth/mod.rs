@@ -195,6 +195,7 @@ impl Hook {
             Kind::Http(hook) => {
                 let (outcome, asked) = hook.authenticate(&self.name, &self.identity, req, metrics).await;
                 req.cache_hit.store(!asked, std::sync::atomic::Ordering::Relaxed);
+                if asked { &self.outcomes.cache_miss } else { &self.outcomes.cache_hit }.get().inc();
                 // `auth_hook_total` counts the hook's own decisions; a cache hit is none.
                 return if asked { self.count(outcome) } else { outcome };
             }

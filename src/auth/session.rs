@@ -104,9 +104,8 @@ impl SessionHook {
             answer
         };
         let (outcome, called) = self.cache.get_or_call(key, call).await;
+        // Asked: neither cache had it (the hook counts it in `tokengate_auth_cache_total`).
         let asked = called && !from_redis.load(Ordering::Relaxed);
-        let result_label = if asked { "miss" } else { "hit" };
-        metrics.auth_cache_total.with_label_values(&[name, result_label]).inc();
         (outcome, asked)
     }
 }
