@@ -1,21 +1,28 @@
 //! A request's JSON body, checked once and read where asked: a template's `body.a.b` or an
 //! identity's `body:/a/b` finds its value in the text when it is looked up, as JSON text, instead
 //! of every field being built into a tree (a map and a string allocated per field) that the
-//! request then mostly drops. `compact` writes such a text as serde_json writes its tree.
+//! request then mostly drops. The check (`check`, one pass by hand, held to serde_json's verdict)
+//! notes where a top-level object's members are, so `body.a` is found without a scan; deeper
+//! steps scan the member's text. `compact` writes such a text as serde_json writes its tree.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::Value;
+
+mod check;
+mod compact;
+
+use check::Members;
+pub use compact::compact;
 
 /// A request body known to be one JSON value (or empty: `null`).
 #[derive(Clone, Debug)]
 pub struct JsonBody {
     /// Valid JSON text, so valid UTF-8.
     text: Bytes,
+    /// Where a top-level object's members are (None for any other value).
+    members: Option<Members>,
 }
 
 /// The body is not one JSON value.
@@ -24,7 +31,7 @@ pub struct JsonBody {
 pub struct NotJson;
 
 /// No body: `body.*` is never there.
-pub static NO_BODY: JsonBody = JsonBody { text: Bytes::from_static(b"null") };
+pub static NO_BODY: JsonBody = JsonBody { text: Bytes::from_static(b"null"), members: None };
 
 impl JsonBody {
     /// A body as it came: empty or only whitespace is no body (`null`); anything else must be
@@ -33,14 +40,16 @@ impl JsonBody {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(NO_BODY.clone());
         }
-        let text = std::str::from_utf8(&bytes).map_err(|_| NotJson)?;
-        serde_json::from_str::<Checked>(text).map_err(|_| NotJson)?;
-        Ok(Self { text: bytes })
+        std::str::from_utf8(&bytes).map_err(|_| NotJson)?;
+        let members = check::check(&bytes).ok_or(NotJson)?;
+        Ok(Self { text: bytes, members })
     }
 
     /// A body holding `value` (`tokengate preview`, tests).
     pub fn from_value(value: &Value) -> Self {
-        Self { text: Bytes::from(value.to_string()) }
+        let text = Bytes::from(value.to_string());
+        let members = check::check(&text).flatten();
+        Self { text, members }
     }
 
     fn text(&self) -> &str {
@@ -80,10 +89,21 @@ impl JsonBody {
         serde_json::from_str(self.pointer(pointer)?).ok()
     }
 
-    /// Each step looks in the text the one before found (the body's text first); no steps is
-    /// the whole body.
+    /// Each step looks in the text the one before found: a top-level member among the members
+    /// the check found (the last of a repeated key, as a parsed tree keeps), then by a scan; no
+    /// steps is the whole body.
     fn walk<'p>(&self, mut steps: impl Iterator<Item = Step<'p>>) -> Option<&str> {
-        steps.try_fold(self.text().trim_ascii(), |at, step| find(at, &step))
+        let text = self.text();
+        let Some(first) = steps.next() else { return Some(text.trim_ascii()) };
+        let at = match &self.members {
+            Some(members) => {
+                let span = |(a, b): (u32, u32)| text.get(a as usize..b as usize);
+                let member = members.iter().rev().find(|m| span(m.key).is_some_and(|k| key_is(k, &first.key)))?;
+                span(member.value)?
+            }
+            None => find(text.trim_ascii(), &first)?,
+        };
+        steps.try_fold(at, |at, step| find(at, &step))
     }
 }
 
@@ -217,216 +237,6 @@ impl Scan<'_> {
     }
 }
 
-/// Any JSON value, read the way `Value` reads one (numbers in range, strings and keys
-/// unescaped) and kept nowhere: the check that a body would parse.
-struct Checked;
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(CheckedVisitor)
-    }
-}
-
-struct CheckedVisitor;
-
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_key::<Checked>()?.is_some() {
-            map.next_value::<Checked>()?;
-        }
-        Ok(Checked)
-    }
-}
-
-/// Writes the JSON text `text` (valid JSON) as serde_json writes the `Value` it parses to, and
-/// returns true; or, for what it cannot be sure to write the same way, writes nothing and
-/// returns false (the caller parses and serializes): a string or key with an escape, a number
-/// that is not an integer of at most 18 digits (or is `-0`), an object with a key repeated or
-/// with more than `MAX_KEYS` keys, nesting deeper than `MAX_DEPTH`. What is written is the text
-/// without its whitespace: strings without escapes, small integers, literals, and the order of
-/// keys are written by serde_json as they were read (with `preserve_order`).
-pub fn compact(text: &str, out: &mut Vec<u8>) -> bool {
-    let start = out.len();
-    let mut reader = Compact { bytes: text.as_bytes(), at: 0, out };
-    let written = reader.value(0) && reader.rest_is_blank();
-    if !written {
-        out.truncate(start);
-    }
-    written
-}
-
-const MAX_KEYS: usize = 16;
-const MAX_DEPTH: usize = 32;
-
-struct Compact<'t, 'o> {
-    bytes: &'t [u8],
-    at: usize,
-    out: &'o mut Vec<u8>,
-}
-
-impl<'t> Compact<'t, '_> {
-    fn skip_blank(&mut self) {
-        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
-            self.at += 1;
-        }
-    }
-
-    fn rest_is_blank(&mut self) -> bool {
-        self.skip_blank();
-        self.at == self.bytes.len()
-    }
-
-    fn value(&mut self, depth: usize) -> bool {
-        self.skip_blank();
-        match self.bytes.get(self.at) {
-            Some(b'{') if depth < MAX_DEPTH => self.object(depth),
-            Some(b'[') if depth < MAX_DEPTH => self.array(depth),
-            Some(b'"') => self.string().is_some_and(|s| {
-                self.out.extend_from_slice(s);
-                true
-            }),
-            Some(b't' | b'f' | b'n') => self.literal(),
-            Some(b'-' | b'0'..=b'9') => self.integer(),
-            _ => false,
-        }
-    }
-
-    /// A string without escapes, quotes included.
-    fn string(&mut self) -> Option<&'t [u8]> {
-        let begin = self.at;
-        let len = memchr::memchr2(b'"', b'\\', &self.bytes[begin + 1..])?;
-        let end = begin + 1 + len;
-        (self.bytes[end] == b'"').then(|| {
-            self.at = end + 1;
-            &self.bytes[begin..=end]
-        })
-    }
-
-    fn literal(&mut self) -> bool {
-        let rest = &self.bytes[self.at..];
-        let Some(word) = [&b"true"[..], b"false", b"null"].into_iter().find(|w| rest.starts_with(w)) else {
-            return false;
-        };
-        self.out.extend_from_slice(word);
-        self.at += word.len();
-        true
-    }
-
-    fn integer(&mut self) -> bool {
-        let begin = self.at;
-        let negative = self.bytes[begin] == b'-';
-        let digits = self.bytes[begin + usize::from(negative)..].iter().take_while(|b| b.is_ascii_digit()).count();
-        let end = begin + usize::from(negative) + digits;
-        let plain = !matches!(self.bytes.get(end), Some(b'.' | b'e' | b'E'));
-        if !plain || digits == 0 || digits > 18 || &self.bytes[begin..end] == b"-0" {
-            return false;
-        }
-        self.out.extend_from_slice(&self.bytes[begin..end]);
-        self.at = end;
-        true
-    }
-
-    fn array(&mut self, depth: usize) -> bool {
-        self.at += 1;
-        self.out.push(b'[');
-        self.skip_blank();
-        if self.bytes.get(self.at) == Some(&b']') {
-            self.at += 1;
-            self.out.push(b']');
-            return true;
-        }
-        loop {
-            if !self.value(depth + 1) {
-                return false;
-            }
-            self.skip_blank();
-            match self.bytes.get(self.at) {
-                Some(b',') => self.out.push(b','),
-                Some(b']') => {
-                    self.at += 1;
-                    self.out.push(b']');
-                    return true;
-                }
-                _ => return false,
-            }
-            self.at += 1;
-        }
-    }
-
-    fn object(&mut self, depth: usize) -> bool {
-        self.at += 1;
-        self.out.push(b'{');
-        self.skip_blank();
-        if self.bytes.get(self.at) == Some(&b'}') {
-            self.at += 1;
-            self.out.push(b'}');
-            return true;
-        }
-        let mut keys: [&[u8]; MAX_KEYS] = [&[]; MAX_KEYS];
-        let mut n = 0;
-        loop {
-            self.skip_blank();
-            if self.bytes.get(self.at) != Some(&b'"') || n == MAX_KEYS {
-                return false;
-            }
-            let Some(key) = self.string() else { return false };
-            if keys[..n].contains(&key) {
-                return false;
-            }
-            keys[n] = key;
-            n += 1;
-            self.out.extend_from_slice(key);
-            self.skip_blank();
-            if self.bytes.get(self.at) != Some(&b':') {
-                return false;
-            }
-            self.at += 1;
-            self.out.push(b':');
-            if !self.value(depth + 1) {
-                return false;
-            }
-            self.skip_blank();
-            match self.bytes.get(self.at) {
-                Some(b',') => self.out.push(b','),
-                Some(b'}') => {
-                    self.at += 1;
-                    self.out.push(b'}');
-                    return true;
-                }
-                _ => return false,
-            }
-            self.at += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -517,6 +327,56 @@ mod tests {
             "[",
             &"[".repeat(200),
             &format!("{}{}", "[".repeat(100), "]".repeat(100)),
+            // serde_json's nesting limit: its 128th nested container is refused.
+            &format!("{}{}", "[".repeat(127), "]".repeat(127)),
+            &format!("{}{}", "[".repeat(128), "]".repeat(128)),
+            &format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127)),
+            &format!("{}1{}", "{\"a\":".repeat(128), "}".repeat(128)),
+            // Escapes and surrogates.
+            r#""\ud83d\ude00""#,
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83d\u0041""#,
+            r#""\ud83d\n""#,
+            r#""\u00E9\/\b\f\r\t""#,
+            r#""\u00g9""#,
+            r#""\u+0e9""#,
+            r#""\u00""#,
+            "\"a\u{7f}\"",
+            "\"tab\tinside\"",
+            // Numbers: small integers, and what serde_json reads.
+            "-0",
+            "-",
+            "00",
+            "-01",
+            "1.",
+            ".5",
+            "1e",
+            "1e+5",
+            "1E-5",
+            "+1",
+            "1.5e308",
+            "1.8e308",
+            "-1e400",
+            "1e-400",
+            "123456789012345678",
+            "1234567890123456789012345678901234567890",
+            &"9".repeat(400),
+            "[1-2]",
+            "[1.2.3]",
+            "{\"a\":1e5,\"b\":-0.0}",
+            // Blanks, literals, structure.
+            "\u{c}1",
+            " \r\n\t[ 1 , 2 ] ",
+            "truex",
+            "[true,false,null]",
+            "[,1]",
+            "{,}",
+            "{\"a\":}",
+            "{\"a\":1 \"b\":2}",
+            "{1:2}",
+            "[1]]",
+            "\"unterminated",
         ];
         for text in cases {
             let parsed = serde_json::from_str::<Value>(text).is_ok();
@@ -527,42 +387,5 @@ mod tests {
             assert_eq!(tree(body(blank).get(&[])), Some(Value::Null));
         }
         assert_eq!(tree(JsonBody::from_value(&json!({"a": [1]})).pointer("/a/0")), Some(json!(1)));
-    }
-
-    /// Where `compact` writes, it writes what serializing the parsed tree writes; where it
-    /// would not be the same, it writes nothing and says so.
-    #[test]
-    fn compact_text_is_the_tree_serialized_or_nothing() {
-        let same = [
-            r#" { "device_name" : "iPhone 15", "os_version":"iOS 17.5" } "#,
-            r#"[1, -2, 0, 123456789012345678, true, false, null, [], {}, [[]], {"a": {"b": [ ]}}]"#,
-            r#""plain é ☃ text""#,
-            r#"{"z": 1, "a": 2, "m": 3}"#,
-        ];
-        for text in same {
-            let mut out = b"prefix".to_vec();
-            assert!(compact(text, &mut out), "{text}");
-            let expected = serde_json::to_string(&serde_json::from_str::<Value>(text).unwrap()).unwrap();
-            assert_eq!(String::from_utf8(out).unwrap(), format!("prefix{expected}"), "{text}");
-        }
-        let keys = (0..=MAX_KEYS).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>().join(",");
-        let deep = format!("{}1{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
-        let not_sure = [
-            r#""esc\"aped""#,
-            r#"{"a\u0062": 1}"#,
-            "1.5",
-            "1e2",
-            "-0",
-            "1234567890123456789",
-            r#"{"a": 1, "a": 2}"#,
-            r#"[1, {"x": 2.0}]"#,
-            &format!("{{{keys}}}"),
-            &deep,
-        ];
-        for text in not_sure {
-            let mut out = b"prefix".to_vec();
-            assert!(!compact(text, &mut out), "{text}");
-            assert_eq!(out, b"prefix", "{text}");
-        }
     }
 }
