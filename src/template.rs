@@ -112,6 +112,8 @@ pub trait Lookup {
 pub enum Found<'a> {
     Tree(Cow<'a, Value>),
     Text(&'a str),
+    /// A string the request holds as it is (a minted token, a header, a path capture).
+    Str(&'a str),
 }
 
 impl<'a> Found<'a> {
@@ -130,6 +132,7 @@ impl<'a> Found<'a> {
         match self {
             Found::Tree(v) => v.is_null() || v.as_str() == Some(""),
             Found::Text(text) => matches!(*text, "null" | "\"\""),
+            Found::Str(s) => s.is_empty(),
         }
     }
 
@@ -138,6 +141,7 @@ impl<'a> Found<'a> {
         match self {
             Found::Tree(v) => v.into_owned(),
             Found::Text(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+            Found::Str(s) => Value::String(s.to_owned()),
         }
     }
 
@@ -146,6 +150,7 @@ impl<'a> Found<'a> {
     pub fn text(&self) -> Cow<'_, str> {
         match self {
             Found::Tree(v) => text_of(v),
+            Found::Str(s) => Cow::Borrowed(s),
             Found::Text(text) => match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
                 Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
                 _ => Cow::Owned(text_of(&serde_json::from_str(text).unwrap_or(Value::Null)).into_owned()),

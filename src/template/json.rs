@@ -112,6 +112,7 @@ impl Flattener {
 fn write_found(out: &mut Vec<u8>, found: Found<'_>) {
     match found {
         Found::Tree(value) => write_value(out, &value),
+        Found::Str(s) => write_str(out, s),
         Found::Text(text) => {
             if !crate::json_body::compact(text, out) {
                 write_value(out, &Found::Text(text).into_value());

@@ -1,10 +1,10 @@
 //! A token route's answer once the caller is known: a place in the ledger's queue, the tokens
 //! minted (or reused), their record, and the route's response rendered.
 
-use http::Response;
-use serde_json::Value;
+use std::sync::Arc;
 
-use super::mint::Minted;
+use http::Response;
+
 use super::request::Values;
 use super::respond::render;
 use super::{record, Record, Route};
@@ -25,8 +25,8 @@ fn end(trace: Option<&RequestTrace>, span: Option<Span>, failed: bool) {
 
 /// The tokens one answer carries: by name, and the first one's (iat, exp).
 pub(crate) struct Issued<'r> {
-    /// Each token as a JSON string, under its name in the route.
-    pub named: Vec<(&'r str, Value)>,
+    /// Each token under its name in the route.
+    pub named: Vec<(&'r str, Arc<str>)>,
     pub first: Option<(u64, u64)>,
 }
 
@@ -90,13 +90,8 @@ impl Route {
                 return Err(Error::from(e));
             }
         }
-        let minted: Vec<Minted> = minted.into_iter().map(|(m, _)| m).collect();
-        let named = self
-            .tokens
-            .iter()
-            .zip(&minted)
-            .map(|(spec, m)| (spec.name.as_str(), Value::String(m.token.to_string())))
-            .collect();
-        Ok(Issued { named, first: minted.first().map(|m| (m.iat, m.exp)) })
+        let first = minted.first().map(|(m, _)| (m.iat, m.exp));
+        let named = self.tokens.iter().zip(minted).map(|(spec, (m, _))| (spec.name.as_str(), m.token)).collect();
+        Ok(Issued { named, first })
     }
 }

@@ -2,6 +2,7 @@
 //! client address, and (for the response) the minted tokens.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use serde_json::Value;
@@ -121,9 +122,8 @@ pub struct Values<'a> {
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
     pub now: u64,
-    /// Minted tokens by name (each a JSON string), and the first token's (iat, exp), for the
-    /// response.
-    pub tokens: &'a [(&'a str, Value)],
+    /// Minted tokens by name, and the first token's (iat, exp), for the response.
+    pub tokens: &'a [(&'a str, Arc<str>)],
     pub first: Option<(u64, u64)>,
     /// `error.message`, `error.code`, `error.status` for error responses.
     pub error: Option<(&'a str, &'a str, u16)>,
@@ -154,12 +154,12 @@ impl Lookup for Values<'_> {
             Source::User(field) => self.identity?.get(field).map(Found::held),
             Source::Body(path) => self.body.get(path).map(Found::Text),
             Source::Query(name) => made(Value::String(query_param(self.query, name)?)),
-            Source::Path(name) => made(Value::String(self.captures.iter().find(|(n, _)| n == name)?.1.clone())),
-            Source::Header(name) => made(Value::String(self.headers.get(name.as_str())?.to_str().ok()?.to_owned())),
+            Source::Path(name) => Some(Found::Str(&self.captures.iter().find(|(n, _)| n == name)?.1)),
+            Source::Header(name) => Some(Found::Str(self.headers.get(name.as_str())?.to_str().ok()?)),
             Source::Uuid => made(Value::String(uuid::Uuid::new_v4().to_string())),
             Source::Now => made(Value::from(self.now)),
             Source::ClientIp => made(Value::String(self.client_ip.to_string())),
-            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Found::held(t)),
+            Source::Token(name) => self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| Found::Str(t)),
             Source::ExpiresIn => made(Value::from(self.first?.1.saturating_sub(self.now))),
             Source::ExpiresAt => made(Value::from(self.first?.1)),
             Source::ExpiresAtIso => made(Value::String(rfc3339(self.first?.1))),
