@@ -159,7 +159,7 @@ fn key_is(quoted: &str, key: &str) -> bool {
     if quoted.contains('\\') {
         serde_json::from_str::<String>(quoted).is_ok_and(|k| k == key)
     } else {
-        quoted.get(1..quoted.len() - 1) == Some(key)
+        quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) == Some(key)
     }
 }
 
