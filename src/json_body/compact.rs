@@ -89,40 +89,57 @@ impl<'t> Compact<'t, '_> {
         true
     }
 
-    fn array(&mut self, depth: usize) -> bool {
+    /// Past the opening bracket `open` (copied) and the blanks after it.
+    fn open(&mut self, open: u8) {
+        self.out.push(open);
         self.at += 1;
-        self.out.push(b'[');
         self.skip_blank();
-        if self.bytes.get(self.at) == Some(&b']') {
+    }
+
+    /// Past `close` (copied) if it is next.
+    fn close(&mut self, close: u8) -> bool {
+        let closed = self.bytes.get(self.at) == Some(&close);
+        if closed {
             self.at += 1;
-            self.out.push(b']');
+            self.out.push(close);
+        }
+        closed
+    }
+
+    /// After an element or member: Some(true) past a comma (copied) for another, Some(false)
+    /// past the closing bracket, None for anything else.
+    fn next(&mut self, close: u8) -> Option<bool> {
+        self.skip_blank();
+        if self.close(close) {
+            return Some(false);
+        }
+        (self.bytes.get(self.at) == Some(&b',')).then(|| {
+            self.at += 1;
+            self.out.push(b',');
+            true
+        })
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.open(b'[');
+        if self.close(b']') {
             return true;
         }
         loop {
             if !self.value(depth + 1) {
                 return false;
             }
-            self.skip_blank();
-            match self.bytes.get(self.at) {
-                Some(b',') => self.out.push(b','),
-                Some(b']') => {
-                    self.at += 1;
-                    self.out.push(b']');
-                    return true;
-                }
-                _ => return false,
+            match self.next(b']') {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
             }
-            self.at += 1;
         }
     }
 
     fn object(&mut self, depth: usize) -> bool {
-        self.at += 1;
-        self.out.push(b'{');
-        self.skip_blank();
-        if self.bytes.get(self.at) == Some(&b'}') {
-            self.at += 1;
-            self.out.push(b'}');
+        self.open(b'{');
+        if self.close(b'}') {
             return true;
         }
         let mut keys: [&[u8]; MAX_KEYS] = [&[]; MAX_KEYS];
@@ -148,17 +165,11 @@ impl<'t> Compact<'t, '_> {
             if !self.value(depth + 1) {
                 return false;
             }
-            self.skip_blank();
-            match self.bytes.get(self.at) {
-                Some(b',') => self.out.push(b','),
-                Some(b'}') => {
-                    self.at += 1;
-                    self.out.push(b'}');
-                    return true;
-                }
-                _ => return false,
+            match self.next(b'}') {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
             }
-            self.at += 1;
         }
     }
 }
