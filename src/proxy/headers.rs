@@ -21,7 +21,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderVa
 
 /// The caller's address (`ForwardRules::client_ip`) from a request's header map.
 pub fn client_ip(rules: &ForwardRules, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
-    let forwarded_for = headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes);
+    // The rule's own first step, before the look-up it makes pointless.
+    if !rules.is_trusted(peer) {
+        return peer;
+    }
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
     rules.client_ip(peer, forwarded_for.collect::<SmallVec<[&[u8]; 2]>>().into_iter())
 }
 

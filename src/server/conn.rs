@@ -23,10 +23,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::prefixed::Prefixed;
 use super::slots::Slot;
+use super::stop::Stop;
 use super::{h1, ClientIo, ConnSettings, Service};
 use crate::body::{Body, ClientBody};
 use crate::conn_info::ConnInfo;
@@ -40,7 +40,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub(super) struct Conn<S> {
     pub settings: Arc<ConnSettings>,
     pub service: S,
-    pub stop: CancellationToken,
+    pub stop: Stop,
     pub _slot: Slot,
 }
 
@@ -113,7 +113,7 @@ impl<S: Service> Conn<S> {
                     }
                     return;
                 }
-                _ = self.stop.cancelled(), if !closing => {
+                _ = self.stop.stopped(), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -17,8 +17,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Version};
 use tokio::io::{AsyncWriteExt, ReadBuf};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::stop::{Idle, Stop};
 use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
 use crate::body::Body;
@@ -62,11 +62,11 @@ pub fn serve<'a, I: ClientIo, S: Service>(
     conn: &'a ConnInfo,
     service: &'a S,
     limits: &'a ConnLimits,
-    stop: &'a CancellationToken,
+    stop: &'a Stop,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     async move {
         let mut buf = BytesMut::new();
-        let mut stopped = pin!(stop.cancelled());
+        let mut stopped = pin!(stop.idle());
         // The first head must come within `header_read_timeout` of the accept (nginx's
         // client_header_timeout); later, a connection may idle for `idle_timeout` (its
         // keepalive_timeout), and then a started head has `header_read_timeout` to finish.
@@ -144,12 +144,12 @@ enum Next {
 fn next_bytes<'a, 'stop: 'a, I: ClientIo>(
     io: &'a mut I,
     buf: &'a mut BytesMut,
-    mut stopped: Pin<&'a mut WaitForCancellationFuture<'stop>>,
+    mut stopped: Pin<&'a mut Idle<'stop>>,
     mut timer: Pin<&'a mut tokio::time::Sleep>,
 ) -> impl Future<Output = Next> + use<'a, 'stop, I> {
     std::future::poll_fn(move |cx| {
         // Between requests, shutdown closes the connection; a head under way finishes.
-        if buf.is_empty() && stopped.as_mut().poll(cx).is_ready() {
+        if buf.is_empty() && stopped.as_mut().poll_stopped(cx).is_ready() {
             return Poll::Ready(Next::Stop);
         }
         if timer.as_mut().poll(cx).is_ready() {
@@ -238,7 +238,7 @@ fn answer<'a, I: ClientIo, S: Service>(
     req: FastRequest,
     info: RequestInfo,
     buf: &'a mut BytesMut,
-    stop: &'a CancellationToken,
+    stop: &'a Stop,
 ) -> impl Future<Output = Answered> + Send + 'a {
     async move {
         let reply = 'reply: {
@@ -259,7 +259,7 @@ fn answer<'a, I: ClientIo, S: Service>(
         };
         drop(req);
         // Draining: this is the connection's last answer, and it says so.
-        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_cancelled(), ..info };
+        let info = RequestInfo { keep_alive: info.keep_alive && !stop.is_stopping(), ..info };
         let mut out = BytesMut::with_capacity(WRITE_BUFFER);
         // Shutdown that comes while the answer is written closes the connection before its next
         // head (`next_bytes` looks at it first).

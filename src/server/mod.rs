@@ -6,6 +6,7 @@ mod conn;
 mod h1;
 mod prefixed;
 mod slots;
+mod stop;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::proxy::relay::Relayed;
 use crate::wire::request::RequestHead;
 use conn::Conn;
 pub use slots::Slots;
+use stop::Stop;
 
 /// What a listener runs for each request.
 pub trait Service: Clone + Send + Sync + 'static {
@@ -157,6 +159,8 @@ pub async fn serve<S: Service>(
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    // What the connections read: `stop` itself takes two mutexes shared by every worker.
+    let conn_stop = Stop::default();
     loop {
         // Accept, then wait for a slot: a thread waiting in `accept` with a slot taken would
         // keep it from the threads that have connections to serve. Each thread holds at most
@@ -182,7 +186,7 @@ pub async fn serve<S: Service>(
         let _ = stream.set_nodelay(true);
         // Read once per connection: a reload applies to the connections accepted after it.
         let settings = settings.current();
-        let (service, stop) = (service.clone(), stop.clone());
+        let (service, stop) = (service.clone(), conn_stop.clone());
         let tls = settings.tls.clone();
         let handshake_timeout = settings.limits.header_read_timeout;
         // The connection's future is spawned as it is, with nothing around it: a wrapping
@@ -201,6 +205,7 @@ pub async fn serve<S: Service>(
         }
     }
     drop(listener);
+    conn_stop.trip();
     connections.close();
     connections.wait().await;
 }

@@ -3,7 +3,7 @@
 
 use http::header;
 use http::Method;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Either, Limited};
 
 use super::Route;
 use crate::body::{ClientBodyError, ClientFault, RequestBody};
@@ -26,6 +26,17 @@ impl Route {
             return Err(Error::PayloadTooLarge(self.body_limit));
         }
         let limit = usize::try_from(self.body_limit).unwrap_or(usize::MAX);
+        let body = match body {
+            // A body that came whole with its head (`server::h1`): no collecting to do.
+            Either::Right(whole) => {
+                let bytes = whole.into_inner().unwrap_or_default();
+                if bytes.len() > limit {
+                    return Err(Error::PayloadTooLarge(self.body_limit));
+                }
+                return JsonBody::parse(bytes).map_err(|e| Error::InvalidRequest(e.to_string()));
+            }
+            streamed => streamed,
+        };
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
