@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert("cookie", HeaderValue::from_static("session=0123456789abcdef0123456789abcdef; theme=dark"));
     let identity = Arc::new(Identity(json!({"id": "user-123", "name": "Alice"}).as_object().unwrap().clone()));
-    let key = cache.key(&names, &headers);
+    let key = cache.key(&names, tokengate::header_view::HeaderView::Map(&headers));
     runtime.block_on(cache.get_or_call(key, || async { Ok(Some(identity.clone())) })).0.unwrap();
     let limit = tokengate::ratelimit::RateLimit::build(
         "bench",
@@ -141,7 +141,7 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("auth_cache_hit", |b| {
         b.to_async(&runtime).iter(|| async {
-            let key = cache.key(&names, black_box(&headers));
+            let key = cache.key(&names, tokengate::header_view::HeaderView::Map(black_box(&headers)));
             let (found, called) = cache.get_or_call(key, || async { Err("the hit path never calls".to_owned()) }).await;
             assert!(!called);
             found.unwrap()

@@ -19,6 +19,7 @@ pub mod forward_auth;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod header_view;
 pub mod hsm;
 pub mod json_body;
 pub mod keys;

@@ -28,6 +28,14 @@ use crate::state::State;
 use crate::token::limits::check_limits;
 use crate::trace::{Attr, Kind, RequestTrace, SpanContext};
 use crate::wire::request::RequestHead;
+use bytes::Bytes;
+use futures_util::future::Either;
+use http_body_util::Full;
+
+use crate::header_view::HeaderView;
+use crate::metrics::RouteMetrics;
+use crate::token::request::TokenRequest;
+use crate::token::Route;
 
 /// The public listener's service.
 #[derive(Clone)]
@@ -56,17 +64,31 @@ impl Service for Public {
         resp
     }
 
-    /// What `routing` sends to the upstream without proxy limits is relayed from the head;
+    /// A body-less request `routing` sends to the upstream without proxy limits is relayed
+    /// from the head, and a token route's request is served from it (no `http::Request`);
     /// everything else takes `call`.
-    fn relay<'a>(
+    type Snapshot = Arc<Gateway>;
+
+    fn snapshot(&self) -> Arc<Gateway> {
+        self.0.gateway.load_full()
+    }
+
+    fn fast<'a>(
         &'a self,
+        gateway: &'a Arc<Gateway>,
         head: &'a RequestHead,
+        body: &'a Bytes,
         conn: &'a ConnInfo,
     ) -> Option<impl Future<Output = Reply> + Send + 'a> {
-        let gateway = self.0.gateway.load_full();
-        let plain = matches!(routing::route(&gateway, head.path()), Destination::Proxy { limited: false });
-        if !plain || !head.is_origin_form() {
-            return None;
+        match routing::route(gateway, head.path()) {
+            Destination::Proxy { limited: false } if body.is_empty() && head.is_origin_form() => {}
+            // Boxed: a token request's state is several times a relayed one's, and the box of
+            // the fast path's answer holds the larger of the two.
+            Destination::Token(route, captures) if head.is_origin_form() => {
+                let serving = token_from_head(&self.0, gateway, route, captures, head, body.clone(), conn);
+                return Some(Either::Right(Box::pin(serving)));
+            }
+            _ => return None,
         }
         // Sampled requests take `call`, where the spans are; an unsampled one is relayed with a
         // `traceparent` of its own (the trace id propagated, nothing recorded).
@@ -82,14 +104,14 @@ impl Service for Public {
                 Some(context.traceparent_bytes())
             }
         };
-        Some(relay(&self.0, gateway, head, conn, traceparent))
+        Some(Either::Left(relay(&self.0, gateway, head, conn, traceparent)))
     }
 }
 
-/// Relays one forwarded request (see `Public::relay`).
+/// Relays one forwarded request (see `Public::fast`).
 async fn relay(
     state: &State,
-    gateway: Arc<Gateway>,
+    gateway: &Gateway,
     head: &RequestHead,
     conn: &ConnInfo,
     traceparent: Option<[u8; 55]>,
@@ -129,15 +151,12 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
     let gateway = state.gateway.load_full();
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let destination = routing::route(&gateway, req.uri().path());
-    let mut ctx = RequestCtx::new(request_id, destination.label(), req.method().clone(), start);
-    ctx.relabel(destination.label(), destination.metrics());
-    if let Some(tracer) = &gateway.tracer {
-        let mut span = tracer.server_span(req.headers());
-        span.set("url.path", Attr::Str(req.uri().path().to_owned()));
-        ctx.trace = Some(Box::new(RequestTrace { span, exporter: state.exporter.clone() }));
-    }
+    let traceparent = req.headers().get(TRACEPARENT).map(HeaderValue::as_bytes);
+    let labels = (destination.label(), destination.metrics());
+    let mut ctx = request_ctx(&state, &gateway, labels, request_id, req.method(), req.uri().path(), traceparent);
+    ctx.start = start;
     let refused = if head == Head::Checked { Ok(()) } else { admission::check_request(&req) };
-    let mut resp = if let Err(refusal) = refused {
+    let resp = if let Err(refusal) = refused {
         ctx.relabel(PROXY_ROUTE, None);
         rescue(&Error::Refused(refusal))
     } else {
@@ -145,13 +164,10 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
             // Boxed: each branch's future is large, and hyper moves the request future around;
             // boxed, a request pays only for its own branch's.
             Destination::Token(route, captures) => {
-                let log_span = ctx.log_span();
-                let serving =
-                    Box::pin(route.serve(req, captures, &conn, &gateway.proxy.rules, &state.metrics, &mut ctx));
-                match log_span {
-                    Some(span) => serving.instrument(span).await,
-                    None => serving.await,
-                }
+                let (parts, body) = req.into_parts();
+                let headers = HeaderView::Map(&parts.headers);
+                let req = TokenRequest { method: &parts.method, query: parts.uri.query().unwrap_or(""), headers, body };
+                serve_token(&state, &gateway, route, req, captures, &conn, &mut ctx).await
             }
             Destination::ForwardAuth(entry) => {
                 let log_span = ctx.log_span();
@@ -180,9 +196,81 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
             }
         }
     };
+    finish(&state, &gateway, ctx, resp)
+}
+
+/// A request's context: its id, its destination's labels, and its server span when traced.
+fn request_ctx<'g>(
+    state: &State,
+    gateway: &'g Gateway,
+    (label, metrics): (&'g str, Option<&'g RouteMetrics>),
+    request_id: HeaderValue,
+    method: &Method,
+    path: &str,
+    traceparent: Option<&[u8]>,
+) -> RequestCtx<'g> {
+    let mut ctx = RequestCtx::new(request_id, label, method.clone(), Instant::now());
+    ctx.relabel(label, metrics);
+    if let Some(tracer) = &gateway.tracer {
+        let mut span = tracer.server_span(traceparent);
+        span.set("url.path", Attr::Str(path.to_owned()));
+        ctx.trace = Some(Box::new(RequestTrace { span, exporter: state.exporter.clone() }));
+    }
+    ctx
+}
+
+/// The answer with the request id on it, counted and logged.
+fn finish(state: &State, gateway: &Gateway, ctx: RequestCtx<'_>, mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().insert(gateway.proxy.rules.request_id.clone(), ctx.request_id.clone());
     ctx.finish(&state.metrics, resp.status());
     resp
+}
+
+/// A token route's answer, in the request's log span when traced. Boxed: each destination's
+/// future is large, and hyper moves the request future around; boxed, a request pays only for
+/// its own branch's.
+async fn serve_token(
+    state: &State,
+    gateway: &Gateway,
+    route: &Route,
+    req: TokenRequest<'_>,
+    captures: Vec<(String, String)>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx<'_>,
+) -> Response<Body> {
+    let log_span = ctx.log_span();
+    let serving = Box::pin(route.serve(req, captures, conn, &gateway.proxy.rules, &state.metrics, ctx));
+    match log_span {
+        Some(span) => serving.instrument(span).await,
+        None => serving.await,
+    }
+}
+
+/// A token route's request served from the head the fast path parsed (`Public::fast`): no
+/// header map is built, and the request id it needs none for.
+async fn token_from_head<'g>(
+    state: &State,
+    gateway: &'g Gateway,
+    route: &'g Route,
+    captures: Vec<(String, String)>,
+    head: &RequestHead,
+    body: Bytes,
+    conn: &ConnInfo,
+) -> Reply {
+    let name = &gateway.proxy.rules.request_id;
+    let RequestId { value, generated } = request_id(head, name);
+    let traceparent = head.fields.iter().find(|f| f.is(&head.bytes, &TRACEPARENT)).map(|f| f.value(&head.bytes));
+    let labels = (route.name.as_str(), Some(&route.metrics));
+    let mut ctx = request_ctx(state, gateway, labels, value.clone(), &head.method, head.path(), traceparent);
+    let headers = HeaderView::Head { head, added: generated.then_some((name, &value)) };
+    let req = TokenRequest {
+        method: &head.method,
+        query: head.query(),
+        headers,
+        body: http_body_util::Either::Right(Full::new(body)),
+    };
+    let resp = serve_token(state, gateway, route, req, captures, conn, &mut ctx).await;
+    Reply::Response(finish(state, gateway, ctx, resp))
 }
 
 /// `forward`, in an `upstream` client span whose context the upstream gets as `traceparent`
@@ -253,9 +341,9 @@ fn proxy_limits(
     state: &State,
     ctx: &mut RequestCtx<'_>,
 ) -> Option<Response<Body>> {
-    let client_ip = headers::client_ip(&gateway.proxy.rules, conn.peer.ip(), req.headers());
+    let client_ip = headers::client_ip(&gateway.proxy.rules, conn.peer.ip(), HeaderView::Map(req.headers()));
     ctx.client_ip = Some(client_ip);
-    let input = LimitInput { client_ip, identity: None, route: PROXY_ROUTE, headers: req.headers() };
+    let input = LimitInput { client_ip, identity: None, route: PROXY_ROUTE, headers: HeaderView::Map(req.headers()) };
     let err = check_limits(&gateway.proxy_limits, &input, &state.metrics).err()?;
     if let Error::RateLimited { limit, .. } = &err {
         ctx.limited = Some(limit.clone());
@@ -281,7 +369,8 @@ mod tests {
         assert!(size <= 2048, "stack::handle's future is {size} bytes");
     }
 
-    type Relay<F> = fn(&'static State, Arc<Gateway>, &'static RequestHead, &'static ConnInfo, Option<[u8; 55]>) -> F;
+    type Relay<F> =
+        fn(&'static State, &'static Gateway, &'static RequestHead, &'static ConnInfo, Option<[u8; 55]>) -> F;
 
     /// A relayed request's future is in the box made for every request the fast path answers
     /// (`server::h1`), copied into it whole: 928 bytes in release, 944 in a test build; 1,304

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use smallvec::SmallVec;
 
 use super::{AuthError, Identity};
+use crate::header_view::HeaderView;
 
 /// Why a miss gave no identity; shared by every caller waiting on the same call.
 #[derive(Debug)]
@@ -92,14 +93,14 @@ impl AuthCache {
     ///
     /// The input is gathered first and hashed in one call: BLAKE3's incremental hasher copies each
     /// piece into its chunk buffer, five calls for one cookie.
-    pub fn key(&self, names: &[HeaderName], headers: &HeaderMap) -> [u8; 32] {
+    pub fn key(&self, names: &[HeaderName], headers: HeaderView<'_>) -> [u8; 32] {
         let mut input = SmallVec::<[u8; 256]>::new();
         for name in names {
             input.extend_from_slice(name.as_str().as_bytes());
             input.push(0);
             for value in headers.get_all(name) {
                 input.extend_from_slice(&(value.len() as u64).to_be_bytes());
-                input.extend_from_slice(value.as_bytes());
+                input.extend_from_slice(value);
             }
             input.push(0xff);
         }
@@ -177,6 +178,7 @@ mod tests {
     use http::{HeaderMap, HeaderName, HeaderValue};
 
     use super::{AuthCache, DigestHash};
+    use crate::header_view::HeaderView;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs.iter().map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v))).collect()
@@ -215,13 +217,21 @@ mod tests {
             HeaderMap::new(),
         ];
         for (i, h) in cases.iter().enumerate() {
-            assert_eq!(cache.key(&names, h), mac(&cache.key, &names, h), "{h:?}");
+            assert_eq!(cache.key(&names, HeaderView::Map(h)), mac(&cache.key, &names, h), "{h:?}");
             for other in &cases[i + 1..] {
-                assert_ne!(cache.key(&names, h), cache.key(&names, other), "{h:?} and {other:?}");
+                assert_ne!(
+                    cache.key(&names, HeaderView::Map(h)),
+                    cache.key(&names, HeaderView::Map(other)),
+                    "{h:?} and {other:?}"
+                );
             }
         }
         let other_process = AuthCache::new(Duration::from_secs(1), Duration::from_secs(1), 10, 10).unwrap();
-        assert_ne!(cache.key(&names, &both), other_process.key(&names, &both), "keyed per process");
+        assert_ne!(
+            cache.key(&names, HeaderView::Map(&both)),
+            other_process.key(&names, HeaderView::Map(&both)),
+            "keyed per process"
+        );
     }
 
     #[test]

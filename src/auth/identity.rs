@@ -1,8 +1,9 @@
 //! Identity fields and where they come from: `body:/json/pointer`, `header:name`, `claim:name`.
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use serde_json::{Map, Value};
 
+use crate::header_view::HeaderView;
 use crate::json_body::JsonBody;
 
 use super::AuthError;
@@ -83,10 +84,10 @@ impl Pointed for JsonBody {
     }
 }
 
-fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &dyn Pointed, headers: &HeaderMap) -> Option<Value> {
+fn lookup(src: &IdentitySource, claims: Option<&Value>, body: &dyn Pointed, headers: HeaderView<'_>) -> Option<Value> {
     present(match src {
         IdentitySource::Body(p) => body.at(p),
-        IdentitySource::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(|s| Value::String(s.to_owned())),
+        IdentitySource::Header(h) => headers.get_str(h).map(|s| Value::String(s.to_owned())),
         IdentitySource::Claim(c) => claims.and_then(|c2| c2.get(c)).cloned(),
     })
 }
@@ -106,7 +107,7 @@ pub(super) fn extract(
     fields: &[(String, IdentitySource)],
     claims: Option<&Value>,
     body: &dyn Pointed,
-    headers: &HeaderMap,
+    headers: HeaderView<'_>,
 ) -> Result<Identity, AuthError> {
     let mut out = Map::new();
     for (field, src) in fields {
@@ -129,9 +130,9 @@ pub(super) fn extract(
 pub(super) fn extract_from_answer(
     fields: &[(String, IdentitySource)],
     body: &Value,
-    headers: &HeaderMap,
+    headers: &http::HeaderMap,
 ) -> Result<Identity, String> {
-    extract(fields, None, body, headers)
+    extract(fields, None, body, HeaderView::Map(headers))
         .map_err(|e| match e {
             AuthError::NotAString(_) => "the session endpoint's answer has an id that is neither a string nor a number",
             _ => "the session endpoint's answer has no id",

@@ -85,8 +85,8 @@ impl JwtHook {
     ) -> Result<Arc<Identity>, AuthError> {
         let bearer = req
             .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| bearer_token(v.as_bytes()))
+            .get(&http::header::AUTHORIZATION)
+            .and_then(bearer_token)
             .and_then(|t| std::str::from_utf8(t).ok());
         let Some(token) = bearer else { return Err(AuthError::Denied) };
         if has_crit(token) {

@@ -19,10 +19,11 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderName;
 use http::Method;
 
 use crate::config::{AuthHookConfig, AuthHookType, FieldError, HttpUrl};
+use crate::header_view::HeaderView;
 use crate::json_body::JsonBody;
 use crate::metrics::{HookOutcomes, Metrics};
 use crate::proxy::pool::{Pool, PoolKey};
@@ -59,7 +60,7 @@ pub enum AuthError {
 
 /// What a hook needs to see of the request.
 pub struct AuthRequest<'a> {
-    pub headers: &'a HeaderMap,
+    pub headers: HeaderView<'a>,
     pub body: &'a JsonBody,
     /// Sent to the session endpoint (the `auth_hook` span is its parent), when traced.
     pub traceparent: Option<http::HeaderValue>,
@@ -70,7 +71,7 @@ pub struct AuthRequest<'a> {
 }
 
 impl<'a> AuthRequest<'a> {
-    pub fn new(headers: &'a HeaderMap, body: &'a JsonBody, traceparent: Option<http::HeaderValue>) -> Self {
+    pub fn new(headers: HeaderView<'a>, body: &'a JsonBody, traceparent: Option<http::HeaderValue>) -> Self {
         Self { headers, body, traceparent, cache_hit: Default::default(), parent: None }
     }
 }

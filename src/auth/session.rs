@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
@@ -17,6 +17,7 @@ use super::identity::{self, Identity, IdentitySource};
 use super::{AuthCache, AuthError, AuthRequest, AuthShape, HookStores};
 use crate::body::UpstreamBody;
 use crate::config::{AuthHookConfig, FieldError, HttpUrl};
+use crate::header_view::HeaderView;
 use crate::metrics::Metrics;
 use crate::proxy::pool::Pool;
 use crate::shared::Shared;
@@ -127,11 +128,11 @@ fn shared_entry(entry: Value) -> Option<Option<Arc<Identity>>> {
 impl SessionHook {
     /// What the Redis key of a request's credentials is made of: the hook's shape and every
     /// forwarded header's name and values (the key is their MAC, never the values).
-    fn credential<'a>(&'a self, scope: &'a str, headers: &'a HeaderMap) -> Vec<&'a [u8]> {
+    fn credential<'a>(&'a self, scope: &'a str, headers: HeaderView<'a>) -> Vec<&'a [u8]> {
         let mut parts = vec![scope.as_bytes()];
         for name in &self.forward {
             parts.push(name.as_str().as_bytes());
-            parts.extend(headers.get_all(name).iter().map(HeaderValue::as_bytes));
+            parts.extend(headers.get_all(name));
         }
         parts
     }
@@ -166,7 +167,8 @@ impl SessionHook {
         }
         for name in &self.forward {
             // A session endpoint reads one Cookie field; HTTP/2 clients send crumbs.
-            match crate::proxy::joined_cookies(headers).filter(|_| name == http::header::COOKIE) {
+            let joined = (name == http::header::COOKIE).then(|| crate::proxy::joined_cookies(headers.get_all(name)));
+            match joined.flatten() {
                 Some(joined) => req = req.header(name, joined),
                 None => {
                     for value in headers.get_all(name) {

@@ -4,7 +4,7 @@
 //! `Retry-After` and the RateLimit fields, 503 fail closed); `compat: nginx` folds what nginx
 //! cannot read into 403. The request's body is never read.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
 use crate::cors::Cors;
 use crate::error::Error;
+use crate::header_view::HeaderView;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
 use crate::token::request::Values;
@@ -44,20 +45,21 @@ impl ForwardAuth {
             trace.span.set("tokengate.original.method", Attr::Str(original.method.as_str().to_owned()));
             trace.span.set("tokengate.original.path", Attr::Str(original.path.clone()));
         }
-        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), &parts.headers);
+        let headers = HeaderView::Map(&parts.headers);
+        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), headers);
         ctx.client_ip = Some(client_ip);
         let captures = self.original_path.as_ref().and_then(|p| p.matches(&original.path)).unwrap_or_default();
-        let values = Values::new(&original.query, &captures, &parts.headers, client_ip);
+        let values = Values::new(&original.query, &captures, headers, client_ip);
         let cors = self.route.cors();
         let (outcome, mut resp) = match cors {
             // Only a trusted proxy can say the original request is a preflight.
-            Some(cors) if trusted && Cors::is_preflight(&original.method, &parts.headers) => {
+            Some(cors) if trusted && Cors::is_preflight(&original.method, headers) => {
                 self.preflight(cors, &values, metrics)
             }
-            _ => self.decide(&parts.headers, &values, metrics, ctx).await,
+            _ => self.decide(headers, &values, metrics, ctx).await,
         };
         if let Some(cors) = cors {
-            cors.decorate(parts.headers.get(header::ORIGIN), &mut resp);
+            cors.decorate(headers.get(&header::ORIGIN), &mut resp);
         }
         metrics.forward_auth_total.with_label_values(&[&self.name, outcome]).inc();
         if self.compat == Compat::Nginx {
@@ -84,7 +86,7 @@ impl ForwardAuth {
     /// The pipeline of a token route, answered with headers.
     async fn decide(
         &self,
-        headers: &HeaderMap,
+        headers: HeaderView<'_>,
         values: &Values<'_>,
         metrics: &Metrics,
         ctx: &mut RequestCtx<'_>,

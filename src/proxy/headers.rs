@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 
 use super::rules::{self, ForwardRules, PeerFacts, RequestFacts, RequestPlan, ResponseFacts, ResponsePlan};
 use crate::conn_info::ConnInfo;
+use crate::header_view::HeaderView;
 use crate::wire::fields::Known;
 
 /// The request id, chosen once (`rules::choose_request_id`) and put in the request in place
@@ -20,13 +21,13 @@ pub fn ensure_request_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderVa
 }
 
 /// The caller's address (`ForwardRules::client_ip`) from a request's header map.
-pub fn client_ip(rules: &ForwardRules, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
+pub fn client_ip(rules: &ForwardRules, peer: std::net::IpAddr, headers: HeaderView<'_>) -> std::net::IpAddr {
     // The rule's own first step, before the look-up it makes pointless.
     if !rules.is_trusted(peer) {
         return peer;
     }
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let forwarded_for = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
+    let name = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = headers.get_all(&name);
     rules.client_ip(peer, forwarded_for.collect::<SmallVec<[&[u8]; 2]>>().into_iter())
 }
 
@@ -257,7 +258,10 @@ mod tests {
     fn client_ip_reads_the_map() {
         let r = rules(XForwardedMode::Append, &["10.0.0.0/8"]);
         let h = map(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8"), ("x-forwarded-for", "10.0.0.7")]);
-        assert_eq!(client_ip(&r, "10.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&r, "10.0.0.1".parse().unwrap(), HeaderView::Map(&h)),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

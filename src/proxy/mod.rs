@@ -143,15 +143,17 @@ impl Proxy {
 
 /// RFC 9113 §8.2.3: HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one.
 fn join_cookies(h: &mut http::HeaderMap) {
-    if let Some(joined) = joined_cookies(h) {
+    if let Some(joined) = joined_cookies(h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes)) {
         h.insert(header::COOKIE, joined);
     }
 }
 
 /// The `Cookie` crumbs an HTTP/2 client split (RFC 9113 §8.2.3) as one field, joined with
 /// `; `; None when there are fewer than two.
-pub fn joined_cookies(h: &http::HeaderMap) -> Option<HeaderValue> {
-    h.get_all(header::COOKIE).iter().nth(1)?;
-    let joined: Vec<u8> = h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
-    HeaderValue::from_bytes(&joined).ok()
+pub fn joined_cookies<'a>(crumbs: impl Iterator<Item = &'a [u8]>) -> Option<HeaderValue> {
+    let crumbs: smallvec::SmallVec<[&[u8]; 4]> = crumbs.collect();
+    if crumbs.len() < 2 {
+        return None;
+    }
+    HeaderValue::from_bytes(&crumbs.join(&b"; "[..])).ok()
 }

@@ -14,9 +14,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 
 use crate::config::{FieldError, RateLimitConfig, RateLimitHeaders};
+use crate::header_view::HeaderView;
 use crate::shelf::Shelf;
 pub use gcra::{Decision, Quota};
 
@@ -61,7 +62,7 @@ pub struct LimitInput<'a> {
     /// The caller's identity fields, once the auth hook has said who it is.
     pub identity: Option<&'a serde_json::Map<String, serde_json::Value>>,
     pub route: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: HeaderView<'a>,
 }
 
 /// One named limit, compiled from the config: what it keys on, its quota, and a handle to its
@@ -199,7 +200,7 @@ impl RateLimit {
             KeyKind::Route => LimitKey::Bytes(input.route.as_bytes()),
             KeyKind::Global => LimitKey::Bytes(b""),
             // A missing header shares one bucket: leaving it out must not escape the limit.
-            KeyKind::Header(h) => LimitKey::Bytes(input.headers.get(h).map(|v| v.as_bytes()).unwrap_or_default()),
+            KeyKind::Header(h) => LimitKey::Bytes(input.headers.get(h).unwrap_or_default()),
         }
     }
 

@@ -1,12 +1,13 @@
 //! HTTP/1.1 served without hyper, for what most traffic is: requests without a body, and small
 //! bodies that came whole with their head (a token route's JSON). Head parsed in place, the
 //! handler awaited in the connection's own task, the response head and its first body bytes
-//! written in one call. Body-less forwarded requests are relayed from the head's bytes
-//! (`Service::relay`); the others become an `http::Request`. Anything else — a body that is
-//! chunked, large or not all read yet, `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a
-//! head that does not parse or is too large — hands the connection, with every byte read so
-//! far, to hyper for the rest of its life, so those cases keep hyper's handling (streaming,
-//! the body timeout, 100-continue, upgrades, 400 and 431).
+//! written in one call. Body-less forwarded requests are relayed from the head's bytes, and token
+//! routes read their request from the head (`Service::fast`); the others become an
+//! `http::Request`. Anything else — a body that is chunked, large or not all read yet,
+//! `Expect`, `Upgrade`, `CONNECT`, an HTTP/2 preface, a head that does not parse or is too
+//! large — hands the connection, with every byte read so far, to hyper for the rest of its
+//! life, so those cases keep hyper's handling (streaming, the body timeout, 100-continue,
+//! upgrades, 400 and 431).
 //! The response is written by `wire::writer`.
 
 use std::future::Future;
@@ -242,11 +243,10 @@ fn answer<'a, I: ClientIo, S: Service>(
 ) -> impl Future<Output = Answered> + Send + 'a {
     async move {
         let reply = 'reply: {
-            if req.body.is_empty() {
-                let relayed = std::pin::pin!(service.relay(&req.head, conn));
-                if let Some(relayed) = relayed.as_pin_mut() {
-                    break 'reply relayed.await;
-                }
+            let snapshot = service.snapshot();
+            let fast = std::pin::pin!(service.fast(&snapshot, &req.head, &req.body, conn));
+            if let Some(fast) = fast.as_pin_mut() {
+                break 'reply fast.await;
             }
             let whole = http_body_util::Either::Right(http_body_util::Full::new(req.body.clone()));
             match req.head.to_request(whole) {

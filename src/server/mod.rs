@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -56,11 +57,19 @@ pub trait Service: Clone + Send + Sync + 'static {
         crate::error::rescue(&crate::error::Error::Refused(refusal))
     }
 
-    /// For a body-less HTTP/1.1 request still as bytes: a future that answers it from its head
-    /// (forwarded traffic), or None to have it served by `call`.
-    fn relay<'a>(
+    /// What `fast` reads its config from, taken once for each request the fast path reads (a
+    /// reload applies to the requests after it).
+    type Snapshot: Send + Sync;
+
+    fn snapshot(&self) -> Self::Snapshot;
+
+    /// For an HTTP/1.1 request still as bytes, with all of its `body` (often none): a future
+    /// that answers it from its head, or None to have it served by `call`.
+    fn fast<'a>(
         &'a self,
+        _snapshot: &'a Self::Snapshot,
         _head: &'a RequestHead,
+        _body: &'a Bytes,
         _conn: &'a ConnInfo,
     ) -> Option<impl Future<Output = Reply> + Send + 'a> {
         None::<std::future::Ready<Reply>>
@@ -78,6 +87,10 @@ where
     H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    type Snapshot = ();
+
+    fn snapshot(&self) {}
+
     fn call(
         &self,
         req: Request<RequestBody>,

@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Either, Limited};
 use super::Route;
 use crate::body::{ClientBodyError, ClientFault, RequestBody};
 use crate::error::Error;
+use crate::header_view::HeaderView;
 use crate::json_body::JsonBody;
 
 impl Route {
@@ -15,13 +16,13 @@ impl Route {
     pub(super) async fn read_body(
         &self,
         method: &Method,
-        headers: &http::HeaderMap,
+        headers: HeaderView<'_>,
         body: RequestBody,
     ) -> Result<JsonBody, Error> {
         if !self.methods.contains(method) {
             return Err(Error::MethodNotAllowed { allow: self.allow.clone() });
         }
-        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = headers.get_str(&header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.body_limit) {
             return Err(Error::PayloadTooLarge(self.body_limit));
         }

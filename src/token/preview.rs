@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::request::Values;
 use super::{Record, Routes};
 use crate::auth::Identity;
+use crate::header_view::HeaderView;
 use crate::json_body::JsonBody;
 use crate::metrics::Metrics;
 
@@ -46,8 +47,10 @@ pub async fn preview(
         }
     }
     let (body, query) = (JsonBody::from_value(&Value::Object(body)), query.join("&"));
-    let values =
-        Values { body: &body, ..Values::new(&query, &captures, &headers, std::net::IpAddr::from([127, 0, 0, 1])) };
+    let values = Values {
+        body: &body,
+        ..Values::new(&query, &captures, HeaderView::Map(&headers), std::net::IpAddr::from([127, 0, 0, 1]))
+    };
     // A preview mints nothing anyone receives: nothing to record.
     let resp = route.answer(&values, &Identity(identity), &Metrics::new(), Record::Nothing, None).await;
     let status = resp.status();

@@ -4,10 +4,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::Method;
 use serde_json::Value;
 
 use crate::auth::Identity;
+use crate::body::RequestBody;
+use crate::header_view::HeaderView;
 use crate::json_body::{JsonBody, NO_BODY};
 use crate::template::{Found, Lookup, Source};
 
@@ -113,13 +115,22 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// A request on a token route as the route reads it, from hyper's `http::Request` or from the
+/// head the fast path parsed (`HeaderView`).
+pub struct TokenRequest<'a> {
+    pub method: &'a Method,
+    pub query: &'a str,
+    pub headers: HeaderView<'a>,
+    pub body: RequestBody,
+}
+
 /// Everything a template may read for one request.
 pub struct Values<'a> {
     pub identity: Option<&'a Identity>,
     pub body: &'a JsonBody,
     pub query: &'a str,
     pub captures: &'a [(String, String)],
-    pub headers: &'a HeaderMap,
+    pub headers: HeaderView<'a>,
     pub client_ip: IpAddr,
     pub now: u64,
     /// Minted tokens by name, and the first token's (iat, exp), for the response.
@@ -131,7 +142,7 @@ pub struct Values<'a> {
 
 impl<'a> Values<'a> {
     /// A request's inputs before its body is read and its caller known, at the current time.
-    pub fn new(query: &'a str, captures: &'a [(String, String)], headers: &'a HeaderMap, client_ip: IpAddr) -> Self {
+    pub fn new(query: &'a str, captures: &'a [(String, String)], headers: HeaderView<'a>, client_ip: IpAddr) -> Self {
         Self {
             identity: None,
             body: &NO_BODY,
@@ -155,7 +166,7 @@ impl Lookup for Values<'_> {
             Source::Body(path) => self.body.get(path).map(Found::Text),
             Source::Query(name) => made(Value::String(query_param(self.query, name)?)),
             Source::Path(name) => Some(Found::Str(&self.captures.iter().find(|(n, _)| n == name)?.1)),
-            Source::Header(name) => Some(Found::Str(self.headers.get(name.as_str())?.to_str().ok()?)),
+            Source::Header(name) => Some(Found::Str(self.headers.get_named(name)?)),
             Source::Uuid => made(Value::String(uuid::Uuid::new_v4().to_string())),
             Source::Now => made(Value::from(self.now)),
             Source::ClientIp => made(Value::String(self.client_ip.to_string())),

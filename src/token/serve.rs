@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, Request, Response};
+use http::Response;
 
-use super::request::Values;
+use super::request::{TokenRequest, Values};
 use super::{limits, Record, Route};
 use crate::auth::{AuthError, AuthRequest, Identity};
-use crate::body::{Body, RequestBody};
+use crate::body::Body;
 use crate::conn_info::ConnInfo;
 use crate::context::RequestCtx;
 use crate::cors::Cors;
 use crate::error::Error;
+use crate::header_view::HeaderView;
 use crate::json_body::JsonBody;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardRules;
@@ -27,7 +28,7 @@ impl Route {
     /// fields.
     pub async fn serve(
         &self,
-        req: Request<RequestBody>,
+        req: TokenRequest<'_>,
         captures: Vec<(String, String)>,
         conn: &ConnInfo,
         rules: &ForwardRules,
@@ -37,13 +38,13 @@ impl Route {
         let Some(cors) = &self.cors else {
             return self.serve_request(req, captures, conn, rules, metrics, ctx).await;
         };
-        let origin = req.headers().get(http::header::ORIGIN).cloned();
-        let mut resp = if Cors::is_preflight(req.method(), req.headers()) {
-            let (result, resp) = match cors.preflight(req.headers()) {
+        let origin = req.headers.get(&http::header::ORIGIN);
+        let mut resp = if Cors::is_preflight(req.method, req.headers) {
+            let (result, resp) = match cors.preflight(req.headers) {
                 Some(resp) => ("allowed", resp),
                 None => {
-                    let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), req.headers());
-                    let values = Values::new(req.uri().query().unwrap_or(""), &captures, req.headers(), client_ip);
+                    let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), req.headers);
+                    let values = Values::new(req.query, &captures, req.headers, client_ip);
                     ("refused", self.error(&Error::OriginNotAllowed, &values))
                 }
             };
@@ -52,30 +53,30 @@ impl Route {
         } else {
             self.serve_request(req, captures, conn, rules, metrics, ctx).await
         };
-        cors.decorate(origin.as_ref(), &mut resp);
+        cors.decorate(origin, &mut resp);
         resp
     }
 
     /// Serves one request on this route; every failure becomes the route's error shape.
     async fn serve_request(
         &self,
-        req: Request<RequestBody>,
+        req: TokenRequest<'_>,
         captures: Vec<(String, String)>,
         conn: &ConnInfo,
         rules: &ForwardRules,
         metrics: &Metrics,
         ctx: &mut RequestCtx<'_>,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), &parts.headers);
+        let TokenRequest { method, query, headers, body } = req;
+        let client_ip = crate::proxy::headers::client_ip(rules, conn.peer.ip(), headers);
         ctx.client_ip = Some(client_ip);
-        let mut values = Values::new(parts.uri.query().unwrap_or(""), &captures, &parts.headers, client_ip);
-        let body = match self.read_body(&parts.method, &parts.headers, body).await {
+        let mut values = Values::new(query, &captures, headers, client_ip);
+        let body = match self.read_body(method, headers, body).await {
             Ok(body) => body,
             Err(e) => return self.error(&e, &values),
         };
         values.body = &body;
-        let Admitted { identity, would } = match self.admit(&parts.headers, &body, client_ip, metrics, ctx).await {
+        let Admitted { identity, would } = match self.admit(headers, &body, client_ip, metrics, ctx).await {
             Ok(admitted) => admitted,
             Err(e) => return self.error(&e, &values),
         };
@@ -100,7 +101,7 @@ impl Route {
     /// `headers` and (JSON) `body`; what was decided goes into the request's context.
     pub(crate) async fn admit(
         &self,
-        headers: &HeaderMap,
+        headers: HeaderView<'_>,
         body: &JsonBody,
         client_ip: IpAddr,
         metrics: &Metrics,
@@ -189,13 +190,11 @@ fn limit_name(err: &Error) -> Option<String> {
 mod tests {
     use std::future::Future;
 
-    use http::Request;
-
     use super::*;
 
     type Serve<F> = fn(
         &'static Route,
-        Request<RequestBody>,
+        TokenRequest<'static>,
         Vec<(String, String)>,
         &'static ConnInfo,
         &'static ForwardRules,

@@ -93,6 +93,13 @@ impl RequestHead {
         std::str::from_utf8(&target[..end]).unwrap_or("")
     }
 
+    /// The target's query (after `?`; empty without one), as `Uri::query` gives it.
+    pub fn query(&self) -> &str {
+        let target = self.target();
+        let query = target.iter().position(|b| *b == b'?').map_or(&[][..], |i| &target[i + 1..]);
+        std::str::from_utf8(query).unwrap_or("")
+    }
+
     /// True for an origin-form target (`/path?query`) that `http` would accept too, so that
     /// relayed requests and the others refuse the same targets.
     pub fn is_origin_form(&self) -> bool {

@@ -517,3 +517,47 @@ async fn token_routes_match_the_normalized_path_and_forwarded_paths_keep_their_b
     let r = client::get(app.addr, "/x/%63/./y//z", &[]).await.unwrap();
     assert_eq!(r.json()["uri"], "/x/%63/./y//z", "forwarded as sent");
 }
+
+/// A token request whose body came whole with its head is read from the head itself (no
+/// `http::Request`), a chunked one from hyper's: the claims read the same headers, query, path,
+/// body and caller either way, and `header.<request id>` is the id the answer carries, sent or
+/// generated.
+#[tokio::test]
+async fn a_token_request_reads_the_same_from_its_head_as_from_hyper() {
+    let b = backend::spawn().await;
+    let yaml = format!(
+        "keys: [{{ id: k, algorithm: HS256, secret: read-either-way-secret }}]\nauth_hooks:\n{}routes: [{{ name: r, path: '/t/{{who}}', methods: [POST], auth: session, tokens: {{ t: {{ key: k, ttl: 1m, claims: {{ dev: '{{{{ header.x-device }}}}', rid: '{{{{ header.x-request-id }}}}', q: '{{{{ query.v }}}}', p: '{{{{ path.who }}}}', b: '{{{{ body.a }}}}', u: '{{{{ user.id }}}}' }} }} }}, response: {{ body: '{{{{ tokens.t }}}}', content_type: text/plain }} }}]\n",
+        session_hook(&b, "")
+    );
+    let app = spawn_app(&b.url(), &yaml).await;
+    let head = "POST /t/me?v=1 HTTP/1.1\r\nHost: x\r\nX-Device: Phone 15\r\nCookie: session=alice\r\nConnection: close\r\nContent-Type: application/json\r\n";
+    let body = r#"{"a": "z"}"#;
+    let mut seen = Vec::new();
+    for sent_id in [None, Some("client-id-1")] {
+        let id_field = sent_id.map(|id| format!("X-Request-Id: {id}\r\n")).unwrap_or_default();
+        let whole = format!("{head}{id_field}Content-Length: {}\r\n\r\n{body}", body.len());
+        let chunked =
+            format!("{head}{id_field}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+        for (path, raw) in [("head", whole), ("hyper", chunked)] {
+            let answer = client::raw(app.addr, raw.as_bytes()).await;
+            assert_eq!(client::status(&answer), "200", "{path}: {answer}");
+            let (fields, token) = answer.split_once("\r\n\r\n").expect("a head");
+            let id = fields
+                .lines()
+                .find_map(|l| l.strip_prefix("x-request-id: "))
+                .unwrap_or_else(|| panic!("{path}: no request id in {fields}"));
+            let claims = verify_hs256(token, b"read-either-way-secret").custom;
+            assert_eq!(claims["rid"], id, "{path}: the claim reads the id the answer carries");
+            if let Some(sent) = sent_id {
+                assert_eq!(id, sent, "{path}: a usable id is kept");
+            }
+            seen.push((path, claims));
+        }
+    }
+    for (path, claims) in &seen {
+        for (claim, want) in [("dev", "Phone 15"), ("q", "1"), ("p", "me"), ("b", "z"), ("u", "alice")] {
+            assert_eq!(claims[claim], want, "{path}: {claim}");
+        }
+    }
+    assert_eq!(b.session_calls.load(Ordering::SeqCst), 1, "one caller, one cache entry, whichever path read it");
+}
