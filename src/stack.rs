@@ -151,10 +151,9 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
     let gateway = state.gateway.load_full();
     let request_id = headers::ensure_request_id(req.headers_mut(), &gateway.proxy.rules.request_id);
     let destination = routing::route(&gateway, req.uri().path());
-    let traceparent = req.headers().get(TRACEPARENT).map(HeaderValue::as_bytes);
     let labels = (destination.label(), destination.metrics());
-    let mut ctx = request_ctx(&state, &gateway, labels, request_id, req.method(), req.uri().path(), traceparent);
-    ctx.start = start;
+    let traced = || (req.headers().get(TRACEPARENT).map(HeaderValue::as_bytes), req.uri().path());
+    let mut ctx = request_ctx(&state, &gateway, labels, request_id, req.method(), start, traced);
     let refused = if head == Head::Checked { Ok(()) } else { admission::check_request(&req) };
     let resp = if let Err(refusal) = refused {
         ctx.relabel(PROXY_ROUTE, None);
@@ -199,19 +198,21 @@ async fn handle(state: Arc<State>, mut req: Request<RequestBody>, conn: ConnInfo
     finish(&state, &gateway, ctx, resp)
 }
 
-/// A request's context: its id, its destination's labels, and its server span when traced.
-fn request_ctx<'g>(
+/// A request's context: its id, its destination's labels, and its server span when traced
+/// (`traced`: the request's `traceparent` and path, looked up only then).
+fn request_ctx<'g, 't>(
     state: &State,
     gateway: &'g Gateway,
     (label, metrics): (&'g str, Option<&'g RouteMetrics>),
     request_id: HeaderValue,
     method: &Method,
-    path: &str,
-    traceparent: Option<&[u8]>,
+    start: Instant,
+    traced: impl FnOnce() -> (Option<&'t [u8]>, &'t str),
 ) -> RequestCtx<'g> {
-    let mut ctx = RequestCtx::new(request_id, label, method.clone(), Instant::now());
+    let mut ctx = RequestCtx::new(request_id, label, method.clone(), start);
     ctx.relabel(label, metrics);
     if let Some(tracer) = &gateway.tracer {
+        let (traceparent, path) = traced();
         let mut span = tracer.server_span(traceparent);
         span.set("url.path", Attr::Str(path.to_owned()));
         ctx.trace = Some(Box::new(RequestTrace { span, exporter: state.exporter.clone() }));
@@ -257,11 +258,15 @@ async fn token_from_head<'g>(
     body: Bytes,
     conn: &ConnInfo,
 ) -> Reply {
+    let start = Instant::now();
     let name = &gateway.proxy.rules.request_id;
     let RequestId { value, generated } = request_id(head, name);
-    let traceparent = head.fields.iter().find(|f| f.is(&head.bytes, &TRACEPARENT)).map(|f| f.value(&head.bytes));
     let labels = (route.name.as_str(), Some(&route.metrics));
-    let mut ctx = request_ctx(state, gateway, labels, value.clone(), &head.method, head.path(), traceparent);
+    let traced = || {
+        let traceparent = head.fields.iter().find(|f| f.is(&head.bytes, &TRACEPARENT));
+        (traceparent.map(|f| f.value(&head.bytes)), head.path())
+    };
+    let mut ctx = request_ctx(state, gateway, labels, value.clone(), &head.method, start, traced);
     let headers = HeaderView::Head { head, added: generated.then_some((name, &value)) };
     let req = TokenRequest {
         method: &head.method,

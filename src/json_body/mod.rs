@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde_json::Value;
 
 mod check;
@@ -19,8 +20,8 @@ pub use compact::compact;
 /// A request body known to be one JSON value (or empty: `null`).
 #[derive(Clone, Debug)]
 pub struct JsonBody {
-    /// Valid JSON text, so valid UTF-8.
-    text: Bytes,
+    /// Valid JSON text, so valid UTF-8 (checked once, read as text without checking again).
+    text: ByteString,
     /// Where a top-level object's members are (None for any other value).
     members: Option<Members>,
 }
@@ -31,7 +32,7 @@ pub struct JsonBody {
 pub struct NotJson;
 
 /// No body: `body.*` is never there.
-pub static NO_BODY: JsonBody = JsonBody { text: Bytes::from_static(b"null"), members: None };
+pub static NO_BODY: JsonBody = JsonBody { text: ByteString::from_static("null"), members: None };
 
 impl JsonBody {
     /// A body as it came: empty or only whitespace is no body (`null`); anything else must be
@@ -40,21 +41,20 @@ impl JsonBody {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(NO_BODY.clone());
         }
-        std::str::from_utf8(&bytes).map_err(|_| NotJson)?;
-        let members = check::check(&bytes).ok_or(NotJson)?;
-        Ok(Self { text: bytes, members })
+        let text = ByteString::try_from(bytes).map_err(|_| NotJson)?;
+        let members = check::check(text.as_bytes()).ok_or(NotJson)?;
+        Ok(Self { text, members })
     }
 
     /// A body holding `value` (`tokengate preview`, tests).
     pub fn from_value(value: &Value) -> Self {
-        let text = Bytes::from(value.to_string());
-        let members = check::check(&text).flatten();
+        let text = ByteString::from(value.to_string());
+        let members = check::check(text.as_bytes()).flatten();
         Self { text, members }
     }
 
     fn text(&self) -> &str {
-        // Checked at construction; an impossible failure reads as no body.
-        std::str::from_utf8(&self.text).unwrap_or("null")
+        &self.text
     }
 
     /// The JSON text of the value at `path` (object keys, as `Value::get` follows them: never
