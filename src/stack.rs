@@ -7,7 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Full;
 use tracing::Instrument;
 
 use crate::admission::{self, Refusal};
@@ -18,6 +21,8 @@ use crate::context::PROXY_ROUTE;
 use crate::error::rescue;
 use crate::error::Error;
 use crate::gateway::Gateway;
+use crate::header_view::HeaderView;
+use crate::metrics::RouteMetrics;
 use crate::proxy::headers;
 use crate::proxy::relay::Stamp;
 use crate::proxy::rules::{self, RequestId};
@@ -26,16 +31,10 @@ use crate::routing::{self, Destination};
 use crate::server::{Reply, Service};
 use crate::state::State;
 use crate::token::limits::check_limits;
-use crate::trace::{Attr, Kind, RequestTrace, SpanContext};
-use crate::wire::request::RequestHead;
-use bytes::Bytes;
-use futures_util::future::Either;
-use http_body_util::Full;
-
-use crate::header_view::HeaderView;
-use crate::metrics::RouteMetrics;
 use crate::token::request::TokenRequest;
 use crate::token::Route;
+use crate::trace::{Attr, Kind, RequestTrace, SpanContext};
+use crate::wire::request::RequestHead;
 
 /// The public listener's service.
 #[derive(Clone)]
@@ -64,15 +63,15 @@ impl Service for Public {
         resp
     }
 
-    /// A body-less request `routing` sends to the upstream without proxy limits is relayed
-    /// from the head, and a token route's request is served from it (no `http::Request`);
-    /// everything else takes `call`.
     type Snapshot = Arc<Gateway>;
 
     fn snapshot(&self) -> Arc<Gateway> {
         self.0.gateway.load_full()
     }
 
+    /// A body-less request `routing` sends to the upstream without proxy limits is relayed
+    /// from the head, and a token route's request is served from it (no `http::Request`);
+    /// everything else takes `call`.
     fn fast<'a>(
         &'a self,
         gateway: &'a Arc<Gateway>,
@@ -248,7 +247,8 @@ async fn serve_token(
 }
 
 /// A token route's request served from the head the fast path parsed (`Public::fast`): no
-/// header map is built, and the request id it needs none for.
+/// header map is built, and a generated request id is read through the view instead of being
+/// inserted into one.
 async fn token_from_head<'g>(
     state: &State,
     gateway: &'g Gateway,

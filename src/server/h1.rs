@@ -228,8 +228,8 @@ struct FastRequest {
 }
 
 /// Answers one request the fast path took and writes the answer. One `async move` block, the
-/// relay's future pinned where it is: an `async fn`, or a future of its own for the reply, would
-/// keep the request twice, and an awaited `Option` of the relay's future would sit beside the
+/// `fast` future pinned where it is: an `async fn`, or a future of its own for the reply, would
+/// keep the request twice, and an awaited `Option` of the `fast` future would sit beside the
 /// future itself, all in what is boxed and copied for every request.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn answer<'a, I: ClientIo, S: Service>(
