@@ -26,8 +26,8 @@ pub fn client_ip(rules: &ForwardRules, peer: std::net::IpAddr, headers: HeaderVi
     if !rules.is_trusted(peer) {
         return peer;
     }
-    let name = HeaderName::from_static("x-forwarded-for");
-    let forwarded_for = headers.get_all(&name);
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = headers.get_all(&X_FORWARDED_FOR);
     rules.client_ip(peer, forwarded_for.collect::<SmallVec<[&[u8]; 2]>>().into_iter())
 }
 

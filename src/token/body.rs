@@ -1,6 +1,7 @@
 //! A token route's request body: the method first (405), then its size (413), then JSON (400),
 //! checked here and read where a template or an identity asks (`JsonBody`).
 
+use bytes::Bytes;
 use http::header;
 use http::Method;
 use http_body_util::{BodyExt, Either, Limited};
@@ -27,30 +28,27 @@ impl Route {
             return Err(Error::PayloadTooLarge(self.body_limit));
         }
         let limit = usize::try_from(self.body_limit).unwrap_or(usize::MAX);
-        let body = match body {
+        let bytes = match body {
             // A body that came whole with its head (`server::h1`): no collecting to do.
-            Either::Right(whole) => {
-                let bytes = whole.into_inner().unwrap_or_default();
-                if bytes.len() > limit {
-                    return Err(Error::PayloadTooLarge(self.body_limit));
-                }
-                return JsonBody::parse(bytes).map_err(|e| Error::InvalidRequest(e.to_string()));
-            }
-            streamed => streamed,
+            Either::Right(whole) => whole.into_inner().unwrap_or_default(),
+            streamed => self.collect(streamed, limit).await?,
         };
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Error::PayloadTooLarge(self.body_limit))
-            }
-            Err(e) => {
-                return Err(match e.downcast_ref::<ClientBodyError>() {
-                    Some(ClientBodyError::Timeout(_)) => Error::ClientBody(ClientFault::Timeout),
-                    Some(ClientBodyError::Broken(_)) => Error::ClientBody(ClientFault::Broken),
-                    None => Error::BodyRead(e),
-                })
-            }
-        };
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge(self.body_limit));
+        }
         JsonBody::parse(bytes).map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
+
+    /// A streamed body, read to its end or to `limit` (413).
+    async fn collect(&self, body: RequestBody, limit: usize) -> Result<Bytes, Error> {
+        match Limited::new(body, limit).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(self.body_limit)),
+            Err(e) => Err(match e.downcast_ref::<ClientBodyError>() {
+                Some(ClientBodyError::Timeout(_)) => Error::ClientBody(ClientFault::Timeout),
+                Some(ClientBodyError::Broken(_)) => Error::ClientBody(ClientFault::Broken),
+                None => Error::BodyRead(e),
+            }),
+        }
     }
 }
