@@ -157,10 +157,15 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6), no sign, no spaces, no overflow.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    // Folded by hand: `str::parse` after a UTF-8 check was ~60 instructions a field, twice on
+    // every forwarded request.
+    value.iter().try_fold(0u64, |n, b| match b {
+        b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
 }
 
 /// True when a `known` field of `head` lists `token` (any letter case).
@@ -236,6 +241,32 @@ mod tests {
         assert_eq!(Known::of(b"x-forwarded-"), Known::Other);
         assert_eq!(Known::of(b"x-request-id"), Known::Other);
         assert_eq!(Known::of(b"hosts"), Known::Other);
+    }
+
+    #[test]
+    fn lengths_are_digits_without_sign_space_or_overflow() {
+        for (value, expected) in [
+            ("0", Some(0)),
+            ("42", Some(42)),
+            ("007", Some(7)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("99999999999999999999", None),
+            ("", None),
+            ("+1", None),
+            ("-1", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1,1", None),
+            ("0x10", None),
+            ("١", None),
+        ] {
+            assert_eq!(parse_length(value.as_bytes()), expected, "{value:?}");
+            let by_std = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten();
+            assert_eq!(parse_length(value.as_bytes()), by_std, "{value:?} as std parses it");
+        }
     }
 
     #[test]
