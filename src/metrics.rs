@@ -37,6 +37,8 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub config_reload_duration_seconds: Histogram,
     pub open_connections: IntGauge,
+    /// Response body bytes moved from an upstream's socket to a client's by splice(2).
+    pub upstream_spliced_bytes_total: IntCounter,
     pub ledger: LedgerMetrics,
     pub shared: SharedMetrics,
     /// HSM keys' signers (`keys[].pkcs11`).
@@ -233,6 +235,13 @@ impl Metrics {
         let r = Registry::new();
         let open_connections =
             register(&r, IntGauge::new("tokengate_open_connections", "Open client connections on the public listener"));
+        let upstream_spliced_bytes_total = register(
+            &r,
+            IntCounter::new(
+                "tokengate_upstream_spliced_bytes_total",
+                "Response body bytes moved from upstream to client sockets by splice(2), not copied through tokengate",
+            ),
+        );
         let build_info = register(
             &r,
             IntGaugeVec::new(Opts::new("tokengate_build_info", "Build information; always 1"), &["version"]),
@@ -335,6 +344,7 @@ impl Metrics {
             config_info,
             config_reload_duration_seconds,
             open_connections,
+            upstream_spliced_bytes_total,
             ledger: LedgerMetrics {
                 writes: register(
                     &r,

@@ -63,6 +63,10 @@ impl Service for Public {
         resp
     }
 
+    fn spliced(&self, bytes: u64) {
+        self.0.metrics.upstream_spliced_bytes_total.inc_by(bytes);
+    }
+
     type Snapshot = Arc<Gateway>;
 
     fn snapshot(&self) -> Arc<Gateway> {

@@ -8,8 +8,10 @@
 //! large — hands the connection, with every byte read so far, to hyper for the rest of its
 //! life, so those cases keep hyper's handling (streaming, the body timeout, 100-continue,
 //! upgrades, 400 and 431).
-//! The response is written by `wire::writer`.
+//! The response is written by `wire::writer`; a large relayed body between two plain TCP
+//! sockets goes by splice(2) (`splice`).
 
+use std::any::Any;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
@@ -18,16 +20,18 @@ use std::task::{ready, Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Version};
 use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
+use super::splice;
 use super::stop::{Idle, Stop};
 use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
-use crate::body::Body;
+use crate::body::{Body, PooledBody};
 use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
-use crate::wire::writer::{write_response, RequestInfo};
+use crate::wire::writer::{self, write_response, RelayedHead, RequestInfo};
 
 /// A connection's read buffer once bytes arrive (a typical request head fits).
 const READ_BUFFER: usize = 1024;
@@ -263,7 +267,7 @@ fn answer<'a, I: ClientIo, S: Service>(
         let mut out = BytesMut::with_capacity(WRITE_BUFFER);
         // Shutdown that comes while the answer is written closes the connection before its next
         // head (`next_bytes` looks at it first).
-        match write_reply(io, &mut out, reply, &info).await {
+        match write_reply(io, &mut out, reply, &info, service).await {
             Ok(true) => Answered::KeepAlive,
             _ => {
                 let _ = io.shutdown().await;
@@ -294,11 +298,12 @@ async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: Method
 /// Writes `reply`; Ok(true) when the connection can carry another request. An `async move`
 /// block: an `async fn` would keep `reply` twice.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn write_reply<'a, I: ClientIo>(
+fn write_reply<'a, I: ClientIo, S: Service>(
     io: &'a mut I,
     out: &'a mut BytesMut,
     reply: Reply,
     info: &'a RequestInfo,
+    service: &'a S,
 ) -> impl Future<Output = std::io::Result<bool>> + Send + 'a {
     async move {
         match reply {
@@ -306,12 +311,46 @@ fn write_reply<'a, I: ClientIo>(
                 let (parts, body) = resp.into_parts();
                 write_response(io, out, &parts, body, info).await
             }
-            Reply::Relayed(Relayed { head, body }) => {
+            Reply::Relayed(Relayed { head, mut body }) => {
+                // Boxed: large bodies only, and its state would enlarge every answer's.
+                if writer::declared_length(&head, info).is_some_and(|n| n >= splice::MIN_SPLICE) {
+                    if let Some(written) = Box::pin(write_spliced(io, out, &head, &mut body, info, service)).await {
+                        return written;
+                    }
+                }
                 let body: Body = http_body_util::Either::Left(body);
                 write_response(io, out, &head, body, info).await
             }
         }
     }
+}
+
+/// Writes a relayed answer whose large body can go by splice(2) (`splice`): plain TCP on both
+/// sides, framed by `Content-Length`, at least `MIN_SPLICE` bytes still in the upstream's
+/// socket. None when it cannot: write it as any other.
+async fn write_spliced<I: ClientIo, S: Service>(
+    io: &mut I,
+    out: &mut BytesMut,
+    head: &RelayedHead,
+    body: &mut PooledBody,
+    info: &RequestInfo,
+    service: &S,
+) -> Option<std::io::Result<bool>> {
+    let declared = writer::declared_length(head, info)?;
+    let client = (io as &mut dyn Any).downcast_mut::<TcpStream>()?;
+    let (upstream, early) = body.splice_from(declared, splice::MIN_SPLICE)?;
+    let rest = declared - early.len() as u64;
+    let written = async {
+        let keep = writer::write_head(client, out, head, &early, info).await?;
+        splice::relay(upstream, client, rest).await?;
+        Ok(keep)
+    };
+    let written = written.await;
+    if written.is_ok() {
+        body.spliced();
+        service.spliced(rest);
+    }
+    Some(written)
 }
 
 /// Reads into `buf`, growing it when a head is larger than it. An idle connection's `buf` has no

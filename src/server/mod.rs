@@ -6,6 +6,7 @@ mod conn;
 mod h1;
 mod prefixed;
 mod slots;
+mod splice;
 mod stop;
 
 use std::future::Future;
@@ -48,6 +49,11 @@ pub trait Service: Clone + Send + Sync + 'static {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + use<Self> {
         self.call(req, conn)
+    }
+
+    /// Counts `bytes` of a relayed body that went by splice(2) (`splice`).
+    fn spliced(&self, bytes: u64) {
+        let _ = bytes;
     }
 
     /// The answer to a request `admission` refused as the fast path read it (the connection

@@ -9,9 +9,11 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use tokio::net::TcpStream;
 
 use super::conn::Conn;
 use super::idle::Idle;
+use super::io::UpstreamIo;
 use crate::wire::decode::{DecodeError, Decoded, Decoder};
 use crate::wire::response::ResponseHead;
 
@@ -65,6 +67,31 @@ impl<B: Send + 'static> PooledBody<B> {
         match &mut self.0 {
             Kind::Own { conn, upgrade: true, .. } => conn.take(),
             _ => None,
+        }
+    }
+
+    /// For a body sent on by splice(2) (`server::splice`): the plain TCP socket it comes from and
+    /// its first bytes, read with the head, when it is the body of `declared` bytes on
+    /// tokengate's own connection, none of it taken yet, and at least `min` of it still in the
+    /// socket. The body then stands for the rest only; `spliced` says that went too.
+    pub fn splice_from(&mut self, declared: u64, min: u64) -> Option<(&TcpStream, Bytes)> {
+        let Kind::Own { conn: Some(conn), decoder, upgrade: false, .. } = &mut self.0 else { return None };
+        let UpstreamIo::Plain(socket) = &conn.io else { return None };
+        let early = (conn.read.len() as u64).min(declared);
+        if *decoder != Decoder::Length(declared) || declared - early < min {
+            return None;
+        }
+        let early_bytes = conn.read.split_to(early as usize).freeze();
+        *decoder = Decoder::Length(declared - early);
+        Some((socket, early_bytes))
+    }
+
+    /// The rest of the body left by splice: the connection goes back to the pool as after any
+    /// body read to its end (when the body is dropped). Not called when splicing failed: a
+    /// connection left in the middle of a body is closed.
+    pub fn spliced(&mut self) {
+        if let Kind::Own { decoder, .. } = &mut self.0 {
+            *decoder = Decoder::Length(0);
         }
     }
 

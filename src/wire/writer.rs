@@ -147,40 +147,8 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let status = head.status();
-    let mut keep = info.keep_alive && !head.closes();
-    out.clear();
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    match head.reason() {
-        Some(reason) => out.put_slice(reason),
-        None => out.put_slice(status.canonical_reason().unwrap_or("").as_bytes()),
-    }
-    out.put_slice(b"\r\n");
-    head.put_fields(out);
-    let bodiless = info.head || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-    let mut framing = if bodiless {
-        Framing::None
-    } else if let Some(n) = head.content_length() {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact().or(body.is_end_stream().then_some(0)) {
-        fields::put(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
-        Framing::Length(n)
-    } else if info.http10 {
-        keep = false;
-        Framing::Close
-    } else {
-        fields::put(out, b"transfer-encoding", b"chunked");
-        Framing::Chunked
-    };
-    if !head.has_date() {
-        DATE.with(|d| fields::put(out, b"date", d.borrow_mut().now()));
-    }
-    if !keep {
-        fields::put(out, b"connection", b"close");
-    }
-    out.put_slice(b"\r\n");
+    let exact = body.size_hint().exact().or(body.is_end_stream().then_some(0));
+    let (mut framing, keep) = put_head(out, head, exact, info);
     if matches!(framing, Framing::None) {
         io.write_all(out).await?;
         return Ok(keep);
@@ -219,6 +187,78 @@ where
             out.put_slice(b"\r\n");
         }
     }
+    io.write_all(out).await?;
+    Ok(keep)
+}
+
+/// Puts the status line and fields of `head` into `out` (cleared first), with the framing
+/// fields its body needs (`exact`: the body's length when known), `Date` and `Connection:
+/// close` where due; returns the framing and whether the connection can carry another request.
+fn put_head(out: &mut BytesMut, head: &impl WireHead, exact: Option<u64>, info: &RequestInfo) -> (Framing, bool) {
+    let status = head.status();
+    let mut keep = info.keep_alive && !head.closes();
+    out.clear();
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    match head.reason() {
+        Some(reason) => out.put_slice(reason),
+        None => out.put_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.put_slice(b"\r\n");
+    head.put_fields(out);
+    let framing = if bodiless(head, info) {
+        Framing::None
+    } else if let Some(n) = head.content_length() {
+        Framing::Length(n)
+    } else if let Some(n) = exact {
+        fields::put(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        Framing::Length(n)
+    } else if info.http10 {
+        keep = false;
+        Framing::Close
+    } else {
+        fields::put(out, b"transfer-encoding", b"chunked");
+        Framing::Chunked
+    };
+    if !head.has_date() {
+        DATE.with(|d| fields::put(out, b"date", d.borrow_mut().now()));
+    }
+    if !keep {
+        fields::put(out, b"connection", b"close");
+    }
+    out.put_slice(b"\r\n");
+    (framing, keep)
+}
+
+/// True when the answer to this request has no content (RFC 9110 §6.4.1).
+fn bodiless(head: &impl WireHead, info: &RequestInfo) -> bool {
+    let status = head.status();
+    info.head || status.is_informational() || matches!(status.as_u16(), 204 | 304)
+}
+
+/// The length of a relayed answer's content when its `Content-Length` frames it and this
+/// request gets content (not a HEAD request's answer, a 204 or a 304).
+pub fn declared_length(head: &RelayedHead, info: &RequestInfo) -> Option<u64> {
+    if bodiless(head, info) {
+        None
+    } else {
+        head.content_length()
+    }
+}
+
+/// Writes a relayed response's head (framed by its `Content-Length`: see `declared_length`) and
+/// the first bytes of its body, `early`; the rest of the body is the caller's to send.
+/// Ok(true) when the connection can carry another request after it.
+pub async fn write_head<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    head: &RelayedHead,
+    early: &[u8],
+    info: &RequestInfo,
+) -> std::io::Result<bool> {
+    let (_, keep) = put_head(out, head, None, info);
+    out.put_slice(early);
     io.write_all(out).await?;
     Ok(keep)
 }

@@ -14,10 +14,21 @@ use crate::common::{backend, client, spawn_app, Binary};
 
 const STEP: Duration = Duration::from_secs(5);
 
-async fn send(addr: std::net::SocketAddr, path: &str) -> hyper::body::Incoming {
+/// An HTTP/1.1 client connection to `addr`, its connection driven by a task of its own.
+async fn connect<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+async fn send(addr: std::net::SocketAddr, path: &str) -> hyper::body::Incoming {
+    let mut sender = connect(addr).await;
     let req = Request::builder().uri(path).header("host", "x").body(Full::new(Bytes::new())).unwrap();
     sender.send_request(req).await.unwrap().into_body()
 }
@@ -72,9 +83,7 @@ async fn upload_first_chunk_reaches_the_backend_before_the_last_is_sent() {
 async fn trailers_pass_both_ways() {
     let b = backend::spawn().await;
     let app = spawn_app(&b.url(), "").await;
-    let stream = TcpStream::connect(app.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(app.addr).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-req-trailer", "yes".parse().unwrap());
     let frames = vec![
@@ -116,4 +125,45 @@ async fn one_gib_upload_streams_in_bounded_memory() {
     let peak_kib = bin.proc_status("VmHWM");
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     eprintln!("1 GiB upload: tokengate peak RSS {peak_kib} KiB");
+}
+
+/// A large answer over plain TCP goes from the upstream's socket to the client's by splice(2)
+/// (counted in `tokengate_upstream_spliced_bytes_total`, all of it but what came with the head),
+/// arrives whole and in order, and leaves both connections usable: a small answer and a HEAD
+/// request's after it (neither spliced) on the same client connection, all over one upstream
+/// connection.
+#[tokio::test]
+async fn a_large_answer_is_spliced_whole_and_both_connections_stay_usable() {
+    let b = backend::spawn().await;
+    let app = spawn_app(&b.url(), "").await;
+    let mut sender = connect(app.addr).await;
+    let large = 3 * 1024 * 1024 + 17;
+    let mut spliced_before = 0;
+    for (method, n) in [("GET", large), ("GET", 100), ("HEAD", large), ("GET", 1024 * 1024)] {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/bytes/{n}"))
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(STEP, sender.send_request(req)).await.expect("an answer in time").unwrap();
+        assert_eq!(resp.headers()["content-length"], n.to_string().as_str(), "{method} {n}");
+        let body = tokio::time::timeout(STEP, resp.into_body().collect()).await.expect("a body in time");
+        let body = body.unwrap().to_bytes();
+        let spliced = app.state.metrics.upstream_spliced_bytes_total.get() - spliced_before;
+        spliced_before += spliced;
+        if method == "HEAD" {
+            assert!(body.is_empty(), "a HEAD answer has no body");
+            assert_eq!(spliced, 0, "nothing spliced for HEAD");
+            continue;
+        }
+        assert!(body[..] == backend::numbered_bytes(n)[..], "{method} {n}: the body arrived changed");
+        if n == 100 {
+            assert_eq!(spliced, 0, "a small body is read and written");
+        } else {
+            // What came with the head (one read of at most 8 KiB) is written as read.
+            assert!(spliced as usize > n - 8 * 1024 && spliced as usize <= n, "{n} bytes, {spliced} spliced");
+        }
+    }
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one upstream connection for all four");
 }

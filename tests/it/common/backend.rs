@@ -108,6 +108,9 @@ async fn route(b: Backend, req: Request<Incoming>) -> Response<BoxBody> {
         let code: u16 = code.parse().unwrap_or(500);
         return if code == 204 || code == 304 { reply(code, "") } else { reply(code, format!("status {code}")) };
     }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        return Response::new(full(numbered_bytes(n.parse().unwrap_or(0))));
+    }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         return reply(200, "slept");
@@ -237,4 +240,9 @@ fn websocket(req: Request<Incoming>) -> Response<BoxBody> {
     h.insert("connection", HeaderValue::from_static("Upgrade"));
     h.insert("sec-websocket-accept", HeaderValue::from_str(&accept).unwrap());
     r
+}
+
+/// `n` bytes that differ from their neighbours, the same for the same `n` (`/bytes/N`).
+pub fn numbered_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
 }
