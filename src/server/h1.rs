@@ -19,6 +19,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Version};
+use http_body::Body as _;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -26,12 +27,12 @@ use super::splice;
 use super::stop::{Idle, Stop};
 use super::{ClientIo, ConnLimits, Reply, Service};
 use crate::admission;
-use crate::body::{Body, PooledBody};
+use crate::body::Body;
 use crate::conn_info::ConnInfo;
 use crate::proxy::relay::Relayed;
 use crate::wire::fields::{self, Known};
 use crate::wire::request::{Parsed, RequestHead};
-use crate::wire::writer::{self, write_response, RelayedHead, RequestInfo};
+use crate::wire::writer::{self, write_response, RequestInfo};
 
 /// A connection's read buffer once bytes arrive (a typical request head fits).
 const READ_BUFFER: usize = 1024;
@@ -267,7 +268,13 @@ fn answer<'a, I: ClientIo, S: Service>(
         let mut out = BytesMut::with_capacity(WRITE_BUFFER);
         // Shutdown that comes while the answer is written closes the connection before its next
         // head (`next_bytes` looks at it first).
-        match write_reply(io, &mut out, reply, &info, service).await {
+        // Boxed: large bodies only, and its state would enlarge every answer's.
+        let written = if matches!(&reply, Reply::Relayed(relayed) if may_splice(relayed)) {
+            Box::pin(write_large(io, &mut out, reply, &info, service)).await
+        } else {
+            write_reply(io, &mut out, reply, &info).await
+        };
+        match written {
             Ok(true) => Answered::KeepAlive,
             _ => {
                 let _ = io.shutdown().await;
@@ -298,12 +305,11 @@ async fn refuse<I: ClientIo, S: Service>(io: &mut I, service: &S, method: Method
 /// Writes `reply`; Ok(true) when the connection can carry another request. An `async move`
 /// block: an `async fn` would keep `reply` twice.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn write_reply<'a, I: ClientIo, S: Service>(
+fn write_reply<'a, I: ClientIo>(
     io: &'a mut I,
     out: &'a mut BytesMut,
     reply: Reply,
     info: &'a RequestInfo,
-    service: &'a S,
 ) -> impl Future<Output = std::io::Result<bool>> + Send + 'a {
     async move {
         match reply {
@@ -311,13 +317,7 @@ fn write_reply<'a, I: ClientIo, S: Service>(
                 let (parts, body) = resp.into_parts();
                 write_response(io, out, &parts, body, info).await
             }
-            Reply::Relayed(Relayed { head, mut body }) => {
-                // Boxed: large bodies only, and its state would enlarge every answer's.
-                if writer::declared_length(&head, info).is_some_and(|n| n >= splice::MIN_SPLICE) {
-                    if let Some(written) = Box::pin(write_spliced(io, out, &head, &mut body, info, service)).await {
-                        return written;
-                    }
-                }
+            Reply::Relayed(Relayed { head, body }) => {
                 let body: Body = http_body_util::Either::Left(body);
                 write_response(io, out, &head, body, info).await
             }
@@ -325,20 +325,44 @@ fn write_reply<'a, I: ClientIo, S: Service>(
     }
 }
 
-/// Writes a relayed answer whose large body can go by splice(2) (`splice`): plain TCP on both
+/// True for a relayed answer whose body may be large enough for splice(2): its framing says
+/// so (the head's fields are not looked at here).
+fn may_splice(relayed: &Relayed) -> bool {
+    relayed.body.size_hint().exact().is_some_and(|n| n >= splice::MIN_SPLICE)
+}
+
+/// Writes an answer `may_splice` picked: by splice(2) when it can go that way, else as any other.
+async fn write_large<I: ClientIo, S: Service>(
+    io: &mut I,
+    out: &mut BytesMut,
+    reply: Reply,
+    info: &RequestInfo,
+    service: &S,
+) -> std::io::Result<bool> {
+    let reply = match reply {
+        Reply::Relayed(relayed) => match write_spliced(io, out, relayed, info, service).await {
+            Ok(written) => return written,
+            Err(relayed) => Reply::Relayed(relayed),
+        },
+        reply => reply,
+    };
+    write_reply(io, out, reply, info).await
+}
+
+/// Writes a relayed answer whose large body goes by splice(2) (`splice`): plain TCP on both
 /// sides, framed by `Content-Length`, at least `MIN_SPLICE` bytes still in the upstream's
-/// socket. None when it cannot: write it as any other.
+/// socket. Err gives the answer back, untouched, when it cannot: write it as any other.
 async fn write_spliced<I: ClientIo, S: Service>(
     io: &mut I,
     out: &mut BytesMut,
-    head: &RelayedHead,
-    body: &mut PooledBody,
+    mut relayed: Relayed,
     info: &RequestInfo,
     service: &S,
-) -> Option<std::io::Result<bool>> {
-    let declared = writer::declared_length(head, info)?;
-    let client = (io as &mut dyn Any).downcast_mut::<TcpStream>()?;
-    let (upstream, early) = body.splice_from(declared, splice::MIN_SPLICE)?;
+) -> Result<std::io::Result<bool>, Relayed> {
+    let Some(declared) = writer::declared_length(&relayed.head, info) else { return Err(relayed) };
+    let Some(client) = (io as &mut dyn Any).downcast_mut::<TcpStream>() else { return Err(relayed) };
+    let Relayed { head, body } = &mut relayed;
+    let Some((upstream, early)) = body.splice_from(declared, splice::MIN_SPLICE) else { return Err(relayed) };
     let rest = declared - early.len() as u64;
     let written = async {
         let keep = writer::write_head(client, out, head, &early, info).await?;
@@ -350,7 +374,7 @@ async fn write_spliced<I: ClientIo, S: Service>(
         body.spliced();
         service.spliced(rest);
     }
-    Some(written)
+    Ok(written)
 }
 
 /// Reads into `buf`, growing it when a head is larger than it. An idle connection's `buf` has no

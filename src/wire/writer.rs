@@ -1,7 +1,8 @@
 //! The HTTP/1.1 response writer: a response head (one tokengate made, or an upstream's relayed
 //! as received) and its body, framed for the client (`Content-Length`, chunked with the
 //! announced trailers, or until close), with `Date` and `Connection: close` where needed.
-//! Small writes are gathered; large bodies are written through.
+//! Small writes are gathered; large bodies are written through (or spliced by the caller after
+//! `write_head`).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -194,6 +195,7 @@ where
 /// Puts the status line and fields of `head` into `out` (cleared first), with the framing
 /// fields its body needs (`exact`: the body's length when known), `Date` and `Connection:
 /// close` where due; returns the framing and whether the connection can carry another request.
+#[inline(always)]
 fn put_head(out: &mut BytesMut, head: &impl WireHead, exact: Option<u64>, info: &RequestInfo) -> (Framing, bool) {
     let status = head.status();
     let mut keep = info.keep_alive && !head.closes();
