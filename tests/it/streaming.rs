@@ -167,3 +167,37 @@ async fn a_large_answer_is_spliced_whole_and_both_connections_stay_usable() {
     }
     assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one upstream connection for all four");
 }
+
+/// A client that goes away in the middle of a spliced body (its unread bytes make the kernel
+/// answer the next splice with a reset or a broken pipe) costs the real binary nothing: it
+/// keeps serving, and the upstream connection left mid-body is not used again.
+#[tokio::test]
+async fn a_client_leaving_mid_splice_leaves_the_process_serving() {
+    let b = backend::spawn().await;
+    let mut bin = Binary::start("splice-client-leaves", &b.url(), "", &["--workers", "1"]).await;
+    // More than the client's and tokengate's socket buffers hold together.
+    let n = 32 * 1024 * 1024;
+    let mut s = TcpStream::connect(bin.addr).await.unwrap();
+    s.write_all(format!("GET /bytes/{n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    tokio::time::timeout(STEP, s.read_exact(&mut first)).await.expect("the first bytes in time").unwrap();
+    drop(s);
+    let mut sender = connect(bin.addr).await;
+    for n in [100, 300 * 1024] {
+        let req = Request::get(format!("/bytes/{n}")).header("host", "x").body(Full::new(Bytes::new())).unwrap();
+        let resp = tokio::time::timeout(STEP, sender.send_request(req)).await.expect("an answer in time").unwrap();
+        let body = tokio::time::timeout(STEP, resp.into_body().collect()).await.expect("a body in time");
+        assert!(body.unwrap().to_bytes()[..] == backend::numbered_bytes(n)[..], "{n} bytes arrived changed");
+    }
+    assert!(bin.is_running(), "tokengate exited");
+    let upstreams = b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(upstreams, 2, "the connection left mid-body was used again, or the next ones were not pooled");
+    let scrape = client::get(bin.admin, "/metrics", &[]).await.unwrap().text();
+    let spliced: usize = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("tokengate_upstream_spliced_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the spliced bytes counter");
+    // Only the 300 KiB answer, less what came with its head: the abandoned one is not counted.
+    assert!(spliced > 300 * 1024 - 8 * 1024 && spliced <= 300 * 1024, "{spliced} bytes spliced");
+}
